@@ -1,0 +1,15 @@
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ISBI_DIR = Path(os.environ.get("UNET_JAX_ISBI_DIR", REPO.parent / "shared" / "data" / "isbi2012"))
+
+
+@pytest.fixture(scope="session")
+def isbi_dir():
+    """The real ISBI 2012 stacks (../shared/data/isbi2012 beside the repository, or $UNET_JAX_ISBI_DIR)."""
+    if not (ISBI_DIR / "train-labels.tif").exists():
+        pytest.fail(f"ISBI 2012 data not found in {ISBI_DIR}; set UNET_JAX_ISBI_DIR")
+    return ISBI_DIR

@@ -1,0 +1,129 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from unet_jax.model import (UNet, UpConv2x2, border, count_convs, count_params, max_pool_2x2, output_size,
+                            unet_flops, valid_input_size, valid_input_sizes)
+
+
+def _shapes(model, size, channels=1):
+    x = jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), x)
+    y = jax.eval_shape(lambda v, x: model.apply(v, x), variables, x)
+    return variables, y
+
+
+def test_paper_network_shapes_params_and_convs():
+    variables, y = _shapes(UNet(), 572)
+    assert y.shape == (1, 388, 388, 2)
+    assert y.dtype == jnp.float32
+    assert count_params(variables["params"]) == 31_030_658
+    assert count_convs(variables["params"]) == 23
+    kernels = [p.shape for p in jax.tree_util.tree_leaves(variables["params"]) if p.ndim == 4]
+    assert sum(k[:2] == (3, 3) for k in kernels) == 18
+    assert sum(k[:2] == (2, 2) for k in kernels) == 4
+    assert sum(k[:2] == (1, 1) for k in kernels) == 1
+
+
+@pytest.mark.parametrize("size,depth", [(64, 4), (48, 3), (40, 3)])
+def test_same_padding_keeps_size(size, depth):
+    if size % 2 ** depth:
+        with pytest.raises(ValueError, match="nearest valid"):
+            _shapes(UNet(features=4, depth=depth, padding="SAME"), size)
+        return
+    _, y = _shapes(UNet(features=4, depth=depth, padding="SAME"), size)
+    assert y.shape == (1, size, size, 2)
+
+
+def test_small_network_runs_and_matches_output_size():
+    model = UNet(features=4, depth=2, num_classes=3, norm="group")
+    size = valid_input_size(20, depth=2)
+    x = jax.random.uniform(jax.random.PRNGKey(1), (2, size, size, 1))
+    variables = model.init(jax.random.PRNGKey(0), x)
+    y = model.apply(variables, x)
+    assert y.shape == (2, output_size(size, 2), output_size(size, 2), 3)
+    assert np.isfinite(np.asarray(y)).all()
+    # Drop-out is active only in training and is then key-dependent.
+    y1 = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
+    y2 = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
+    assert not np.allclose(y1, y2)
+    np.testing.assert_array_equal(model.apply(variables, x), y)
+
+
+def test_batchnorm_and_bilinear_and_bf16():
+    model = UNet(features=4, depth=2, norm="batch", upsample="bilinear", dtype=jnp.bfloat16)
+    x = jnp.ones((1, 44, 44, 1))
+    variables = model.init(jax.random.PRNGKey(0), x)
+    assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(variables["params"]))
+    y, updates = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(0)},
+                             mutable=["batch_stats"])
+    assert y.dtype == jnp.float32 and "batch_stats" in updates
+
+
+def test_he_normal_init_std():
+    variables, _ = _shapes(UNet(features=16, depth=2), 44)
+    params = UNet(features=16, depth=2).init(jax.random.PRNGKey(0), jnp.zeros((1, 44, 44, 1)))["params"]
+    k = np.asarray(params["up_0"]["Conv_1"]["kernel"])  # 3x3 conv on 16 channels: N = 144
+    assert abs(k.std() - np.sqrt(2 / (9 * 16))) < 0.1 * np.sqrt(2 / (9 * 16))
+
+
+def test_max_pool_equals_reduce_window():
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 6, 3))
+    np.testing.assert_array_equal(max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
+
+
+def test_upconv_equals_conv_transpose():
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 7, 6))
+    ours = UpConv2x2(4)
+    v = ours.init(jax.random.PRNGKey(1), x)
+    ref = nn.ConvTranspose(4, (2, 2), strides=(2, 2), padding="VALID")
+    y_ref = ref.apply({"params": v["params"]}, x)
+    np.testing.assert_allclose(ours.apply(v, x), y_ref, atol=1e-5)
+    assert y_ref.shape == (2, 10, 14, 4)
+
+
+def test_output_size_and_valid_input_size_round_trip():
+    assert output_size(572) == 388
+    assert valid_input_size(388) == 572
+    assert border() == 92
+    for depth in (2, 3, 4, 5):
+        sizes = valid_input_sizes(depth, upto=800)
+        assert sizes and all(output_size(s, depth) > 0 for s in sizes)
+        for s in sizes:
+            o = output_size(s, depth)
+            assert valid_input_size(o, depth) == s
+            assert (s - o) % 2 == 0 and (s - o) // 2 == border(depth)
+        # Every size between valid sizes is invalid.
+        for s in range(sizes[0], sizes[-1]):
+            if s not in sizes:
+                with pytest.raises(ValueError):
+                    output_size(s, depth)
+    assert valid_input_size(389) == 588
+    assert output_size(64, 4, "SAME") == 64
+    assert valid_input_size(50, 4, "SAME") == 64
+
+
+def test_output_size_errors_name_nearest():
+    with pytest.raises(ValueError, match=r"556, 572"):
+        output_size(570)
+    with pytest.raises(ValueError, match=r"188"):
+        output_size(100)
+    with pytest.raises(ValueError, match="padding"):
+        output_size(572, padding="valid")
+    with pytest.raises(ValueError, match="depth"):
+        output_size(572, depth=0)
+    with pytest.raises(ValueError, match="size must be positive"):
+        output_size(-4)
+    with pytest.raises(ValueError, match="min_output"):
+        valid_input_size(0)
+    with pytest.raises(ValueError, match="NHWC"):
+        UNet(features=4, depth=2).init(jax.random.PRNGKey(0), jnp.zeros((44, 44, 1)))
+
+
+def test_flop_count_paper():
+    # Direct count: (convs of the paper network at 572) about 2 * 150 GMAC.
+    f = unet_flops(572)
+    assert 2.5e11 < f < 3.5e11
+    assert unet_flops(572, features=32) < f / 3.5

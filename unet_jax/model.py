@@ -1,0 +1,375 @@
+"""The U-Net network (paper section 2, figure 1) and its tile geometry.
+
+Array conventions (used throughout unet_jax): images are NHWC float32 (values in [0, 1]), labels are int32
+class maps of shape (N, H, W), logits are NHWC float32 with ``num_classes`` channels.
+
+The paper network is ``UNet()`` with its defaults: a 572x572x1 input tile gives 388x388x2 logits through 23
+convolution layers (18 valid 3x3 convolutions, 4 2x2 up-convolutions, 1 1x1 convolution) holding 31,030,658
+parameters.
+
+Two layers are written for speed on CPUs and GPUs rather than with the generic XLA ops, with identical results
+(``tests/test_model.py`` compares them with ``reduce_window`` and ``nn.ConvTranspose``):
+
+* ``max_pool_2x2``: 2x2/stride-2 max-pool as a reshape and a max over two small axes.
+* ``UpConv2x2``: the 2x2/stride-2 transposed convolution. Its windows do not overlap, so it is one matrix product
+  (C_in -> 4 C_out) followed by a depth-to-space reshape.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+PADDINGS = ("VALID", "SAME")
+NORMS = (None, "batch", "group")
+UPSAMPLES = ("transpose", "bilinear")
+
+# He normal (paper: Gaussian with std sqrt(2/N), N = fan-in = k*k*C_in).
+he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tile geometry
+# ----------------------------------------------------------------------------------------------------------------
+
+def _check_padding(padding: str) -> str:
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+    return padding
+
+
+def _check_depth(depth: int) -> int:
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ValueError(f"depth must be a positive integer, got {depth!r}")
+    return depth
+
+
+def _trace_valid(size: int, depth: int) -> Optional[int]:
+    """Output size for VALID padding, or None where a pool sees an odd size or a size drops to <= 0."""
+    s = size
+    for _ in range(depth):
+        s -= 4
+        if s <= 0 or s % 2:
+            return None
+        s //= 2
+    s -= 4
+    if s <= 0:
+        return None
+    for _ in range(depth):
+        s = 2 * s - 4
+        if s <= 0:
+            return None
+    return s
+
+
+def _min_bottom(depth: int) -> int:
+    """Smallest bottleneck size b (after the bottom convs) for which every decoder level stays positive."""
+    b = 1
+    while _decoder_out(b, depth) is None:
+        b += 1
+    return b
+
+
+def _decoder_out(b: int, depth: int) -> Optional[int]:
+    s = b
+    for _ in range(depth):
+        s = 2 * s - 4
+        if s <= 0:
+            return None
+    return s
+
+
+def _valid_in_from_bottom(b: int, depth: int) -> int:
+    # Inverse of the contracting path: before the bottom convs b + 4, then each level doubles and adds 4.
+    s = b + 4
+    for _ in range(depth):
+        s = 2 * s + 4
+    return s
+
+
+def valid_input_sizes(depth: int = 4, upto: int = 4096):
+    """All valid VALID-padding input sizes up to ``upto`` (for depth 4: 188, 204, ..., 572, ... = 16k + 12)."""
+    _check_depth(depth)
+    b = _min_bottom(depth)
+    out = []
+    while (s := _valid_in_from_bottom(b, depth)) <= upto:
+        out.append(s)
+        b += 1
+    return out
+
+
+def _nearest_valid(size: int, depth: int, padding: str) -> tuple:
+    if padding == "SAME":
+        m = 2 ** depth
+        lo = max(m, (size // m) * m)
+        return (lo, lo + m) if lo < size else (lo,)
+    b = _min_bottom(depth)
+    lo, hi = None, None
+    while True:
+        s = _valid_in_from_bottom(b, depth)
+        if s < size:
+            lo = s
+        else:
+            hi = s
+            break
+        b += 1
+    return tuple(x for x in (lo, hi) if x is not None)
+
+
+def output_size(size: int, depth: int = 4, padding: str = "VALID") -> int:
+    """Spatial output size of the U-Net for a square (or one side of a) input tile.
+
+    Parameters
+    ----------
+    size : int
+        Input side length in pixels.
+    depth : int
+        Number of 2x2 max-pools (4 in the paper).
+    padding : {'VALID', 'SAME'}
+        Convolution padding. VALID is the paper's: each 3x3 conv trims 2 pixels.
+
+    Returns
+    -------
+    int
+        The output side length (388 for 572 with the paper's settings; ``size`` for SAME).
+
+    Raises
+    ------
+    ValueError
+        If any 2x2 max-pool would see an odd size (or the size becomes non-positive); the message names the
+        nearest valid input sizes.
+    """
+    _check_padding(padding)
+    _check_depth(depth)
+    if isinstance(size, bool) or not isinstance(size, (int,)) and not hasattr(size, "__index__"):
+        raise ValueError(f"size must be an integer, got {size!r}")
+    size = int(size)
+    if size <= 0:
+        raise ValueError(f"size must be positive, got {size}")
+    if padding == "SAME":
+        if size % (2 ** depth):
+            raise ValueError(
+                f"input size {size} is not valid for depth {depth} with SAME padding: it must be a multiple of "
+                f"{2 ** depth}; nearest valid sizes: {_nearest_valid(size, depth, padding)}")
+        return size
+    out = _trace_valid(size, depth)
+    if out is None:
+        raise ValueError(
+            f"input size {size} is not valid for depth {depth} with VALID padding: a 2x2 max-pool would see an "
+            f"odd size or the output would be empty; nearest valid sizes: {_nearest_valid(size, depth, padding)}")
+    return out
+
+
+def valid_input_size(min_output: int, depth: int = 4, padding: str = "VALID") -> int:
+    """Smallest valid input size whose output is at least ``min_output`` pixels (e.g. 388 -> 572)."""
+    _check_padding(padding)
+    _check_depth(depth)
+    if isinstance(min_output, bool) or int(min_output) != min_output or min_output <= 0:
+        raise ValueError(f"min_output must be a positive integer, got {min_output!r}")
+    if padding == "SAME":
+        m = 2 ** depth
+        return -(-int(min_output) // m) * m
+    b = _min_bottom(depth)
+    while _decoder_out(b, depth) < min_output:
+        b += 1
+    return _valid_in_from_bottom(b, depth)
+
+
+def border(depth: int = 4, padding: str = "VALID") -> int:
+    """Context pixels lost on each side: (input - output) / 2; 92 for the paper network, 0 for SAME."""
+    if _check_padding(padding) == "SAME":
+        return 0
+    s = valid_input_size(1, depth)
+    return (s - output_size(s, depth)) // 2
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Layers
+# ----------------------------------------------------------------------------------------------------------------
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max-pool with stride 2 on NHWC ``x`` with even H and W: (N, H, W, C) -> (N, H/2, W/2, C)."""
+    n, h, w, c = x.shape
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+class UpConv2x2(nn.Module):
+    """2x2 up-convolution with stride 2 (transposed convolution): (N, H, W, C_in) -> (N, 2H, 2W, features).
+
+    Same parameters and same result as ``flax.linen.ConvTranspose(features, (2, 2), strides=(2, 2),
+    padding='VALID')``: ``kernel[1 - i, 1 - j, c, o]`` writes input pixel (h, w) to output pixel (2h + i, 2w + j).
+    """
+    features: int
+    dtype: Any = None
+    kernel_init: Any = he_normal
+
+    @nn.compact
+    def __call__(self, x):
+        c_in = x.shape[-1]
+        kernel = self.param("kernel", self.kernel_init, (2, 2, c_in, self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        dtype = self.dtype or x.dtype
+        x = x.astype(dtype)
+        n, h, w, _ = x.shape
+        k = kernel[::-1, ::-1].astype(dtype).transpose(2, 0, 1, 3).reshape(c_in, 4 * self.features)
+        y = jnp.dot(x, k).reshape(n, h, w, 2, 2, self.features)
+        y = y.transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, self.features)
+        return y + bias.astype(dtype)
+
+
+def center_crop_to(x: jax.Array, h: int, w: int) -> jax.Array:
+    """Centre crop NHWC ``x`` to (h, w) ("copy and crop" of figure 1)."""
+    dh, dw = (x.shape[1] - h) // 2, (x.shape[2] - w) // 2
+    return x[:, dh:dh + h, dw:dw + w, :]
+
+
+class ConvBlock(nn.Module):
+    """Two 3x3 convolutions, each followed by optional normalisation and ReLU."""
+    features: int
+    padding: str = "VALID"
+    norm: Optional[str] = None
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        for _ in range(2):
+            x = nn.Conv(self.features, (3, 3), padding=self.padding, kernel_init=he_normal,
+                        dtype=self.dtype, param_dtype=jnp.float32)(x)
+            if self.norm == "batch":
+                x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
+                                 param_dtype=jnp.float32)(x)
+            elif self.norm == "group":
+                x = nn.GroupNorm(num_groups=math.gcd(32, self.features), dtype=self.dtype,
+                                 param_dtype=jnp.float32)(x)
+            x = nn.relu(x)
+        return x
+
+
+class UNet(nn.Module):
+    """U-Net of Ronneberger et al. (2015), figure 1.
+
+    Attributes
+    ----------
+    num_classes : int
+        Output channels of the final 1x1 convolution (2: membrane/background = 0, cell = 1).
+    features : int
+        Channels of the first level (64 in the paper); level k has ``features * 2**k``.
+    depth : int
+        Number of 2x2 max-pools (4 in the paper).
+    padding : {'VALID', 'SAME'}
+        'VALID' is the paper's unpadded network (572 -> 388); 'SAME' keeps the size (a multiple of 2**depth).
+    dropout_rate : float
+        Drop-out "at the end of the contracting path": applied, when ``train=True``, to the output of the deepest
+        contracting level (before its pool; this map also feeds the deepest skip connection) and to the
+        bottleneck output, as in the authors' released Caffe model.
+    norm : {None, 'batch', 'group'}
+        Normalisation after each 3x3 convolution (the paper uses none).
+    upsample : {'transpose', 'bilinear'}
+        'transpose' is the paper's 2x2 up-convolution; 'bilinear' resizes by 2 and applies a 1x1 convolution that
+        halves the channels.
+    dtype : dtype or None
+        Compute dtype (e.g. ``jnp.bfloat16`` for mixed precision); parameters stay float32, logits are float32.
+
+    ``model.apply(variables, x, train=False)`` maps (N, H, W, C_in) float input to (N, H', W', num_classes)
+    float32 logits, H' = ``output_size(H, depth, padding)``. With ``train=True`` pass ``rngs={'dropout': key}``
+    (when ``dropout_rate > 0``) and, with ``norm='batch'``, ``mutable=['batch_stats']``.
+    """
+    num_classes: int = 2
+    features: int = 64
+    depth: int = 4
+    padding: str = "VALID"
+    dropout_rate: float = 0.5
+    norm: Optional[str] = None
+    upsample: str = "transpose"
+    dtype: Any = None
+
+    def _check(self, x):
+        _check_padding(self.padding)
+        _check_depth(self.depth)
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if self.upsample not in UPSAMPLES:
+            raise ValueError(f"upsample must be one of {UPSAMPLES}, got {self.upsample!r}")
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate!r}")
+        if x.ndim != 4:
+            raise ValueError(f"x must be NHWC (4 dimensions), got shape {tuple(x.shape)}")
+        output_size(x.shape[1], self.depth, self.padding)
+        output_size(x.shape[2], self.depth, self.padding)
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        self._check(x)
+        x = x.astype(self.dtype or jnp.float32)
+        skips = []
+        for level in range(self.depth):
+            x = ConvBlock(self.features * 2 ** level, self.padding, self.norm, self.dtype,
+                          name=f"down_{level}")(x, train)
+            if level == self.depth - 1 and self.dropout_rate > 0:
+                x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+            skips.append(x)
+            x = max_pool_2x2(x)
+        x = ConvBlock(self.features * 2 ** self.depth, self.padding, self.norm, self.dtype, name="bottom")(x, train)
+        if self.dropout_rate > 0:
+            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        for level in reversed(range(self.depth)):
+            f = self.features * 2 ** level
+            if self.upsample == "transpose":
+                x = UpConv2x2(f, dtype=self.dtype, name=f"upconv_{level}")(x)
+            else:
+                n, h, w, c = x.shape
+                x = jax.image.resize(x, (n, 2 * h, 2 * w, c), "bilinear")
+                x = nn.Conv(f, (1, 1), kernel_init=he_normal, dtype=self.dtype, param_dtype=jnp.float32,
+                            name=f"upconv_{level}")(x)
+            skip = center_crop_to(skips[level], x.shape[1], x.shape[2])
+            x = jnp.concatenate([skip.astype(x.dtype), x], axis=-1)
+            x = ConvBlock(f, self.padding, self.norm, self.dtype, name=f"up_{level}")(x, train)
+        x = nn.Conv(self.num_classes, (1, 1), kernel_init=he_normal, dtype=self.dtype, param_dtype=jnp.float32,
+                    name="head")(x)
+        return x.astype(jnp.float32)
+
+
+def count_params(params) -> int:
+    """Total number of parameters in a parameter pytree."""
+    return int(sum(p.size for p in jax.tree_util.tree_leaves(params)))
+
+
+def count_convs(params) -> int:
+    """Number of convolution kernels (4-D ``kernel`` leaves) in a parameter pytree."""
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    return sum(1 for path, p in flat if getattr(path[-1], "key", None) == "kernel" and p.ndim == 4)
+
+
+def unet_flops(size: int, features: int = 64, depth: int = 4, in_channels: int = 1, num_classes: int = 2,
+               padding: str = "VALID") -> int:
+    """Forward-pass FLOPs (2 per multiply-add, convolutions only) of the network on one ``size``-square tile."""
+    flops = 0
+    s = size
+    c = in_channels
+
+    def conv3(s, c_in, c_out):
+        o = s - 2 if padding == "VALID" else s
+        return o, 2 * o * o * 9 * c_in * c_out
+
+    for level in range(depth):
+        f = features * 2 ** level
+        s, fl = conv3(s, c, f); flops += fl
+        s, fl = conv3(s, f, f); flops += fl
+        c = f
+        s //= 2
+    f = features * 2 ** depth
+    s, fl = conv3(s, c, f); flops += fl
+    s, fl = conv3(s, f, f); flops += fl
+    c = f
+    for level in reversed(range(depth)):
+        f = features * 2 ** level
+        flops += 2 * s * s * c * 4 * f
+        s *= 2
+        s, fl = conv3(s, 2 * f, f); flops += fl
+        s, fl = conv3(s, f, f); flops += fl
+        c = f
+    flops += 2 * s * s * c * num_classes
+    return flops

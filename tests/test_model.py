@@ -127,3 +127,20 @@ def test_flop_count_paper():
     f = unet_flops(572)
     assert 2.5e11 < f < 3.5e11
     assert unet_flops(572, features=32) < f / 3.5
+
+
+@pytest.mark.parametrize("padding", ["VALID", "SAME"])
+def test_fast_formulation_equals_plain(padding):
+    """The optimised layers (reshape pool, matmul up-conv) give the plain flax network's output and gradients."""
+    size = 44 if padding == "VALID" else 32
+    x = jax.random.uniform(jax.random.PRNGKey(3), (2, size, size, 1))
+    fast = UNet(features=4, depth=2, padding=padding, impl="fast")
+    plain = UNet(features=4, depth=2, padding=padding, impl="plain")
+    variables = fast.init(jax.random.PRNGKey(0), x)
+    assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(plain.init(
+        jax.random.PRNGKey(0), x))
+    np.testing.assert_allclose(fast.apply(variables, x), plain.apply(variables, x), atol=1e-5)
+    g_fast = jax.grad(lambda v: fast.apply(v, x).sum())(variables)
+    g_plain = jax.grad(lambda v: plain.apply(v, x).sum())(variables)
+    for a, b in zip(jax.tree_util.tree_leaves(g_fast), jax.tree_util.tree_leaves(g_plain)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

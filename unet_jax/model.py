@@ -26,6 +26,7 @@ import jax.numpy as jnp
 PADDINGS = ("VALID", "SAME")
 NORMS = (None, "batch", "group")
 UPSAMPLES = ("transpose", "bilinear")
+IMPLS = ("fast", "plain")
 
 # He normal (paper: Gaussian with std sqrt(2/N), N = fan-in = k*k*C_in).
 he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -272,6 +273,9 @@ class UNet(nn.Module):
         halves the channels.
     dtype : dtype or None
         Compute dtype (e.g. ``jnp.bfloat16`` for mixed precision); parameters stay float32, logits are float32.
+    impl : {'fast', 'plain'}
+        'fast' uses the reshape max-pool and matmul up-convolution above; 'plain' the generic flax layers
+        (``nn.max_pool``, ``nn.ConvTranspose``). Same parameters, same results (to float rounding).
 
     ``model.apply(variables, x, train=False)`` maps (N, H, W, C_in) float input to (N, H', W', num_classes)
     float32 logits, H' = ``output_size(H, depth, padding)``. With ``train=True`` pass ``rngs={'dropout': key}``
@@ -285,12 +289,15 @@ class UNet(nn.Module):
     norm: Optional[str] = None
     upsample: str = "transpose"
     dtype: Any = None
+    impl: str = "fast"
 
     def _check(self, x):
         _check_padding(self.padding)
         _check_depth(self.depth)
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if self.impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {self.impl!r}")
         if self.upsample not in UPSAMPLES:
             raise ValueError(f"upsample must be one of {UPSAMPLES}, got {self.upsample!r}")
         if not 0.0 <= self.dropout_rate < 1.0:
@@ -311,14 +318,17 @@ class UNet(nn.Module):
             if level == self.depth - 1 and self.dropout_rate > 0:
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
             skips.append(x)
-            x = max_pool_2x2(x)
+            x = max_pool_2x2(x) if self.impl == "fast" else nn.max_pool(x, (2, 2), strides=(2, 2))
         x = ConvBlock(self.features * 2 ** self.depth, self.padding, self.norm, self.dtype, name="bottom")(x, train)
         if self.dropout_rate > 0:
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         for level in reversed(range(self.depth)):
             f = self.features * 2 ** level
-            if self.upsample == "transpose":
+            if self.upsample == "transpose" and self.impl == "fast":
                 x = UpConv2x2(f, dtype=self.dtype, name=f"upconv_{level}")(x)
+            elif self.upsample == "transpose":
+                x = nn.ConvTranspose(f, (2, 2), strides=(2, 2), padding="VALID", kernel_init=he_normal,
+                                     dtype=self.dtype, param_dtype=jnp.float32, name=f"upconv_{level}")(x)
             else:
                 n, h, w, c = x.shape
                 x = jax.image.resize(x, (n, 2 * h, 2 * w, c), "bilinear")

@@ -1,0 +1,315 @@
+"""Checkpoints with orbax-checkpoint: periodic saves, keep the latest K and the best, fall back past corrupt ones.
+
+Host-side (file IO); the arrays saved are numpy copies of the train state.
+
+Layout of a workdir written by ``unet_jax.train.train_and_evaluate``::
+
+    workdir/config.json                 the resolved experiment config (``save_config`` / ``load_config``)
+    workdir/checkpoints/<step>/         one orbax checkpoint per saved step, with the items
+        variables/                      {'params': ..., 'batch_stats': ... (norm='batch' only)}
+        train/                          {'step', 'key', 'opt_state'}: what resuming needs beyond the variables
+        metrics/                        the validation metrics of that step (when it was evaluated)
+
+Orbax writes each step into a temporary directory and renames it when complete, so a run killed during a save
+leaves no half-written step behind (the temporary directory is removed by the next run). ``Checkpoints`` keeps
+the ``keep`` most recent steps plus the best one by a validation metric; evaluation code only needs
+``restore_params(workdir)``, which loads the variables without any optimizer state.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Mapping, Optional, Tuple
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_SUBDIR = "checkpoints"
+CONFIG_FILE = "config.json"
+VARIABLES = "variables"
+TRAIN = "train"
+_METRICS = "metrics"   # orbax's own item name for the metrics passed to save()
+BEST_MODES = ("min", "max")
+
+__all__ = ["Checkpoints", "CheckpointRestoreError", "restore_params", "save_config", "load_config",
+           "checkpoint_dir", "to_host"]
+
+
+class CheckpointRestoreError(RuntimeError):
+    """No checkpoint of a directory could be restored (none there, or every one failed to load)."""
+
+
+def checkpoint_dir(workdir) -> Path:
+    """``workdir/checkpoints``: where ``Checkpoints`` keeps the steps of a training run."""
+    return Path(workdir).resolve() / CHECKPOINT_SUBDIR
+
+
+def to_host(tree):
+    """Copy a pytree of jax/numpy arrays to host numpy arrays (0-d arrays stay 0-d ``np.ndarray``). Host-side."""
+    return jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Config
+# ----------------------------------------------------------------------------------------------------------------
+
+def save_config(config: ml_collections.ConfigDict, workdir) -> Path:
+    """Write ``config`` as ``workdir/config.json`` (atomically: temporary file, then rename). Host-side."""
+    if not isinstance(config, (ml_collections.ConfigDict, Mapping)):
+        raise ValueError(f"config must be a ConfigDict or mapping, got {type(config).__name__}")
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    d = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+    path = workdir / CONFIG_FILE
+    tmp = path.with_name(f".{CONFIG_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def load_config(workdir) -> ml_collections.ConfigDict:
+    """Read ``workdir/config.json`` back into a ConfigDict (host-side).
+
+    Raises
+    ------
+    ValueError
+        If ``workdir`` has no ``config.json``.
+    """
+    path = Path(workdir) / CONFIG_FILE
+    if not path.is_file():
+        raise ValueError(f"workdir {str(workdir)!r} has no {CONFIG_FILE}; expected a directory written by "
+                         f"unet_jax.train.train_and_evaluate")
+    return ml_collections.ConfigDict(json.loads(path.read_text(encoding="utf-8")))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Manager
+# ----------------------------------------------------------------------------------------------------------------
+
+def _metric_fn(best_metric: str, best_mode: str):
+    worst = math.inf if best_mode == "min" else -math.inf
+
+    def fn(metrics):
+        v = metrics.get(best_metric) if isinstance(metrics, Mapping) else None
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            return worst
+        return v if math.isfinite(v) else worst
+
+    return fn
+
+
+class Checkpoints:
+    """An orbax ``CheckpointManager`` over ``directory`` with the items 'variables' and 'train'. Host-side.
+
+    Parameters
+    ----------
+    directory : str or Path
+        Checkpoint directory (``checkpoint_dir(workdir)``), created if missing.
+    keep : int
+        Number of most recent steps to keep (>= 1).
+    best_metric : str or None
+        Name of a validation metric passed to ``save(..., metrics=)``; the best step by it is kept in addition
+        to the latest ``keep``. None keeps only the latest.
+    best_mode : {'min', 'max'}
+        Whether a lower or a higher ``best_metric`` is better.
+    async_save : bool
+        Write in a background thread (``save`` returns at once; ``wait``/``close`` block until written).
+    read_only : bool
+        Open for restoring only.
+
+    Every process of a multi-host run must construct it and call ``save``/``restore`` together (orbax
+    coordinates; the primary process writes).
+    """
+
+    def __init__(self, directory, *, keep: int = 3, best_metric: Optional[str] = "pixel_error",
+                 best_mode: str = "min", async_save: bool = True, read_only: bool = False):
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"keep must be a positive integer, got {keep!r}")
+        if best_mode not in BEST_MODES:
+            raise ValueError(f"best_mode must be one of {BEST_MODES}, got {best_mode!r}")
+        if best_metric is not None and (not isinstance(best_metric, str) or not best_metric):
+            raise ValueError(f"best_metric must be a non-empty string or None, got {best_metric!r}")
+        self.directory = Path(directory).resolve()
+        self.best_metric = best_metric
+        kwargs = {}
+        if best_metric is not None:
+            fn = _metric_fn(best_metric, best_mode)
+            kwargs = dict(best_fn=fn, best_mode=best_mode)
+        if not read_only:
+            policies = [ocp.checkpoint_managers.LatestN(n=keep)]
+            if best_metric is not None:
+                # BestN keeps the last n after sorting ascending (reverse=False): 'min' needs descending order.
+                policies.append(ocp.checkpoint_managers.BestN(
+                    get_metric_fn=kwargs["best_fn"], reverse=(best_mode == "min"), n=1,
+                    keep_checkpoints_without_metrics=False))
+            kwargs["preservation_policy"] = ocp.checkpoint_managers.AnyPreservationPolicy(policies)
+            kwargs["cleanup_tmp_directories"] = True
+        options = ocp.CheckpointManagerOptions(read_only=read_only, enable_async_checkpointing=async_save,
+                                               create=not read_only, **kwargs)
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=(VARIABLES, TRAIN))
+
+    # -- queries ---------------------------------------------------------------------------------------------
+    def all_steps(self):
+        """Saved steps, ascending."""
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> Optional[int]:
+        """The most recent saved step, or None."""
+        return self._manager.latest_step()
+
+    def best_step(self) -> Optional[int]:
+        """The saved step with the best ``best_metric`` (the latest if no step has metrics), or None."""
+        if self.best_metric is None:
+            return self.latest_step()
+        steps = self.all_steps()
+        with_metrics = [s for s in steps if self.metrics(s) is not None]
+        if not with_metrics:
+            return self.latest_step()
+        return self._manager.best_step()
+
+    def metrics(self, step: int) -> Optional[dict]:
+        """The metrics saved with ``step`` (None if none were)."""
+        try:
+            m = self._manager.metrics(step)
+        except Exception:  # noqa: BLE001 - unreadable metrics count as none
+            return None
+        return dict(m) if m else None
+
+    # -- save / restore --------------------------------------------------------------------------------------
+    def save(self, step: int, variables, train, metrics: Optional[Mapping[str, float]] = None) -> None:
+        """Save ``variables`` and ``train`` (pytrees of arrays; copied to host numpy) as ``step``.
+
+        ``metrics`` (name -> float, e.g. the validation metrics of this step) ranks the step for 'best'.
+        """
+        if isinstance(step, bool) or int(step) != step or step < 0:
+            raise ValueError(f"step must be a non-negative integer, got {step!r}")
+        if metrics is not None:
+            metrics = {str(k): float(v) for k, v in metrics.items()}
+        self._manager.save(int(step), args=ocp.args.Composite(**{
+            VARIABLES: ocp.args.StandardSave(to_host(variables)),
+            TRAIN: ocp.args.StandardSave(to_host(train))}), metrics=metrics)
+
+    def restore(self, step: int, variables=None, train=None, *, with_train: bool = True) -> dict:
+        """Restore ``step``; ``variables``/``train`` are target pytrees of numpy arrays giving structure, shapes
+        and dtypes (None: as saved, nested dicts). ``with_train=False`` loads only the variables.
+
+        Returns ``{'variables': ..., 'train': ...}`` of numpy arrays. Raises whatever orbax raises on a missing or
+        corrupt step.
+        """
+        items = {VARIABLES: ocp.args.StandardRestore(None if variables is None else to_host(variables))}
+        if with_train:
+            items[TRAIN] = ocp.args.StandardRestore(None if train is None else to_host(train))
+        restored = self._manager.restore(int(step), args=ocp.args.Composite(**items))
+        return {k: restored[k] for k in items}
+
+    def restore_with_fallback(self, steps, variables=None, train=None, *, with_train: bool = True
+                              ) -> Tuple[Optional[int], Optional[dict]]:
+        """Try ``steps`` in order; a step that fails to load is skipped with a ``RuntimeWarning``.
+
+        Returns ``(step, restored)`` for the first that loads, ``(None, None)`` if ``steps`` is empty.
+
+        Raises
+        ------
+        CheckpointRestoreError
+            If every one of a non-empty ``steps`` fails.
+        """
+        errors = []
+        for step in steps:
+            try:
+                return step, self.restore(step, variables, train, with_train=with_train)
+            except Exception as e:  # noqa: BLE001 - any failure to read a step means: try the previous one
+                msg = (f"checkpoint step {step} in {self.directory} could not be restored "
+                       f"({type(e).__name__}: {str(e)[:300]}); falling back to the previous checkpoint")
+                warnings.warn(msg, RuntimeWarning, stacklevel=2)
+                logger.warning(msg)
+                errors.append(f"step {step}: {type(e).__name__}: {str(e)[:200]}")
+        if errors:
+            raise CheckpointRestoreError(f"no checkpoint in {self.directory} could be restored: " + "; ".join(errors))
+        return None, None
+
+    def restore_latest(self, variables=None, train=None, *, with_train: bool = True
+                       ) -> Tuple[Optional[int], Optional[dict]]:
+        """Restore the most recent step that loads (newest first, see ``restore_with_fallback``)."""
+        return self.restore_with_fallback(sorted(self.all_steps(), reverse=True), variables, train,
+                                          with_train=with_train)
+
+    def wait(self) -> None:
+        """Block until pending asynchronous saves are on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Wait for pending saves and release the manager."""
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Evaluation entry point
+# ----------------------------------------------------------------------------------------------------------------
+
+def restore_params(workdir, step: Optional[int] = None) -> Tuple[dict, ml_collections.ConfigDict]:
+    """Load the model variables of a training run, without optimizer state. Host-side.
+
+    Parameters
+    ----------
+    workdir : str or Path
+        A directory written by ``unet_jax.train.train_and_evaluate`` (``config.json`` and ``checkpoints/``).
+    step : int or None
+        The step to load. None: the best step by ``config.train.best_metric`` (the latest when no step has
+        validation metrics); if it cannot be read, the others are tried newest first, with a ``RuntimeWarning``.
+        An explicit step is not replaced by another.
+
+    Returns
+    -------
+    variables : dict
+        ``{'params': ...}`` plus ``'batch_stats'`` for ``norm='batch'`` models, numpy float32 arrays, ready for
+        ``unet_jax.train.create_model(config).apply(variables, x)``.
+    config : ConfigDict
+        The run's resolved config (``workdir/config.json``).
+
+    Raises
+    ------
+    ValueError
+        If ``workdir`` has no config or no checkpoint, or ``step`` was not saved.
+    CheckpointRestoreError
+        If no candidate checkpoint can be read.
+    """
+    config = load_config(workdir)
+    directory = checkpoint_dir(workdir)
+    if not directory.is_dir():
+        raise ValueError(f"workdir {str(workdir)!r} has no {CHECKPOINT_SUBDIR}/ directory")
+    train_cfg = config.get("train", {})
+    ckpt = Checkpoints(directory, best_metric=train_cfg.get("best_metric") or None,
+                       best_mode=train_cfg.get("best_mode", "min"), read_only=True, async_save=False)
+    try:
+        steps = ckpt.all_steps()
+        if not steps:
+            raise ValueError(f"workdir {str(workdir)!r} has no saved checkpoint in {directory}")
+        if step is not None:
+            if step not in steps:
+                raise ValueError(f"step must be one of the saved steps {steps}, got {step!r}")
+            restored = ckpt.restore(step, with_train=False)
+        else:
+            first = ckpt.best_step()
+            order = [first] + [s for s in sorted(steps, reverse=True) if s != first]
+            step, restored = ckpt.restore_with_fallback(order, with_train=False)
+    finally:
+        ckpt.close()
+    logger.info("restored variables of step %d from %s", step, directory)
+    return dict(restored[VARIABLES]), config

@@ -1,0 +1,217 @@
+"""What every unet_jax data set builder shares: the example features, the weight-map part of the builder config
+and the config naming that keeps prepared data sets apart. Host-side (tensorflow-datasets, numpy).
+
+Every builder is a ``tfds.core.GeneratorBasedBuilder`` written with ``file_format='array_record'`` and read with
+``as_data_source()``: no TensorFlow is needed. Every example holds
+
+=============  =====================================  ===============================================================
+``image``      float32 (H, W, C), values in [0, 1]    C = 1 (greyscale) or 3 (colour, ``folder`` only)
+``instances``  int32 (H, W)                           0 = background/membrane, 1..K = objects; all 0 if unlabelled
+``weights``    float32 (H, W)                         ``unet_weight_map(instances, w0, sigma, class_weights)``;
+                                                      all 0 if unlabelled
+``labelled``   bool scalar                            False for examples without ground truth (ISBI 2012 test)
+``name``       text (bytes from a data source)        file name (and slice/frame); unique within the data set
+=============  =====================================  ===============================================================
+
+Stale data: the weight-map settings (``w0``, ``sigma``, ``class_weights``), every split setting and a
+fingerprint of the input files (relative path, size and modification time of each) are fields of the builder
+config, and the config's *name* ends in a hash of all of them (``config_name``). TFDS stores a prepared data set
+under ``data_dir/<builder>/<config name>/<version>``, so changing any of them prepares a new data set instead of
+reusing maps computed with other settings. ``make_config`` in each builder module builds such a config.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import numbers
+from collections.abc import Mapping
+from typing import Any, Optional
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from unet_jax.weights import unet_weight_map
+
+log = logging.getLogger("unet_jax.data")
+
+__all__ = ["UNetConfig", "UNetBuilder", "features", "config_name", "normalize_class_weights", "field"]
+
+
+def field(config, name: str, default=None):
+    """``config.name`` for a ConfigDict/attribute object or ``config[name]`` for a mapping; ``default`` if absent."""
+    if config is None:
+        return default
+    if isinstance(config, Mapping):
+        return config.get(name, default)
+    return getattr(config, name, default)
+
+
+def normalize_class_weights(class_weights):
+    """'balanced' | None | 'none' | (wb, wf) | mapping {0|'0': wb, 1|'1': wf} -> 'balanced', None or (wb, wf).
+
+    The result is JSON-friendly (for config hashing); ``class_weights_arg`` turns it back into what
+    ``unet_jax.weights.unet_weight_map`` takes.
+    """
+    if class_weights is None or (isinstance(class_weights, str) and class_weights.lower() == "none"):
+        return None
+    if isinstance(class_weights, str):
+        if class_weights != "balanced":
+            raise ValueError(f"class_weights must be 'balanced', None or (w_background, w_cell), got "
+                             f"{class_weights!r}")
+        return "balanced"
+    if hasattr(class_weights, "to_dict"):  # ml_collections.ConfigDict
+        class_weights = class_weights.to_dict()
+    if isinstance(class_weights, Mapping):
+        keys = {str(k) for k in class_weights}
+        if keys != {"0", "1"}:
+            raise ValueError(f"class_weights mapping must have the keys 0 (background) and 1 (cell), got "
+                             f"{sorted(keys)}")
+        lookup = {str(k): v for k, v in class_weights.items()}
+        class_weights = (lookup["0"], lookup["1"])
+    if isinstance(class_weights, (tuple, list)) and len(class_weights) == 2 and all(
+            isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+            for v in class_weights):
+        return (float(class_weights[0]), float(class_weights[1]))
+    raise ValueError(f"class_weights must be 'balanced', None or (w_background, w_cell) with finite values >= 0, "
+                     f"got {class_weights!r}")
+
+
+def class_weights_arg(class_weights):
+    """Normalised class weights -> the argument ``unet_weight_map`` takes ('balanced', None or {0: wb, 1: wf})."""
+    if isinstance(class_weights, (tuple, list)):
+        return {0: float(class_weights[0]), 1: float(class_weights[1])}
+    return class_weights
+
+
+@dataclasses.dataclass(eq=False)
+class UNetConfig(tfds.core.BuilderConfig):
+    """Builder config fields shared by every unet_jax builder.
+
+    Attributes
+    ----------
+    w0, sigma, class_weights
+        ``unet_jax.weights.unet_weight_map`` settings the stored weight maps are computed with
+        (``class_weights``: 'balanced', None or (w_background, w_cell)).
+    fingerprint : str
+        Hash of the input files' relative paths, sizes and modification times ('' for generated data).
+    """
+    w0: float = 10.0
+    sigma: float = 5.0
+    class_weights: Any = "balanced"
+    fingerprint: str = ""
+
+    def params(self) -> dict:
+        """All fields that determine the prepared data (everything except name/version/description/...)."""
+        skip = {f.name for f in dataclasses.fields(tfds.core.BuilderConfig)}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
+
+
+def config_name(base: str, params: dict) -> str:
+    """``f'{base}-{hash}'``: a 12-hex-digit SHA-256 of the JSON of ``params`` (sorted keys)."""
+    blob = json.dumps(params, sort_keys=True, default=str).encode()
+    return f"{base}-{hashlib.sha256(blob).hexdigest()[:12]}"
+
+
+def fingerprint_hash(entries: list) -> str:
+    """Short hash of a ``io.file_fingerprint`` list."""
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
+
+
+def weight_settings(weights_config) -> dict:
+    """Validated ``{'w0', 'sigma', 'class_weights'}`` from a weights config (ConfigDict, mapping or None).
+
+    Defaults are the paper's (10, 5, 'balanced'). Checked by running ``unet_weight_map`` on a tiny input, so a
+    bad value fails here rather than after minutes of preparation.
+    """
+    w0 = field(weights_config, "w0", 10.0)
+    sigma = field(weights_config, "sigma", 5.0)
+    cw = normalize_class_weights(field(weights_config, "class_weights", "balanced"))
+    tiny = np.array([[1, 0, 2]], np.int32)
+    unet_weight_map(tiny, w0=w0, sigma=sigma, class_weights=class_weights_arg(cw))  # raises ValueError if bad
+    return {"w0": float(w0), "sigma": float(sigma), "class_weights": cw}
+
+
+def features(channels: Optional[int] = 1) -> tfds.features.FeaturesDict:
+    """The example features; ``channels=None`` allows either 1 or 3 channels (decided at preparation)."""
+    return tfds.features.FeaturesDict({
+        "image": tfds.features.Tensor(shape=(None, None, channels), dtype=np.float32, encoding="zlib"),
+        "instances": tfds.features.Tensor(shape=(None, None), dtype=np.int32, encoding="zlib"),
+        "weights": tfds.features.Tensor(shape=(None, None), dtype=np.float32, encoding="zlib"),
+        "labelled": tfds.features.Tensor(shape=(), dtype=np.bool_),
+        "name": tfds.features.Text(),
+    })
+
+
+def progress(iterable, total: int, desc: str):
+    """tqdm progress bar over a slow preparation loop (shown on a terminal, silent otherwise)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="image", disable=None, leave=False)
+
+
+class UNetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Base of the unet_jax builders (not registered): ``_info`` and the example/weight-map helpers.
+
+    Subclasses set ``VERSION``, ``BUILDER_CONFIGS``, ``DESCRIPTION``, ``CHANNELS`` (1, or None for 1 or 3) and
+    ``EXPECTED`` (a text listing the files a manual directory must hold, used in error messages), and implement
+    ``_split_generators``.
+    """
+    DESCRIPTION = ""
+    CHANNELS: Optional[int] = 1
+    EXPECTED = ""
+    URL = ""
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        cfg = self.builder_config
+        desc = self.DESCRIPTION
+        if isinstance(cfg, UNetConfig):
+            desc += "\n\nConfig parameters: " + json.dumps(cfg.params(), sort_keys=True, default=str)
+        return tfds.core.DatasetInfo(builder=self, description=desc, features=features(self.CHANNELS),
+                                     homepage=self.URL or None)
+
+    # -- helpers for subclasses -------------------------------------------------------------------------------
+
+    def manual_root(self, dl_manager):
+        """The manual directory as a ``pathlib.Path``; FileNotFoundError listing what is expected if missing."""
+        from pathlib import Path
+
+        try:
+            root = Path(str(dl_manager.manual_dir))
+        except AssertionError as err:
+            raise FileNotFoundError(f"{self.name}: the manual directory is missing or empty ({err}).\n"
+                                    f"{self.missing_message(None)}") from None
+        return root
+
+    def missing_message(self, root, missing=()) -> str:
+        """Text for a FileNotFoundError: what was searched, what is missing, what is expected, where to get it."""
+        lines = []
+        if root is not None:
+            lines.append(f"{self.name}: searched {root}")
+        if missing:
+            lines.append("missing: " + ", ".join(str(m) for m in missing))
+        lines.append("expected: " + self.EXPECTED)
+        if self.URL:
+            lines.append(f"get the data from {self.URL}")
+        return "\n".join(lines)
+
+    def make_example(self, image: np.ndarray, instances: Optional[np.ndarray], name: str) -> dict:
+        """The feature dict of one example; computes the weight map (zeros and ``labelled=False`` if no labels).
+
+        Parameters
+        ----------
+        image : float32 (H, W, C) in [0, 1]
+        instances : int32 (H, W) or None (unlabelled)
+        name : str
+        """
+        cfg = self.builder_config
+        h, w = image.shape[:2]
+        if instances is None:
+            return {"image": image.astype(np.float32), "instances": np.zeros((h, w), np.int32),
+                    "weights": np.zeros((h, w), np.float32), "labelled": False, "name": name}
+        weights = unet_weight_map(instances, w0=cfg.w0, sigma=cfg.sigma,
+                                  class_weights=class_weights_arg(cfg.class_weights))
+        return {"image": image.astype(np.float32), "instances": instances.astype(np.int32),
+                "weights": weights.astype(np.float32), "labelled": True, "name": name}

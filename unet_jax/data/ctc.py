@@ -1,0 +1,159 @@
+"""Cell Tracking Challenge 2-D data sets (paper section 4: PhC-U373 and DIC-HeLa) as a TFDS builder. Host-side.
+
+Configs ``phc_c2dh_u373`` (PhC-C2DH-U373: glioblastoma-astrocytoma U373 cells, phase contrast) and
+``dic_c2dh_hela`` (DIC-C2DH-HeLa: HeLa cells, differential interference contrast). Download the training data
+from https://celltrackingchallenge.net/2d-datasets/ and unzip it; the manual directory is either the data set
+folder itself or its parent::
+
+    <root>/[PhC-C2DH-U373/]01/t000.tif, t001.tif, ...          frames of sequence 01
+    <root>/[PhC-C2DH-U373/]01_GT/SEG/man_seg000.tif, ...       reference segmentations of some frames
+    <root>/[PhC-C2DH-U373/]02/..., 02_GT/SEG/...               the same for sequence 02
+
+Only frames with a SEG annotation are used (the number in ``man_seg<NNN>.tif`` names the frame ``t<NNN>.tif``).
+Annotations are instance masks (16-bit, 0 = background, one id per cell) and are kept as they are. Images are
+normalised per image: 8-bit ones divided by 255, 16-bit ones mapped from their 1st/99.8th percentiles to [0, 1]
+and clipped (``unet_jax.data.io.to_float_image``).
+
+Splits: ``validation`` = the last ``round(validation_fraction * n)`` annotated frames of each sequence (n its
+annotated frames; at least one if the fraction is > 0 and n >= 2), ``train`` = the rest. Holding out the end of
+each sequence keeps frames that are neighbours in time (nearly identical) out of both splits at once. There is no
+``test`` split (the challenge's test sequences carry no annotations). Names: ``01/t000``, ``02/t083``, ...
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from unet_jax.data import io
+from unet_jax.data.common import UNetBuilder, UNetConfig, config_name, fingerprint_hash, progress
+
+URL = "https://celltrackingchallenge.net/2d-datasets/"
+DATASETS = {"phc_c2dh_u373": "PhC-C2DH-U373", "dic_c2dh_hela": "DIC-C2DH-HeLa"}
+
+__all__ = ["Ctc", "CtcConfig", "make_config", "DATASETS", "URL", "validation_count"]
+
+_SEG = re.compile(r"^man_seg(\d+)\.tiff?$")
+_SEQ = re.compile(r"^\d{2,}$")
+
+
+@dataclasses.dataclass(eq=False)
+class CtcConfig(UNetConfig):
+    """CTC config: the weight-map fields, the data set folder name and ``validation_fraction``."""
+    dataset: str = "PhC-C2DH-U373"
+    validation_fraction: float = 0.2
+
+
+def _check_fraction(validation_fraction) -> float:
+    if isinstance(validation_fraction, bool) or not isinstance(validation_fraction, (int, float)) \
+            or not 0.0 <= validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must be a number in [0, 1), got {validation_fraction!r}")
+    return float(validation_fraction)
+
+
+def validation_count(n: int, fraction: float) -> int:
+    """How many of ``n`` examples are held out: ``round(fraction * n)``, at least 1 if fraction > 0 and n >= 2,
+    at most n - 1 (the training split is never empty)."""
+    if n < 2 or fraction <= 0:
+        return 0
+    return min(max(int(math.floor(fraction * n + 0.5)), 1), n - 1)
+
+
+def make_config(builder_config: str, weights: dict, validation_fraction: float = 0.2, root=None) -> CtcConfig:
+    """A config named ``<builder_config>-<hash>`` of the weights settings, the split and the input fingerprint.
+
+    Parameters
+    ----------
+    builder_config : {'phc_c2dh_u373', 'dic_c2dh_hela'}
+    weights : dict from ``common.weight_settings``
+    validation_fraction : float in [0, 1)
+    root : manual directory or None (no fingerprint)
+    """
+    if builder_config not in DATASETS:
+        raise ValueError(f"builder_config for ctc must be one of {sorted(DATASETS)}, got {builder_config!r}")
+    fraction = _check_fraction(validation_fraction)
+    fp = ""
+    if root:
+        fp = fingerprint_hash(io.file_fingerprint(root, (f"{DATASETS[builder_config]}/**/*.tif", "[0-9]*/*.tif",
+                                                         "[0-9]*_GT/SEG/*.tif")))
+    cfg = CtcConfig(name="tmp", dataset=DATASETS[builder_config], validation_fraction=fraction, fingerprint=fp,
+                    **weights)
+    cfg.name = config_name(builder_config, cfg.params())
+    cfg.description = f"{cfg.dataset} with " + ", ".join(f"{k}={v!r}" for k, v in sorted(cfg.params().items()))
+    return cfg
+
+
+class Ctc(UNetBuilder):
+    """TFDS builder ``ctc``; see the module docstring for the layout, splits and conversion."""
+    name = "ctc"
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    BUILDER_CONFIGS = [CtcConfig(name=k, dataset=v, description=v) for k, v in DATASETS.items()]
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (f"Download the training data set from {URL}, unzip it and pass the folder "
+                                    f"holding 01/, 01_GT/SEG/, 02/, 02_GT/SEG/ (or its parent) as the manual "
+                                    f"directory (unet_jax: data.root).")
+    DESCRIPTION = __doc__
+    URL = URL
+    CHANNELS = 1
+
+    @property
+    def EXPECTED(self):  # noqa: N802 (TFDS-style constant, per config)
+        d = self.builder_config.dataset
+        return (f"[{d}/]01/t000.tif, ..., [{d}/]01_GT/SEG/man_seg000.tif, ... (and 02/, 02_GT/SEG/ likewise: "
+                f"the Cell Tracking Challenge training data of {d})")
+
+    def _dataset_dir(self, root: Path) -> Path:
+        sub = root / self.builder_config.dataset
+        return sub if sub.is_dir() else root
+
+    def _split_generators(self, dl_manager):
+        root = self._dataset_dir(self.manual_root(dl_manager))
+        sequences = sorted(p.name for p in root.iterdir() if p.is_dir() and _SEQ.match(p.name)
+                           and (root / f"{p.name}_GT" / "SEG").is_dir())
+        if not sequences:
+            raise FileNotFoundError(self.missing_message(root, ["01/ with 01_GT/SEG/ (no sequence folder with "
+                                                                "SEG annotations found)"]))
+        fraction = self.builder_config.validation_fraction
+        train, validation = [], []
+        for seq in sequences:
+            pairs = []
+            seg_dir = root / f"{seq}_GT" / "SEG"
+            for mask_path in sorted(seg_dir.iterdir()):
+                m = _SEG.match(mask_path.name)
+                if not m:
+                    continue
+                frame = m.group(1)
+                image_path = root / seq / f"t{frame}.tif"
+                if not image_path.is_file():
+                    raise ValueError(f"annotation {mask_path} has no image: expected {image_path} (each "
+                                     f"man_seg<NNN>.tif needs the frame t<NNN>.tif of sequence {seq}); restore "
+                                     f"the missing frame or remove the annotation")
+                pairs.append((f"{seq}/t{frame}", image_path, mask_path))
+            if not pairs:
+                raise FileNotFoundError(self.missing_message(seg_dir, [f"{seq}_GT/SEG/man_seg<NNN>.tif"]))
+            k = validation_count(len(pairs), fraction)
+            train += pairs[:len(pairs) - k]
+            validation += pairs[len(pairs) - k:]
+        splits = {"train": self._generate_examples(train)}
+        if validation:
+            splits["validation"] = self._generate_examples(validation)
+        return splits
+
+    @staticmethod
+    def _read(image_path: Path, mask_path: Path):
+        image = io.to_float_image(io.read_tiff(image_path), image_path)
+        if image.shape[-1] != 1:
+            raise ValueError(f"image {image_path} has {image.shape[-1]} colour channels; expected a greyscale "
+                             f"frame")
+        instances = io.mask_to_instances(io.read_tiff(mask_path), mask_path, mask_type="instance")
+        io.check_same_shape(image, instances, image_path, mask_path)
+        return image, instances
+
+    def _generate_examples(self, pairs):
+        for name, image_path, mask_path in progress(pairs, len(pairs), f"ctc {self.builder_config.dataset}"):
+            image, instances = self._read(image_path, mask_path)
+            yield name, self.make_example(image, instances, name)

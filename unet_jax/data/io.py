@@ -1,0 +1,323 @@
+"""Reading and converting image and mask files for the data set builders. Host-side (numpy/scipy, file IO).
+
+Every reader names the offending file in its errors: libraries such as tifffile raise errors that do not (a
+truncated TIFF gives ``ValueError('failed to read 7864320 bytes, got 3934439')``), so they are caught and
+re-raised as ``ValueError`` with the path and a hint how to fix it.
+
+Image intensities (``to_float_image``) become float32 in [0, 1]:
+
+* 8-bit (and bool) images: divided by 255 (1), keeping absolute intensities comparable between images;
+* 16-bit, other integer and float images not already in [0, 1]: normalised per image by percentiles,
+  ``(x - p1) / (p99.8 - p1)`` clipped to [0, 1] (``PERCENTILES``); a constant image becomes all 0;
+* float images already in [0, 1]: kept.
+
+Masks (``mask_to_instances``) become int32 instance labels (0 = background, 1..K = objects).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from unet_jax.weights import instances_from_mask
+
+log = logging.getLogger("unet_jax.data")
+
+PERCENTILES = (1.0, 99.8)
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+MASK_TYPES = ("auto", "binary", "instance")
+
+__all__ = ["read_tiff", "read_image", "to_float_image", "percentile_normalize", "mask_to_instances",
+           "PERCENTILES", "IMAGE_SUFFIXES", "MASK_TYPES"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading
+# ----------------------------------------------------------------------------------------------------------------
+
+def read_tiff(path) -> np.ndarray:
+    """Read a (multi-page) TIFF file with tifffile. Host-side.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    ndarray as stored: (H, W), (H, W, C) or (pages, H, W) for a stack, in the file's dtype.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If the file cannot be read (truncated, corrupt, not a TIFF); the message names the file.
+    """
+    import tifffile
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    try:
+        return np.asarray(tifffile.imread(path))
+    except Exception as err:  # tifffile raises ValueError, TiffFileError, struct.error, OSError, ...
+        raise ValueError(f"cannot read TIFF file {path} ({type(err).__name__}: {err}); the file may be truncated "
+                         f"or corrupt: download or export it again") from err
+
+
+def read_image(path) -> np.ndarray:
+    """Read a PNG or TIFF image file (tifffile for .tif/.tiff, imageio for .png). Host-side.
+
+    Returns
+    -------
+    ndarray as stored: (H, W) or (H, W, C) (or more dimensions for TIFF stacks) in the file's dtype.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If the suffix is not one of ``IMAGE_SUFFIXES`` or the file cannot be read; the message names the file.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise ValueError(f"unsupported image file {path}: expected one of {IMAGE_SUFFIXES}; convert it to PNG or "
+                         f"TIFF")
+    if suffix in (".tif", ".tiff"):
+        return read_tiff(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    import imageio.v3 as iio
+
+    try:
+        return np.asarray(iio.imread(path))
+    except Exception as err:
+        raise ValueError(f"cannot read image file {path} ({type(err).__name__}: {err}); the file may be truncated "
+                         f"or corrupt: export it again") from err
+
+
+def file_fingerprint(root, patterns=("**/*",)) -> list:
+    """Sorted ``[relative path, size, mtime_ns]`` of the files under ``root`` (hidden ones skipped). Host-side.
+
+    Used in builder config names, so that edited or replaced input files give a new prepared data set instead of
+    silently reusing a stale one. A missing ``root`` gives an empty list.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    out = []
+    for pattern in patterns:
+        for p in root.glob(pattern):
+            rel = p.relative_to(root)
+            if any(part.startswith(".") for part in rel.parts) or not p.is_file():
+                continue
+            st = p.stat()
+            out.append([rel.as_posix(), int(st.st_size), int(st.st_mtime_ns)])
+    return sorted(out)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Images
+# ----------------------------------------------------------------------------------------------------------------
+
+def percentile_normalize(image, low: float = PERCENTILES[0], high: float = PERCENTILES[1]) -> np.ndarray:
+    """Map the ``low``/``high`` percentiles of ``image`` to 0/1 and clip. Host-side.
+
+    Parameters
+    ----------
+    image : real array, any shape (all channels share the percentiles)
+    low, high : float, 0 <= low < high <= 100
+
+    Returns
+    -------
+    float32 array of the same shape in [0, 1]; all 0 for a constant image.
+    """
+    if not 0.0 <= low < high <= 100.0:
+        raise ValueError(f"low and high must satisfy 0 <= low < high <= 100, got low={low!r}, high={high!r}")
+    x = np.asarray(image, np.float64)
+    lo, hi = np.percentile(x, (low, high))
+    if not hi > lo:  # (nearly) constant: fall back to min/max, then to zeros
+        lo, hi = float(x.min()), float(x.max())
+        if not hi > lo:
+            return np.zeros(x.shape, np.float32)
+    return np.clip((x - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def _channels_last(arr: np.ndarray, path, what: str) -> np.ndarray:
+    """(H, W) -> (H, W, 1); (H, W, C) kept; a leading singleton page axis dropped; else ValueError."""
+    while arr.ndim > 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 2:
+        return arr[..., None]
+    if arr.ndim == 3 and arr.shape[-1] in (1, 2, 3, 4):
+        return arr
+    raise ValueError(f"{what} {path} has shape {arr.shape}: expected a 2-D greyscale (H, W) or an RGB(A) "
+                     f"(H, W, 3|4) image; save one 2-D image per file")
+
+
+def to_float_image(arr, path="<array>", greyscale_rgb: bool = True) -> np.ndarray:
+    """Convert a stored image to the float32 (H, W, C) [0, 1] convention. Host-side.
+
+    Parameters
+    ----------
+    arr : array (H, W), (H, W, C) with C in 1..4, or (1, H, W[, C]); bool, integer or float
+    path : str or Path
+        Only used in messages.
+    greyscale_rgb : bool
+        If True (default), an RGB(A) image whose three colour channels are equal (a greyscale image saved as
+        RGB) becomes one channel, with an INFO log message saying so. An alpha channel is dropped (logged).
+        A 2-channel (grey, alpha) image keeps its grey channel.
+
+    Returns
+    -------
+    float32 array (H, W, C) in [0, 1] with C = 1 (greyscale) or 3 (colour). Intensity scaling: see the module
+    docstring (8-bit / 255; 16-bit, other integers and out-of-range floats by per-image percentiles).
+
+    Raises
+    ------
+    ValueError
+        For unsupported shapes or dtypes and for NaN/infinite values, naming ``path``.
+    """
+    arr = _channels_last(np.asarray(arr), path, "image")
+    if not (arr.dtype == np.bool_ or np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype,
+                                                                                            np.floating)):
+        raise ValueError(f"image {path} has unsupported dtype {arr.dtype}: expected 8- or 16-bit integers or "
+                         f"floats")
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"image {path} is empty (shape {arr.shape})")
+    c = arr.shape[-1]
+    if c == 2:  # grey + alpha
+        log.info("image %s: grey + alpha channels; the alpha channel is dropped", path)
+        arr = arr[..., :1]
+    elif c == 4:
+        log.info("image %s: RGBA; the alpha channel is dropped", path)
+        arr = arr[..., :3]
+    if arr.shape[-1] == 3 and greyscale_rgb and np.array_equal(arr[..., 0], arr[..., 1]) \
+            and np.array_equal(arr[..., 0], arr[..., 2]):
+        log.info("image %s: greyscale saved as RGB (all three channels equal); converted to one channel", path)
+        arr = arr[..., :1]
+    if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+        raise ValueError(f"image {path} contains NaN or infinite values; fix or remove them")
+    if arr.dtype == np.bool_:
+        return arr.astype(np.float32)
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / np.float32(255.0)
+    if np.issubdtype(arr.dtype, np.floating) and arr.min() >= 0.0 and arr.max() <= 1.0:
+        return arr.astype(np.float32)
+    return percentile_normalize(arr)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Masks
+# ----------------------------------------------------------------------------------------------------------------
+
+def _mask_2d(arr: np.ndarray, path) -> np.ndarray:
+    """Squeeze a stored mask to 2-D: RGB(A)-saved greyscale masks keep one channel (logged); colour -> error."""
+    while arr.ndim > 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 3 and arr.shape[-1] in (1, 2, 3, 4):
+        c = arr.shape[-1]
+        if c in (2, 4):
+            arr = arr[..., :c - 1]
+        if arr.shape[-1] == 3:
+            if not (np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2])):
+                raise ValueError(f"mask {path} is a colour image (its RGB channels differ): save masks as single-"
+                                 f"channel images, 0 = background and one value (e.g. 255) for cells (binary) "
+                                 f"or 1..K, one value per cell (instance labels)")
+            log.info("mask %s: saved as RGB with equal channels; converted to one channel", path)
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        raise ValueError(f"mask {path} has shape {arr.shape}: expected a 2-D (H, W) mask; save one 2-D mask "
+                         f"per file")
+    return arr
+
+
+def _thin_edges_only(intermediate: np.ndarray) -> bool:
+    """True if the pixels in ``intermediate`` form thin (<= 2 px) lines: no 3x3 block survives erosion."""
+    n = int(np.count_nonzero(intermediate))
+    if n == 0:
+        return True
+    core = ndi.binary_erosion(intermediate, structure=np.ones((3, 3), bool))
+    return int(np.count_nonzero(core)) <= 0.02 * n
+
+
+def mask_to_instances(arr, path="<array>", mask_type: str = "auto") -> np.ndarray:
+    """Instance labels from a stored mask (binary or instance). Host-side.
+
+    Parameters
+    ----------
+    arr : array (H, W) (or an RGB-saved greyscale (H, W, 3|4)); bool, integer or float, values >= 0
+    path : str or Path
+        Only used in messages.
+    mask_type : {'auto', 'binary', 'instance'}
+        ``'binary'``: cells are the pixels above half the mask's maximum (threshold at half, so 0/1, 0/255,
+        0/65535 and anti-aliased masks all work), split into objects by 4-connected components
+        (``unet_jax.weights.instances_from_mask``). ``'instance'``: the integer values are the object ids and
+        are kept (0 = background). ``'auto'``: a mask with at most two distinct values is binary; a mask whose
+        values other than 0 and its maximum form only thin lines (edges of anti-aliased drawing, no 3x3 block)
+        is an anti-aliased binary mask (thresholded at half its maximum, with an INFO log saying so); any other
+        mask is an instance mask.
+
+    Returns
+    -------
+    int32 array (H, W): 0 = background, 1..K = objects.
+
+    Raises
+    ------
+    ValueError
+        Naming ``path``: negative, NaN or non-integer values in an instance mask, ids beyond int32, colour masks,
+        wrong shapes or dtypes.
+    """
+    if mask_type not in MASK_TYPES:
+        raise ValueError(f"mask_type must be one of {MASK_TYPES}, got {mask_type!r}")
+    arr = _mask_2d(np.asarray(arr), path)
+    if arr.size == 0:
+        raise ValueError(f"mask {path} is empty (shape {arr.shape})")
+    if arr.dtype == np.bool_:
+        return instances_from_mask(arr)
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"mask {path} has unsupported dtype {arr.dtype}: expected integers (8/16/32-bit) or "
+                         f"floats")
+    if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+        raise ValueError(f"mask {path} contains NaN or infinite values; expected 0 = background and positive "
+                         f"values for cells")
+    lo, hi = arr.min(), arr.max()
+    if lo < 0:
+        raise ValueError(f"mask {path} has negative values (minimum {lo}); expected 0 = background and positive "
+                         f"values for cells: binary (e.g. 0/255) or instance labels 1..K")
+    values = np.unique(arr)
+    integral = bool(np.all(values == np.round(values)))
+    if mask_type == "auto":
+        intermediate = (arr != 0) & (arr != hi)
+        if values.size <= 2:
+            mask_type = "binary"
+        elif _thin_edges_only(intermediate):
+            log.info("mask %s: %d edge pixels with values between 0 and %s (anti-aliased binary mask); "
+                     "thresholded at half the maximum (%s)", path, int(np.count_nonzero(intermediate)), hi, hi / 2)
+            mask_type = "binary"
+        elif not integral:
+            raise ValueError(f"mask {path} has non-integer values that are not just anti-aliased edges (e.g. "
+                             f"{values[~(values == np.round(values))][0]}): save binary masks as 0/255 (or 0/1) "
+                             f"and instance masks as integers, one id 1..K per cell, 0 = background")
+        else:
+            mask_type = "instance"
+    if mask_type == "binary":
+        return instances_from_mask(arr)
+    if not integral:
+        raise ValueError(f"mask {path} has non-integer values (e.g. {values[~(values == np.round(values))][0]}) "
+                         f"but instance labels must be integers: save one integer id 1..K per cell, 0 = "
+                         f"background (or use mask_type='binary')")
+    if hi > np.iinfo(np.int32).max:
+        raise ValueError(f"mask {path} has ids up to {hi}, beyond int32; renumber the cells 1..K")
+    return arr.astype(np.int32)
+
+
+def check_same_shape(image: np.ndarray, instances: np.ndarray, image_path, mask_path) -> None:
+    """ValueError naming both files if the image (H, W, C) and the mask (H, W) differ in height or width."""
+    if image.shape[:2] != instances.shape[:2]:
+        raise ValueError(f"image {image_path} is {image.shape[0]}x{image.shape[1]} but its mask {mask_path} is "
+                         f"{instances.shape[0]}x{instances.shape[1]} (height x width); they must match pixel "
+                         f"for pixel: re-export the mask at the image's size")

@@ -276,7 +276,7 @@ def unet_weight_map(instances, w0: float = 10.0, sigma: float = 5.0, class_weigh
     R - 1 of a pixel can matter there, so every object's Euclidean distance (feature) transform is computed only
     in its bounding box dilated by R - 1 instead of over the whole image; the two smallest squared distances per
     pixel are kept as exact integer running minima. On a 512x512 ISBI slice (~130 cells) the windows add up to
-    about 5 image areas instead of ~130, and this runs 25-50 times faster than the reference
+    about 5 image areas instead of ~130, and this runs about 30 times faster than the reference
     (``benchmarks/weight_map.py``).
 
     Examples

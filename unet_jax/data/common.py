@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
 import math
 import numbers
 from collections.abc import Mapping
@@ -35,13 +34,11 @@ import tensorflow_datasets as tfds
 
 from unet_jax.weights import unet_weight_map
 
-log = logging.getLogger("unet_jax.data")
-
 __all__ = ["UNetConfig", "UNetBuilder", "features", "config_name", "normalize_class_weights", "field"]
 
 
 def field(config, name: str, default=None):
-    """``config.name`` for a ConfigDict/attribute object or ``config[name]`` for a mapping; ``default`` if absent."""
+    """``config.name`` (ConfigDict or any object) or ``config[name]`` (mapping); ``default`` if absent. Host-side."""
     if config is None:
         return default
     if isinstance(config, Mapping):
@@ -52,8 +49,8 @@ def field(config, name: str, default=None):
 def normalize_class_weights(class_weights):
     """'balanced' | None | 'none' | (wb, wf) | mapping {0|'0': wb, 1|'1': wf} -> 'balanced', None or (wb, wf).
 
-    The result is JSON-friendly (for config hashing); ``class_weights_arg`` turns it back into what
-    ``unet_jax.weights.unet_weight_map`` takes.
+    Host-side. The result is JSON-friendly (for config hashing); ``class_weights_arg`` turns it back into what
+    ``unet_jax.weights.unet_weight_map`` takes. Raises ValueError naming ``class_weights`` for anything else.
     """
     if class_weights is None or (isinstance(class_weights, str) and class_weights.lower() == "none"):
         return None

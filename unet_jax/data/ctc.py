@@ -26,7 +26,6 @@ import math
 import re
 from pathlib import Path
 
-import numpy as np
 import tensorflow_datasets as tfds
 
 from unet_jax.data import io

@@ -45,7 +45,7 @@ def make_config(weights: dict, validation_slices: int = 5, root=None) -> Isbi201
     if isinstance(validation_slices, bool) or not isinstance(validation_slices, (int, np.integer)) \
             or validation_slices < 0:
         raise ValueError(f"validation_slices must be an integer >= 0, got {validation_slices!r}")
-    fp = fingerprint_hash([e for e in io.file_fingerprint(root) if e[0] in FILES]) if root else ""
+    fp = fingerprint_hash(io.file_fingerprint(root, FILES)) if root else ""
     cfg = Isbi2012Config(name="tmp", validation_slices=int(validation_slices), fingerprint=fp, **weights)
     cfg.name = config_name("default", cfg.params())
     cfg.description = "ISBI 2012 with " + ", ".join(f"{k}={v!r}" for k, v in sorted(cfg.params().items()))

@@ -1,0 +1,161 @@
+"""Your own data: a folder of images and masks with matching names, as a TFDS builder. Host-side.
+
+Layout of the manual directory (``data.root``)::
+
+    <root>/images/a.png, b.tif, ...     images: PNG or TIFF, 8- or 16-bit (or float), greyscale or RGB
+    <root>/masks/a.png, b.tif, ...      one mask per image, same name stem (the suffix may differ)
+
+Images may differ in size and need not be square. What is done with messy files (each logged at INFO level on the
+``unet_jax.data`` logger, naming the file):
+
+* greyscale saved as RGB (three equal channels): converted to one channel; alpha channels dropped;
+* intensities: 8-bit / 255; 16-bit (and other integer or out-of-range float) images normalised per image from
+  their 1st/99.8th percentiles to [0, 1] (``unet_jax.data.io.to_float_image``);
+* true colour images keep 3 channels; if some images are colour and others greyscale, the greyscale ones are
+  repeated to 3 channels so that every example has the same channel count;
+* masks: binary (two values, e.g. 0/255 or 0/1: cells are the pixels above half the maximum, split into cells by
+  4-connected components) or instance labels (0 = background, one integer id per cell: kept). Binary masks with
+  anti-aliased edges (grey values only along the edges) are thresholded at half their maximum.
+  ``mask_type`` ('auto', 'binary', 'instance') overrides the detection (``unet_jax.data.io.mask_to_instances``).
+
+Rejected with a ValueError naming the file and how to fix it: an image without a mask or a mask without an image,
+two images with the same stem, image and mask of different sizes, colour masks, negative, NaN or non-integer
+(beyond anti-aliased edges) mask values, unreadable or truncated files, stacks instead of 2-D images.
+
+Splits: ``validation`` = ``round(validation_fraction * n)`` images (at least one if the fraction is > 0 and
+n >= 2) picked by a fixed pseudo-random permutation of the sorted names, ``train`` = the rest. No ``test`` split.
+All files are read twice: once to check them (nothing is written if one is bad) and once to write the examples.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from unet_jax.data import io
+from unet_jax.data.common import UNetBuilder, UNetConfig, config_name, fingerprint_hash, progress
+from unet_jax.data.ctc import _check_fraction, validation_count
+
+log = logging.getLogger("unet_jax.data")
+
+__all__ = ["Folder", "FolderConfig", "make_config", "find_pairs"]
+
+
+@dataclasses.dataclass(eq=False)
+class FolderConfig(UNetConfig):
+    """Folder config: the weight-map fields, ``validation_fraction`` and ``mask_type``."""
+    validation_fraction: float = 0.2
+    mask_type: str = "auto"
+
+
+def make_config(weights: dict, validation_fraction: float = 0.2, mask_type: str = "auto",
+                root=None) -> FolderConfig:
+    """A config named ``default-<hash>`` of the weights settings, split, mask type and input fingerprint."""
+    fraction = _check_fraction(validation_fraction)
+    if mask_type not in io.MASK_TYPES:
+        raise ValueError(f"mask_type must be one of {io.MASK_TYPES}, got {mask_type!r}")
+    fp = fingerprint_hash(io.file_fingerprint(root, ("images/*", "masks/*"))) if root else ""
+    cfg = FolderConfig(name="tmp", validation_fraction=fraction, mask_type=mask_type, fingerprint=fp, **weights)
+    cfg.name = config_name("default", cfg.params())
+    cfg.description = "folder with " + ", ".join(f"{k}={v!r}" for k, v in sorted(cfg.params().items()))
+    return cfg
+
+
+def _by_stem(directory: Path, what: str) -> dict:
+    out = {}
+    for p in sorted(directory.iterdir()):
+        if p.name.startswith(".") or not p.is_file():
+            continue
+        if p.suffix.lower() not in io.IMAGE_SUFFIXES:
+            log.info("%s: skipping %s (not %s)", what, p, "/".join(io.IMAGE_SUFFIXES))
+            continue
+        if p.stem in out:
+            raise ValueError(f"{out[p.stem]} and {p} have the same name stem {p.stem!r}: masks are matched to images "
+                             f"by stem, so keep only one of them")
+        out[p.stem] = p
+    return out
+
+
+def find_pairs(root) -> list:
+    """Sorted ``[(name, image_path, mask_path)]`` of a folder data set; checks the layout. Host-side.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``images/`` or ``masks/`` is missing or holds no image.
+    ValueError
+        If an image has no mask or a mask no image (names listed), or two files share a stem.
+    """
+    root = Path(root)
+    expected = (f"{root}/images/ and {root}/masks/ holding PNG or TIFF files with matching names "
+                f"(images/a.png <-> masks/a.png)")
+    for sub in ("images", "masks"):
+        if not (root / sub).is_dir():
+            raise FileNotFoundError(f"folder data set: {root / sub} not found; expected {expected}")
+    images, masks = _by_stem(root / "images", "images"), _by_stem(root / "masks", "masks")
+    if not images:
+        raise FileNotFoundError(f"folder data set: no PNG or TIFF image in {root / 'images'}; expected {expected}")
+    no_mask = sorted(set(images) - set(masks))
+    if no_mask:
+        raise ValueError(f"{len(no_mask)} image(s) without a mask in {root / 'masks'}: "
+                         f"{', '.join(images[s].name for s in no_mask[:10])}{' ...' if len(no_mask) > 10 else ''}; "
+                         f"add masks with the same names or remove the images")
+    no_image = sorted(set(masks) - set(images))
+    if no_image:
+        raise ValueError(f"{len(no_image)} mask(s) without an image in {root / 'images'}: "
+                         f"{', '.join(masks[s].name for s in no_image[:10])}{' ...' if len(no_image) > 10 else ''}; "
+                         f"add the images or remove the masks")
+    return [(images[s].name, images[s], masks[s]) for s in sorted(images)]
+
+
+class Folder(UNetBuilder):
+    """TFDS builder ``folder``; see the module docstring for the layout, conversions and splits."""
+    name = "folder"
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    BUILDER_CONFIGS = [FolderConfig(name="default", description="auto-detected masks, 20% validation")]
+    MANUAL_DOWNLOAD_INSTRUCTIONS = ("Put your images in <root>/images/ and their masks, with the same names, in "
+                                    "<root>/masks/, and pass <root> as the manual directory (unet_jax: data.root).")
+    DESCRIPTION = __doc__
+    EXPECTED = "images/ and masks/ holding PNG or TIFF files with matching names (images/a.png <-> masks/a.png)"
+    CHANNELS = None
+
+    def _read(self, image_path: Path, mask_path: Path, channels: int = 0):
+        image = io.to_float_image(io.read_image(image_path), image_path)
+        instances = io.mask_to_instances(io.read_image(mask_path), mask_path, self.builder_config.mask_type)
+        io.check_same_shape(image, instances, image_path, mask_path)
+        if channels == 3 and image.shape[-1] == 1:
+            image = np.repeat(image, 3, axis=-1)
+        return image, instances
+
+    def _split_generators(self, dl_manager):
+        root = self.manual_root(dl_manager)
+        pairs = find_pairs(root)
+        channels = set()
+        for _, image_path, mask_path in progress(pairs, len(pairs), "folder: checking files"):
+            image, _ = self._read(image_path, mask_path)
+            channels.add(image.shape[-1])
+        if channels == {1, 3}:
+            log.info("folder %s: some images are colour and some greyscale; the greyscale ones are repeated to "
+                     "3 channels", root)
+        c = max(channels)
+        k = validation_count(len(pairs), self.builder_config.validation_fraction)
+        perm = np.random.default_rng(0).permutation(len(pairs))
+        held = set(perm[:k].tolist())
+        splits = {"train": self._generate_examples([p for i, p in enumerate(pairs) if i not in held], c)}
+        if k:
+            splits["validation"] = self._generate_examples([p for i, p in enumerate(pairs) if i in held], c)
+        return splits
+
+    def _generate_examples(self, pairs, channels):
+        for name, image_path, mask_path in progress(pairs, len(pairs), "folder: weight maps"):
+            level = log.level
+            log.setLevel(max(logging.WARNING, level))  # the checking pass already logged the conversions
+            try:
+                image, instances = self._read(image_path, mask_path, channels)
+            finally:
+                log.setLevel(level)
+            yield name, self.make_example(image, instances, name)

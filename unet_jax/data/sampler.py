@@ -1,0 +1,429 @@
+"""Random training tiles (paper section 3: large input tiles, batch of one image, mirrored borders).
+
+Two paths with the same sampling law:
+
+* ``to_device_dataset`` (host-side, once) puts a whole split on the accelerator, mirror-padded, and
+  ``sample_tiles`` (pure jax.numpy, jit-compiled) cuts a random batch of tiles out of it inside the train step;
+* ``stream_tiles`` (host-side iterator) cuts the same kind of tiles on the host for splits too large for device
+  memory (``fits_on_device`` decides), and ``prefetch_to_device`` copies them ahead of use.
+
+Geometry, for a tile of T = ``tile_size`` input pixels whose VALID network output is O = ``out_size`` pixels
+(``unet_jax.model.output_size``): the output window is O x O, centred in the tile, and the tile extends it by the
+border b = (T - O) / 2 on every side. An output window lies wholly inside the image: its origin (oy, ox) is drawn
+uniformly from [0, H - O] x [0, W - O]. Where the tile's border reaches past the image, the image is mirrored
+with ``PAD_MODE`` = ``'symmetric'`` (``np.pad`` mode: the edge pixel is repeated, ``c b a | a b c``), the default
+of overlap-tile inference in ``unet_jax.tiling``, so training and inference see the same extrapolation. Class
+labels (``instances > 0``) and weights are mirrored the same way, so all three come out at tile size; the loss
+centre-crops labels and weights to the logits, and augmentation warps all three together.
+
+Images smaller than O (in height or width): the image is first extended by mirroring to O (the extra pixels split
+as evenly as possible before and after it), so it fits one output window. In that extension the weights are 0:
+the loss counts every real pixel once and ignores the mirrored copies (labels there are mirrored, like the image).
+
+"Uniform" sampling: the image index is uniform over the N images (each image equally likely, whatever its
+size), and given the image the origin is uniform over its (H - O + 1) x (W - O + 1) valid positions (for small
+images: the one position). Every pixel is then inside some output window, but not equally often: a pixel within
+O of an image edge lies in fewer windows than one in the middle. ``tests/test_sampler.py`` checks both the origin
+law and the coverage.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import queue
+import threading
+from typing import Iterator, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from unet_jax.tiling import PAD_MODES, mirror_indices
+
+PAD_MODE = "symmetric"
+
+__all__ = ["DeviceDataset", "to_device_dataset", "sample_origins", "gather_tiles", "sample_tiles", "stream_tiles",
+           "prefetch_to_device", "device_dataset_nbytes", "fits_on_device", "PAD_MODE"]
+
+
+class DeviceDataset(NamedTuple):
+    """A split on the device, mirror-padded for tile sampling (a pytree: pass it to jitted functions).
+
+    Attributes
+    ----------
+    images : float32 (N, Hp, Wp, C)
+        Image i occupies ``[:Ei + 2b, :Fi + 2b]`` (its size, at least O, plus the border b on both sides);
+        zeros beyond.
+    labels : int32 (N, Hp, Wp)
+        Class labels ``instances > 0``, padded the same way.
+    weights : float32 (N, Hp, Wp)
+        Weight maps, padded the same way (0 where an image smaller than O was extended, and beyond each image).
+    sizes : int32 (N, 2)
+        (Ei, Fi) = (max(H_i, O), max(W_i, O)): the extent output windows range over; origins lie in
+        [0, Ei - O] x [0, Fi - O].
+    """
+    images: jax.Array
+    labels: jax.Array
+    weights: jax.Array
+    sizes: jax.Array
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checks and geometry (host-side)
+# ----------------------------------------------------------------------------------------------------------------
+
+def _check_int(name: str, value, lo: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
+    return int(value)
+
+
+def _check_geometry(tile_size, out_size) -> int:
+    """Validate tile_size/out_size; return the border (tile_size - out_size) // 2."""
+    tile_size = _check_int("tile_size", tile_size, 1)
+    out_size = _check_int("out_size", out_size, 1)
+    if out_size > tile_size or (tile_size - out_size) % 2:
+        raise ValueError(f"out_size must be at most tile_size with an even difference (a border on each side), "
+                         f"got tile_size={tile_size}, out_size={out_size}")
+    return (tile_size - out_size) // 2
+
+
+def _check_pad_mode(pad_mode: str) -> str:
+    if pad_mode not in PAD_MODES:
+        raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
+    return pad_mode
+
+
+def _example_arrays(example, i) -> tuple:
+    """(image (H, W, C) float32, instances (H, W), weights (H, W) float32) of one example dict, checked."""
+    if not hasattr(example, "__getitem__"):
+        raise ValueError(f"examples[{i}] must be a dict with 'image', 'instances' and 'weights', got "
+                         f"{type(example).__name__}")
+    try:
+        image, instances, weights = (np.asarray(example[k]) for k in ("image", "instances", "weights"))
+    except KeyError as err:
+        raise ValueError(f"examples[{i}] has no {err.args[0]!r}; expected the keys 'image', 'instances', "
+                         f"'weights' (as from unet_jax.data.load_split)") from None
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"examples[{i}]['image'] must be (H, W, C) or (H, W), got shape {image.shape}")
+    if instances.shape != image.shape[:2] or weights.shape != image.shape[:2]:
+        raise ValueError(f"examples[{i}]: instances {instances.shape} and weights {weights.shape} must be "
+                         f"{image.shape[:2]}, the image's (H, W)")
+    return image.astype(np.float32, copy=False), instances, weights.astype(np.float32, copy=False)
+
+
+class _Geometry(NamedTuple):
+    h: int        # image height, width
+    w: int
+    eh: int       # extent output windows range over: max(h, O), max(w, O)
+    ew: int
+    top: int      # mirrored rows/columns added before the image to reach eh/ew
+    left: int
+    border: int   # b = (T - O) / 2
+
+
+def _geometry(h: int, w: int, out_size: int, border: int) -> _Geometry:
+    eh, ew = max(h, out_size), max(w, out_size)
+    return _Geometry(h, w, eh, ew, (eh - h) // 2, (ew - w) // 2, border)
+
+
+def _window(image, instances, weights, g: _Geometry, py: int, px: int, th: int, tw: int, mode: str):
+    """The padded-coordinate window [py, py + th) x [px, px + tw) of one example (host-side numpy).
+
+    Padded coordinate p holds image row p - border - top, mirrored (``mirror_indices``) where outside the image;
+    weights are 0 inside the extent but outside the image (the extension of images smaller than O).
+    """
+    rows = mirror_indices(py - g.border - g.top, th, g.h, mode)
+    cols = mirror_indices(px - g.border - g.left, tw, g.w, mode)
+    img = image[np.ix_(rows, cols)]
+    lab = (instances[np.ix_(rows, cols)] > 0).astype(np.int32)
+    wts = weights[np.ix_(rows, cols)].astype(np.float32)
+    if g.eh > g.h or g.ew > g.w:
+        e_y = np.arange(py, py + th) - g.border          # extent coordinates
+        e_x = np.arange(px, px + tw) - g.border
+        in_ext = ((e_y >= 0) & (e_y < g.eh))[:, None] & ((e_x >= 0) & (e_x < g.ew))[None, :]
+        in_img = ((e_y >= g.top) & (e_y < g.top + g.h))[:, None] & ((e_x >= g.left) & (e_x < g.left + g.w))[None]
+        wts = np.where(in_ext & ~in_img, np.float32(0), wts)
+    return img, lab, wts
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# On-device path
+# ----------------------------------------------------------------------------------------------------------------
+
+def device_dataset_nbytes(examples: Sequence, tile_size: int, out_size: int) -> int:
+    """Bytes ``to_device_dataset(examples, tile_size, out_size)`` will occupy on the device. Host-side."""
+    border = _check_geometry(tile_size, out_size)
+    shapes = [np.shape(ex["image"]) for ex in examples]
+    if not shapes:
+        return 0
+    hp = max(max(s[0], out_size) for s in shapes) + 2 * border
+    wp = max(max(s[1], out_size) for s in shapes) + 2 * border
+    c = max(s[2] if len(s) == 3 else 1 for s in shapes)
+    return len(shapes) * hp * wp * (4 * c + 4 + 4) + 8 * len(shapes)
+
+
+def to_device_dataset(examples: Sequence, tile_size: int, out_size: int, pad_mode: str = PAD_MODE,
+                      device=None) -> DeviceDataset:
+    """Mirror-pad a split once on the host and put it on the device for ``sample_tiles``. Host-side.
+
+    Parameters
+    ----------
+    examples : sequence of dicts
+        Each with 'image' float32 (H, W, C) (or (H, W)), 'instances' int (H, W) and 'weights' float32 (H, W),
+        e.g. ``unet_jax.data.load_split(...)``. Sizes may differ; the channel count may not.
+    tile_size : int
+        Network input tile T.
+    out_size : int
+        Its output O (``unet_jax.model.output_size(tile_size, depth, padding)``); T - O must be even (>= 0).
+    pad_mode : {'symmetric', 'reflect'}
+        Mirror mode (``np.pad``); default ``PAD_MODE``, as in ``unet_jax.tiling``.
+    device : jax.Device or Sharding, optional
+        Where to put the arrays (default: the default device).
+
+    Returns
+    -------
+    DeviceDataset with images (N, Hp, Wp, C) float32, labels (N, Hp, Wp) int32 (``instances > 0``), weights
+    (N, Hp, Wp) float32 and sizes (N, 2) int32; Hp = max_i max(H_i, O) + T - O (likewise Wp).
+    """
+    border = _check_geometry(tile_size, out_size)
+    _check_pad_mode(pad_mode)
+    if isinstance(examples, (str, bytes)) or not hasattr(examples, "__len__") or len(examples) == 0:
+        raise ValueError(f"examples must be a non-empty sequence of example dicts, got {type(examples).__name__}"
+                         f"{' of length 0' if hasattr(examples, '__len__') else ''}")
+    arrays = [_example_arrays(examples[i], i) for i in range(len(examples))]
+    channels = {a[0].shape[-1] for a in arrays}
+    if len(channels) != 1:
+        raise ValueError(f"examples must all have the same number of image channels, got {sorted(channels)}")
+    c = channels.pop()
+    geoms = [_geometry(a[0].shape[0], a[0].shape[1], out_size, border) for a in arrays]
+    hp = max(g.eh for g in geoms) + 2 * border
+    wp = max(g.ew for g in geoms) + 2 * border
+    n = len(arrays)
+    images = np.zeros((n, hp, wp, c), np.float32)
+    labels = np.zeros((n, hp, wp), np.int32)
+    weights = np.zeros((n, hp, wp), np.float32)
+    for i, ((image, instances, wmap), g) in enumerate(zip(arrays, geoms)):
+        th, tw = g.eh + 2 * border, g.ew + 2 * border
+        images[i, :th, :tw], labels[i, :th, :tw], weights[i, :th, :tw] = _window(
+            image, instances, wmap, g, 0, 0, th, tw, pad_mode)
+    sizes = np.array([(g.eh, g.ew) for g in geoms], np.int32).reshape(n, 2)
+    return DeviceDataset(*jax.device_put((images, labels, weights, sizes), device))
+
+
+@functools.partial(jax.jit, static_argnames=("batch_size", "out_size"))
+def sample_origins(dataset: DeviceDataset, key: jax.Array, batch_size: int, out_size: int):
+    """Random image indices and output-window origins (pure jax; jit-compiled).
+
+    Parameters
+    ----------
+    dataset : DeviceDataset
+    key : PRNG key
+    batch_size, out_size : int (static)
+
+    Returns
+    -------
+    index : int32 (B,), uniform over [0, N)
+    origins : int32 (B, 2), (oy, ox) uniform over [0, E - O] x [0, F - O] of the chosen image (``sizes``)
+    """
+    batch_size = _check_int("batch_size", batch_size, 1)
+    out_size = _check_int("out_size", out_size, 1)
+    n = dataset.sizes.shape[0]
+    k_index, k_y, k_x = jax.random.split(key, 3)
+    index = jax.random.randint(k_index, (batch_size,), 0, n, dtype=jnp.int32)
+    sizes = dataset.sizes[index]
+    oy = jax.random.randint(k_y, (batch_size,), 0, sizes[:, 0] - out_size + 1, dtype=jnp.int32)
+    ox = jax.random.randint(k_x, (batch_size,), 0, sizes[:, 1] - out_size + 1, dtype=jnp.int32)
+    return index, jnp.stack([oy, ox], axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("tile_size",))
+def gather_tiles(dataset: DeviceDataset, index: jax.Array, origins: jax.Array, tile_size: int):
+    """The tiles whose output windows start at ``origins`` (pure jax; jit-compiled).
+
+    Tile b is ``dataset.images[index[b], oy:oy + T, ox:ox + T]`` (padded coordinates = the output origin, as the
+    padding adds the border), cut with ``lax.dynamic_slice``; likewise labels and weights.
+
+    Returns
+    -------
+    images float32 (B, T, T, C), labels int32 (B, T, T), weights float32 (B, T, T)
+    """
+    tile_size = _check_int("tile_size", tile_size, 1)
+    _, hp, wp, c = dataset.images.shape
+    if tile_size > hp or tile_size > wp:
+        raise ValueError(f"tile_size {tile_size} exceeds the padded data set ({hp} x {wp}); build it with "
+                         f"to_device_dataset(examples, tile_size={tile_size}, ...)")
+    t = tile_size
+
+    def one(i, oy, ox):
+        img = jax.lax.dynamic_slice(dataset.images, (i, oy, ox, 0), (1, t, t, c))[0]
+        lab = jax.lax.dynamic_slice(dataset.labels, (i, oy, ox), (1, t, t))[0]
+        wts = jax.lax.dynamic_slice(dataset.weights, (i, oy, ox), (1, t, t))[0]
+        return img, lab, wts
+
+    return jax.vmap(one)(index, origins[:, 0], origins[:, 1])
+
+
+@functools.partial(jax.jit, static_argnames=("batch_size", "tile_size", "out_size"))
+def sample_tiles(dataset: DeviceDataset, key: jax.Array, batch_size: int, tile_size: int, out_size: int):
+    """A random batch of training tiles from a ``DeviceDataset`` (pure jax; jit-compiled, usable inside jit).
+
+    Picks ``batch_size`` images uniformly (with replacement) and in each a uniform random output-window origin
+    (``sample_origins``), then slices the tile-size window around it (``gather_tiles``). ``tile_size`` and
+    ``out_size`` must be the ones the data set was built with (``to_device_dataset``).
+
+    Parameters
+    ----------
+    dataset : DeviceDataset
+    key : PRNG key
+    batch_size, tile_size, out_size : int (static)
+
+    Returns
+    -------
+    images : float32 (B, T, T, C)
+    labels : int32 (B, T, T), class labels (0 background, 1 cell)
+    weights : float32 (B, T, T)
+    """
+    if out_size > tile_size or (tile_size - out_size) % 2:
+        raise ValueError(f"out_size must be at most tile_size with an even difference, got tile_size={tile_size}, "
+                         f"out_size={out_size}")
+    index, origins = sample_origins(dataset, key, batch_size, out_size)
+    return gather_tiles(dataset, index, origins, tile_size)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Streaming path (host-side)
+# ----------------------------------------------------------------------------------------------------------------
+
+def stream_tiles(examples_or_source, batch_size: int, tile_size: int, out_size: int, seed: int = 0,
+                 pad_mode: str = PAD_MODE) -> Iterator[tuple]:
+    """Endless host iterator of random tile batches, for splits too large for device memory. Host-side.
+
+    Same sampling law and geometry as ``sample_tiles`` (uniform image, uniform output-window origin, mirrored
+    border, zero weights on the extension of small images), drawn with ``numpy.random.default_rng(seed)``; only
+    the tile's window is mirrored and cut (``mirror_indices``), the image is never padded whole.
+
+    Parameters
+    ----------
+    examples_or_source : sequence of example dicts, or a random-access source of them
+        Anything with ``len()`` and ``[i]`` giving 'image', 'instances', 'weights' (e.g. ``load_split``'s list or
+        a TFDS ``builder.as_data_source()[split]``, read lazily).
+    batch_size, tile_size, out_size : int
+    seed : int
+    pad_mode : {'symmetric', 'reflect'}
+
+    Yields
+    ------
+    (images float32 (B, T, T, C), labels int32 (B, T, T), weights float32 (B, T, T)) as numpy arrays.
+    """
+    batch_size = _check_int("batch_size", batch_size, 1)
+    border = _check_geometry(tile_size, out_size)
+    _check_pad_mode(pad_mode)
+    n = len(examples_or_source) if hasattr(examples_or_source, "__len__") else 0
+    if n == 0 or not hasattr(examples_or_source, "__getitem__"):
+        raise ValueError(f"examples_or_source must be a non-empty sequence or random-access source of examples, "
+                         f"got {type(examples_or_source).__name__}")
+    rng = np.random.default_rng(seed)
+    t = tile_size
+
+    def gen():
+        while True:
+            out = []
+            for i in rng.integers(0, n, batch_size):
+                image, instances, weights = _example_arrays(examples_or_source[int(i)], int(i))
+                g = _geometry(image.shape[0], image.shape[1], out_size, border)
+                oy = int(rng.integers(0, g.eh - out_size + 1))
+                ox = int(rng.integers(0, g.ew - out_size + 1))
+                out.append(_window(image, instances, weights, g, oy, ox, t, t, pad_mode))
+            yield tuple(np.stack(parts) for parts in zip(*out))
+
+    return gen()
+
+
+def prefetch_to_device(iterator, size: int = 2, device=None) -> Iterator:
+    """Copy batches from a host iterator to the device ahead of use, in a background thread. Host-side.
+
+    A thread pulls from ``iterator`` and ``jax.device_put``s each batch (onto ``device``: a Device or Sharding,
+    default the default device) into a queue of at most ``size`` batches, so that host tile cutting and the
+    transfer overlap with the device's work. Exceptions in the thread are re-raised by the consumer.
+
+    Yields
+    ------
+    The iterator's batches (pytrees) as device arrays, in order.
+    """
+    size = _check_int("size", size, 1)
+    q: queue.Queue = queue.Queue(maxsize=size)
+    done = object()
+    stop = threading.Event()
+
+    def worker():
+        try:
+            for batch in iterator:
+                item = jax.device_put(batch, device)
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer
+            q.put(err)
+
+    thread = threading.Thread(target=worker, daemon=True, name="unet_jax-prefetch")
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def _free_device_bytes() -> Optional[int]:
+    try:
+        stats = jax.local_devices()[0].memory_stats()
+    except Exception:  # noqa: BLE001 - not every backend has it
+        stats = None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    try:  # CPU: available physical memory
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_AVPHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def fits_on_device(examples: Sequence, limit_bytes: Optional[int] = None, tile_size: int = 0,
+                   out_size: int = 0) -> bool:
+    """Whether ``to_device_dataset(examples, tile_size, out_size)`` fits in ``limit_bytes``. Host-side.
+
+    Parameters
+    ----------
+    examples : sequence of example dicts (only the image shapes are read)
+    limit_bytes : int, optional
+        Budget for the data set. Default: half of the first local device's free memory (``memory_stats``; on
+        CPU the available physical memory), leaving the rest for parameters, optimiser state and activations;
+        1 GiB if that is unknown.
+    tile_size, out_size : int
+        The tile geometry (0, 0: count the images unpadded).
+
+    Returns
+    -------
+    bool; use ``to_device_dataset`` + ``sample_tiles`` if True, else ``stream_tiles`` + ``prefetch_to_device``.
+    """
+    if limit_bytes is None:
+        free = _free_device_bytes()
+        limit_bytes = free // 2 if free else 1 << 30
+    limit_bytes = _check_int("limit_bytes", limit_bytes, 0)
+    if tile_size == 0 and out_size == 0:
+        tile_size = out_size = 1
+    return device_dataset_nbytes(examples, tile_size, out_size) <= limit_bytes
+

@@ -133,8 +133,8 @@ def tile_grid(image_shape, tile_size: int, *, depth: int = 4, padding: str = "VA
     padding : {'VALID', 'SAME'}
         The network's convolution padding.
     overlap : int or None
-        SAME only: tile overlap in pixels, a multiple of ``2**depth`` in [0, T - 2**depth]; None picks half a
-        tile rounded down to a multiple of ``2**depth``. Must be None for VALID (the geometry fixes it).
+        SAME only: tile overlap in pixels, a multiple of ``2**depth`` in [0, T / 2]; None picks half a tile
+        rounded down to a multiple of ``2**depth``. Must be None for VALID (the geometry fixes it).
 
     Returns
     -------
@@ -146,7 +146,11 @@ def tile_grid(image_shape, tile_size: int, *, depth: int = 4, padding: str = "VA
         raise ValueError(f"image_shape must be (H, W), got {image_shape!r}")
     h, w = (_check_int("image_shape", s, 1) for s in image_shape)
     tile_size = _check_int("tile_size", tile_size, 1)
-    out = output_size(tile_size, depth, padding)   # validates depth and tile_size
+    depth = _check_int("depth", depth, 1)
+    try:
+        out = output_size(tile_size, depth, padding)
+    except ValueError as e:
+        raise ValueError(f"tile_size {tile_size} is not a valid input size: {e}") from None
     grid = 2 ** depth
     if padding == "VALID":
         if overlap is not None:
@@ -343,12 +347,16 @@ def dihedral_transforms():
 _PREDICTOR_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def make_batch_predictor(apply_fn: Callable, tta: bool = False) -> Callable:
+def make_batch_predictor(apply_fn: Callable, tta: bool = False, variables=None) -> Callable:
     """Jit-compiled ``(B, T, T, C) float32 -> (B, O, O, K) float32`` softmax probabilities.
 
     The returned function is pure jax.numpy and cached per ``(apply_fn, tta)`` (weakly, so it lives as long as
     ``apply_fn`` does); jax compiles it once per input shape. ``apply_fn`` may itself be jitted. Pass the same
     function object on every call (not a fresh lambda) to reuse compilations.
+
+    With ``variables`` given, ``apply_fn(variables, x)`` is called and the variables are an argument of the
+    compiled function rather than constants baked into it (use this for large networks: e.g.
+    ``apply_fn=model.apply``); the returned function still takes only the batch.
 
     With ``tta=True`` the 8 dihedral transforms of the batch run through ``apply_fn`` one after another
     (``jax.lax.map``: the network is compiled once and device memory stays at one batch) and the probabilities,
@@ -356,36 +364,38 @@ def make_batch_predictor(apply_fn: Callable, tta: bool = False) -> Callable:
     """
     if not callable(apply_fn):
         raise ValueError(f"apply_fn must be callable, got {type(apply_fn).__name__}")
-    key = bool(tta)
+    key = (bool(tta), variables is not None)
     try:
         per_fn = _PREDICTOR_CACHE.setdefault(apply_fn, {})
         ref = weakref.ref(apply_fn)     # the cached function must not keep apply_fn (and its parameters) alive
     except TypeError:                   # not weak-referenceable or not hashable: no caching
         per_fn, ref = {}, (lambda f=apply_fn: f)
-    if key in per_fn:
-        return per_fn[key]
+    if key not in per_fn:
+        def probs(v, x):
+            fn = ref()
+            if fn is None:
+                raise RuntimeError("apply_fn was garbage-collected; build a new predictor")
+            logits = fn(x) if v is None else fn(v, x)
+            return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
-    def probs(x):
-        fn = ref()
-        if fn is None:
-            raise RuntimeError("apply_fn was garbage-collected; build a new predictor")
-        return jax.nn.softmax(fn(x).astype(jnp.float32), axis=-1)
+        if tta:
+            transforms = dihedral_transforms()
 
-    if tta:
-        transforms = dihedral_transforms()
+            def predict_v(v, x):
+                x = x.astype(jnp.float32)
+                stacked = jnp.stack([fwd(x) for fwd, _ in transforms])            # (8, B, T, T, C)
+                out = jax.lax.map(lambda t: probs(v, t), stacked)                  # (8, B, O, O, K)
+                return sum(inv(out[k]) for k, (_, inv) in enumerate(transforms)) / len(transforms)
+        else:
+            def predict_v(v, x):
+                return probs(v, x.astype(jnp.float32))
 
-        def predict(x):
-            x = x.astype(jnp.float32)
-            stacked = jnp.stack([fwd(x) for fwd, _ in transforms])            # (8, B, T, T, C)
-            out = jax.lax.map(probs, stacked)                                  # (8, B, O, O, K)
-            return sum(inv(out[k]) for k, (_, inv) in enumerate(transforms)) / len(transforms)
-    else:
-        def predict(x):
-            return probs(x.astype(jnp.float32))
-
-    fn = jax.jit(predict)
-    per_fn[key] = fn
-    return fn
+        if variables is None:
+            per_fn[key] = jax.jit(lambda x: predict_v(None, x))
+        else:
+            per_fn[key] = jax.jit(predict_v)
+    fn = per_fn[key]
+    return fn if variables is None else (lambda x: fn(variables, x))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -449,7 +459,7 @@ def _predict_into(predictor, image, grid, out, batch_size, pad_mode, num_classes
     return out
 
 
-def _check_common(tile_size, depth, padding, batch_size, num_classes, pad_mode):
+def _check_common(batch_size, num_classes, pad_mode):
     batch_size = _check_int("batch_size", batch_size, 1)
     if num_classes is not None:
         num_classes = _check_int("num_classes", num_classes, 1)
@@ -460,7 +470,8 @@ def _check_common(tile_size, depth, padding, batch_size, num_classes, pad_mode):
 
 def predict_tiled(apply_fn: Callable, image, tile_size: int, *, depth: int = 4, padding: str = "VALID",
                   batch_size: int = 4, num_classes: Optional[int] = None, tta: bool = False, progress: bool = False,
-                  overlap: Optional[int] = None, pad_mode: str = "symmetric") -> np.ndarray:
+                  overlap: Optional[int] = None, pad_mode: str = "symmetric",
+                  variables=None) -> np.ndarray:
     """Softmax probabilities of a 2-D image of any size by overlap-tile inference (host-side driver).
 
     Parameters
@@ -490,6 +501,9 @@ def predict_tiled(apply_fn: Callable, image, tile_size: int, *, depth: int = 4, 
         SAME only: blending overlap in pixels (see ``tile_grid``).
     pad_mode : {'symmetric', 'reflect'}
         How the image is mirrored beyond its border (default 'symmetric').
+    variables : pytree or None
+        If given, ``apply_fn(variables, x)`` is called with the variables as an argument of the compiled function
+        (not constants baked into it): ``predict_tiled(model.apply, image, 572, variables=variables)``.
 
     Returns
     -------
@@ -497,16 +511,16 @@ def predict_tiled(apply_fn: Callable, image, tile_size: int, *, depth: int = 4, 
         Softmax probabilities; channel 1 is P(cell) for the paper's two classes.
     """
     image = _as_hwc(image)
-    batch_size, num_classes = _check_common(tile_size, depth, padding, batch_size, num_classes, pad_mode)
+    batch_size, num_classes = _check_common(batch_size, num_classes, pad_mode)
     grid = tile_grid(image.shape[:2], tile_size, depth=depth, padding=padding, overlap=overlap)
-    predictor = make_batch_predictor(apply_fn, tta)
+    predictor = make_batch_predictor(apply_fn, tta, variables)
     return _predict_into(predictor, image, grid, None, batch_size, pad_mode, num_classes, progress)
 
 
 def predict_stack(apply_fn: Callable, stack, tile_size: int, *, depth: int = 4, padding: str = "VALID",
                   batch_size: int = 4, num_classes: Optional[int] = None, tta: bool = False,
-                  progress: bool = False, overlap: Optional[int] = None, pad_mode: str = "symmetric"
-                  ) -> np.ndarray:
+                  progress: bool = False, overlap: Optional[int] = None, pad_mode: str = "symmetric",
+                  variables=None) -> np.ndarray:
     """``predict_tiled`` slice by slice over a stack (host-side).
 
     Parameters
@@ -522,10 +536,10 @@ def predict_stack(apply_fn: Callable, stack, tile_size: int, *, depth: int = 4, 
     stack = np.asarray(stack)
     if stack.ndim not in (3, 4) or stack.shape[0] < 1:
         raise ValueError(f"stack must be (Z, H, W) or (Z, H, W, C) with Z >= 1, got shape {stack.shape}")
-    batch_size, num_classes = _check_common(tile_size, depth, padding, batch_size, num_classes, pad_mode)
+    batch_size, num_classes = _check_common(batch_size, num_classes, pad_mode)
     first = _as_hwc(stack[0], "stack[0]")
     grid = tile_grid(first.shape[:2], tile_size, depth=depth, padding=padding, overlap=overlap)
-    predictor = make_batch_predictor(apply_fn, tta)
+    predictor = make_batch_predictor(apply_fn, tta, variables)
     out = None
     slices = range(stack.shape[0])
     if progress:

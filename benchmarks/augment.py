@@ -3,8 +3,10 @@
 Both warp the same three arrays (image, labels, weights; default 572x572, the paper's tile) with the same grid and
 sigma. The main baseline uses elasticdeform with the same interpolation as ours (orders 1, 0, 1 and the mirror
 boundary); elasticdeform's defaults (order 3, constant boundary) are timed too, for reference. Our functions are
-jitted, warmed up and timed with ``block_until_ready``, a fresh key per call. The full ``augment`` chain (the
-``augment`` section of experiments/base.py) is timed as well, for one example and for a batch.
+jitted, warmed up and timed with ``block_until_ready``, a fresh key per call; the contenders take turns in short
+blocks of back-to-back calls (see ``interleaved_medians``), so a changing background load on shared CPUs affects
+them alike. The full ``augment`` chain (the
+``augment`` section of unet_jax.config.base_config) is timed as well, for one example and for a batch.
 
 elasticdeform is not a dependency of unet_jax; install it into the venv to get the baseline:
     pip install --no-binary elasticdeform elasticdeform
@@ -27,24 +29,46 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # experiments/ beside unet_jax
-
-from experiments import base  # noqa: E402
-from unet_jax import augment as aug  # noqa: E402
+from unet_jax import augment as aug
+from unet_jax.config import base_config
 
 INSTALL_HINT = "pip install --no-binary elasticdeform elasticdeform"
 
 
-def median_seconds(fn, repeats: int, warmup: int) -> float:
-    """Median wall time of ``fn(i)`` over ``repeats`` calls after ``warmup`` calls (host-side)."""
-    for i in range(warmup):
-        fn(i)
-    times = []
-    for i in range(repeats):
-        t0 = time.perf_counter()
-        fn(warmup + i)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def _version(dist: str):
+    try:
+        from importlib.metadata import version
+        return version(dist)
+    except Exception:  # noqa: BLE001 - only informative
+        return None
+
+
+def interleaved_medians(fns: dict, repeats: int, warmup: int, block: int = 10) -> dict:
+    """Median wall time (seconds) of each ``fns[name](i)`` over ``repeats`` timed calls (host-side).
+
+    The contenders take turns in blocks: each block is one untimed call (after switching contenders the CPUs,
+    caches and XLA's worker threads are cold: idle vCPUs of a VM take a while to wake) and then ``block`` timed
+    calls back to back, the steady state a training loop sees. Taking turns makes a changing background load
+    (shared CPUs) hit every contender alike. ``warmup`` untimed calls each come first (compilation).
+    ``fns[name]`` is called with indices below ``warmup + repeats`` (e.g. one PRNG key each).
+    """
+    for fn in fns.values():
+        for i in range(warmup):
+            fn(i)
+    times = {name: [] for name in fns}
+    i = 0
+    while any(len(t) < repeats for t in times.values()):
+        for name, fn in fns.items():
+            todo = min(block, repeats - len(times[name]))
+            if todo <= 0:
+                continue
+            fn(warmup + i % repeats)
+            for _ in range(todo):
+                i += 1
+                t0 = time.perf_counter()
+                fn(warmup + i % repeats)
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main(argv=None) -> dict:
@@ -52,12 +76,13 @@ def main(argv=None) -> dict:
     p.add_argument("--size", type=int, default=572, help="tile height and width (default 572)")
     p.add_argument("--repeats", type=int, default=30, help="timed calls per measurement (median reported)")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls first (compilation, caches)")
+    p.add_argument("--block", type=int, default=10, help="timed calls per turn of each contender")
     p.add_argument("--grid", type=int, default=3, help="elastic grid points per axis (paper: 3)")
     p.add_argument("--sigma", type=float, default=10.0, help="grid displacement std in pixels (paper: 10)")
     p.add_argument("--batch", type=int, default=4, help="batch size for the augment_batch timing")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    for name in ("size", "repeats", "grid", "batch"):
+    for name in ("size", "repeats", "grid", "batch", "block"):
         if getattr(args, name) < (2 if name == "grid" else 1):
             p.error(f"--{name} too small: {getattr(args, name)}")
 
@@ -69,61 +94,67 @@ def main(argv=None) -> dict:
 
     result = {
         "benchmark": "augment", "size": n, "grid": args.grid, "sigma": args.sigma, "repeats": args.repeats,
+        "block": args.block,
         "jax_backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
         "cpu_count": os.cpu_count(), "machine": platform.machine(),
     }
 
-    # ---- ours: elastic_warp alone ----
     total = args.warmup + args.repeats
     keys = list(jax.random.split(jax.random.PRNGKey(args.seed), total))
     img_d, lab_d, w_d = jnp.asarray(image[..., None]), jnp.asarray(labels), jnp.asarray(weights)
-    warp = jax.jit(functools.partial(aug.elastic_warp, grid=args.grid, sigma=args.sigma))
-    t_ours = median_seconds(lambda i: jax.block_until_ready(warp(keys[i], img_d, lab_d, w_d)), args.repeats,
-                            args.warmup)
-    result["elastic_warp_ms"] = t_ours * 1e3
+    fns = {}
 
-    # ---- ours: the full augment chain (experiments/base.py defaults, elastic grid/sigma from the options) ----
-    cfg = base.get_config().augment
+    # ours: elastic_warp alone (sampling the grid, the coordinate map, one resampling of the three arrays)
+    warp = jax.jit(functools.partial(aug.elastic_warp, grid=args.grid, sigma=args.sigma))
+    fns["elastic_warp"] = lambda i: jax.block_until_ready(warp(keys[i], img_d, lab_d, w_d))
+
+    # ours: the full augment chain (base_config defaults, elastic grid/sigma from the options)
+    cfg = base_config().augment
     cfg.elastic_grid, cfg.elastic_sigma = args.grid, args.sigma
     full = jax.jit(lambda k, i, l, w: aug.augment(k, i, l, w, cfg))
-    result["augment_ms"] = 1e3 * median_seconds(
-        lambda i: jax.block_until_ready(full(keys[i], img_d, lab_d, w_d)), args.repeats, args.warmup)
+    fns["augment"] = lambda i: jax.block_until_ready(full(keys[i], img_d, lab_d, w_d))
     b = args.batch
     imgs_b, labs_b, ws_b = (jnp.broadcast_to(a, (b,) + a.shape) for a in (img_d, lab_d, w_d))
     full_b = jax.jit(lambda k, i, l, w: aug.augment_batch(k, i, l, w, cfg))
-    result["augment_batch"] = b
-    result["augment_batch_ms"] = 1e3 * median_seconds(
-        lambda i: jax.block_until_ready(full_b(keys[i], imgs_b, labs_b, ws_b)), args.repeats, args.warmup)
-    result["augment_config"] = cfg.to_dict()
+    fns["augment_batch"] = lambda i: jax.block_until_ready(full_b(keys[i], imgs_b, labs_b, ws_b))
 
-    # ---- baseline: elasticdeform on the host CPU ----
+    # baseline: elasticdeform on the host CPU
     try:
         import elasticdeform
     except ImportError:
+        elasticdeform = None
         msg = f"elasticdeform is NOT installed, no baseline measured; install it with: {INSTALL_HINT}"
         print("WARNING: " + msg, file=sys.stderr)
-        result.update(baseline_missing=msg, elasticdeform_ms=None, speedup=None)
+        result.update(baseline_missing=msg)
     else:
         np.random.seed(args.seed)   # elasticdeform draws its grid from numpy's global generator
         arrays = [image, labels, weights]
+        fns["elasticdeform"] = lambda i: elasticdeform.deform_random_grid(
+            arrays, sigma=args.sigma, points=args.grid, order=[1, 0, 1], mode="mirror")
+        fns["elasticdeform_default"] = lambda i: elasticdeform.deform_random_grid(
+            arrays, sigma=args.sigma, points=args.grid)
 
-        def matched(_):
-            return elasticdeform.deform_random_grid(arrays, sigma=args.sigma, points=args.grid, order=[1, 0, 1],
-                                                    mode="mirror")
-
-        def defaults(_):
-            return elasticdeform.deform_random_grid(arrays, sigma=args.sigma, points=args.grid)
-
-        t_base = median_seconds(matched, args.repeats, 1)
-        t_default = median_seconds(defaults, args.repeats, 1)
+    med = interleaved_medians(fns, args.repeats, args.warmup, args.block)
+    result.update(
+        elastic_warp_ms=med["elastic_warp"] * 1e3,
+        augment_ms=med["augment"] * 1e3,
+        augment_batch=b,
+        augment_batch_ms=med["augment_batch"] * 1e3,
+        augment_config=cfg.to_dict(),
+    )
+    if elasticdeform is None:
+        result.update(elasticdeform_ms=None, speedup=None)
+    else:
         result.update(
-            elasticdeform_version=getattr(elasticdeform, "__version__", "unknown"),
-            elasticdeform_ms=t_base * 1e3,
-            elasticdeform_settings="order=[1, 0, 1], mode='mirror' (same interpolation as ours)",
-            speedup=t_base / t_ours,
-            elasticdeform_default_ms=t_default * 1e3,
-            elasticdeform_default_settings="order=3, mode='constant' (elasticdeform defaults)",
-            speedup_vs_default=t_default / t_ours,
+            elasticdeform_version=getattr(elasticdeform, "__version__", None) or _version("elasticdeform"),
+            elasticdeform_ms=med["elasticdeform"] * 1e3,
+            elasticdeform_settings="order=[1, 0, 1], mode='mirror' (the same interpolation as ours)",
+            speedup=med["elasticdeform"] / med["elastic_warp"],
+            elasticdeform_default_ms=med["elasticdeform_default"] * 1e3,
+            elasticdeform_default_settings="order=3, mode='constant' (elasticdeform's defaults)",
+            speedup_vs_default=med["elasticdeform_default"] / med["elastic_warp"],
+            speedup_target=20.0,
+            speedup_target_met=bool(med["elasticdeform"] / med["elastic_warp"] >= 20.0),
         )
     print(json.dumps(result, indent=1))
     return result

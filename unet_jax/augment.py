@@ -19,21 +19,23 @@ interpolation). Coordinates are (row, col) in pixels, pixel ``(i, j)`` sits at `
 
 with ``d`` the elastic displacement field (``displacement_field``), ``M = R(angle) @ D / zoom`` (``rotation_matrix``,
 ``dihedral_matrix``: flips and 90-degree rotations, ``zoom``: scale) and ``t`` the shift. This is the same as first
-applying the affine part and then the elastic deformation to the result, resampled once.
+applying the affine part and then the elastic deformation to the result, resampled once. (The Gaussian field is
+isotropic, so turning it by ``M`` keeps its distribution; a zoom scales it by ``1 / zoom``.)
 
 Resampling (``warp``): the image and the weights with linear interpolation, the labels with nearest neighbour (so
 no new label values appear), outside the image with the ``mirror`` boundary (``d c b | a b c d | c b a``, scipy's
 ``mode='mirror'``), as the paper's overlap-tile strategy mirrors missing context. Because linear and nearest
 interpolation of a mirror-extended signal is itself mirror-symmetric, positions are reflected into the image once
 and shared by all arrays; the result equals ``jax.scipy.ndimage.map_coordinates(..., mode='mirror')`` with
-``order=1`` / ``order=0`` (checked by the tests), at a fraction of the cost.
+``order=1`` / ``order=0`` (checked by the tests), without its per-array index arithmetic.
 
 Elastic grid: grid point ``(a, b)`` of a ``gy x gx`` grid sits at pixel ``(a (H-1)/(gy-1), b (W-1)/(gx-1))``: the
-first and last grid points lie on the border pixels (as in ``elasticdeform``). Between them the displacements are
+first and last grid points lie on the border pixels. Between them the displacements are
 interpolated with the interpolating cubic B-spline with mirror boundary (scipy.ndimage's ``order=3,
 mode='mirror'``) along each axis, i.e. bicubic. The (H, gy) and (W, gx) interpolation matrices depend only on the
-static shapes; they are computed host-side at trace time (cached) and enter the jitted function as constants, so
-the per-pixel field is two small matrix products.
+static shapes; they are computed host-side at trace time (cached) and enter the jitted function as constants.
+``coordinate_map`` folds the elastic field, the affine part and the pixel grid into one small matrix product, so
+the per-pixel field is never formed on its own and the resampling reads two materialised coordinate planes.
 
 Gray values (``gray_value_augment``), on the image only: gamma ``x ** exp(u)``, contrast ``(x - mean) * s +
 mean``, brightness ``x + b``, Gaussian noise, then clipping back to [0, 1].
@@ -55,6 +57,9 @@ __all__ = [
     "dihedral_matrix", "coordinate_map", "warp", "elastic_warp", "random_coordinate_map", "gray_value_augment",
     "augment", "augment_batch",
 ]
+
+# Coordinates reach hundreds of pixels: keep their matrix products in full float32 (no TF32/bf16 passes on GPUs).
+_HIGHEST = jax.lax.Precision.HIGHEST
 
 CONFIG_FIELDS = ("enabled", "elastic", "elastic_grid", "elastic_sigma", "rotate", "max_rotation", "flip", "shift",
                  "scale", "brightness", "contrast", "gamma", "noise")
@@ -89,18 +94,18 @@ class AugmentConfig(NamedTuple):
 
 def _check_bool(name, value):
     if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"config.augment.{name} must be a bool, got {value!r}")
+        raise ValueError(f"{name} must be a bool, got {value!r}")
     return bool(value)
 
 
 def _check_number(name, value, low=0.0, high=math.inf, high_open=False):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"config.augment.{name} must be a static Python number, got {value!r}")
+        raise ValueError(f"{name} must be a static Python number, got {value!r}")
     value = float(value)
     bad_high = value >= high if high_open else value > high
     if not math.isfinite(value) or value < low or bad_high:
         interval = f"[{low}, {high}{')' if high_open else ']'}"
-        raise ValueError(f"config.augment.{name} must be in {interval}, got {value!r}")
+        raise ValueError(f"{name} must be in {interval}, got {value!r}")
     return value
 
 
@@ -134,19 +139,19 @@ def read_config(config) -> AugmentConfig:
         raise ValueError(f"config.augment is missing the fields {missing}; expected all of {list(CONFIG_FIELDS)}")
     c = {f: config[f] for f in CONFIG_FIELDS}
     return AugmentConfig(
-        enabled=_check_bool("enabled", c["enabled"]),
-        elastic=_check_bool("elastic", c["elastic"]),
+        enabled=_check_bool("config.augment.enabled", c["enabled"]),
+        elastic=_check_bool("config.augment.elastic", c["elastic"]),
         elastic_grid=_check_grid("config.augment.elastic_grid", c["elastic_grid"]),
-        elastic_sigma=_check_number("elastic_sigma", c["elastic_sigma"]),
-        rotate=_check_bool("rotate", c["rotate"]),
-        max_rotation=_check_number("max_rotation", c["max_rotation"], high=180.0),
-        flip=_check_bool("flip", c["flip"]),
-        shift=_check_number("shift", c["shift"]),
-        scale=_check_number("scale", c["scale"], high=1.0, high_open=True),
-        brightness=_check_number("brightness", c["brightness"]),
-        contrast=_check_number("contrast", c["contrast"], high=1.0),
-        gamma=_check_number("gamma", c["gamma"]),
-        noise=_check_number("noise", c["noise"]),
+        elastic_sigma=_check_number("config.augment.elastic_sigma", c["elastic_sigma"]),
+        rotate=_check_bool("config.augment.rotate", c["rotate"]),
+        max_rotation=_check_number("config.augment.max_rotation", c["max_rotation"], high=180.0),
+        flip=_check_bool("config.augment.flip", c["flip"]),
+        shift=_check_number("config.augment.shift", c["shift"]),
+        scale=_check_number("config.augment.scale", c["scale"], high=1.0, high_open=True),
+        brightness=_check_number("config.augment.brightness", c["brightness"]),
+        contrast=_check_number("config.augment.contrast", c["contrast"], high=1.0),
+        gamma=_check_number("config.augment.gamma", c["gamma"]),
+        noise=_check_number("config.augment.noise", c["noise"]),
     )
 
 
@@ -211,7 +216,7 @@ def sample_displacement_grid(key: jax.Array, grid=3, sigma: float = 10.0) -> jax
     """
     gy, gx = (grid, grid) if not isinstance(grid, (tuple, list)) else tuple(grid)
     gy, gx = _check_grid("grid", gy), _check_grid("grid", gx)
-    sigma = _check_number("elastic_sigma", sigma) if not isinstance(sigma, jax.Array) else sigma
+    sigma = _check_number("sigma", sigma) if not isinstance(sigma, jax.Array) else sigma
     return sigma * jax.random.normal(key, (2, gy, gx), jnp.float32)
 
 
@@ -248,8 +253,8 @@ def displacement_field(grid_displacements: jax.Array, shape) -> jax.Array:
                          f"{getattr(d, 'shape', type(d).__name__)}")
     by = jnp.asarray(_cubic_interpolation_matrix(h, int(d.shape[1])))
     bx = jnp.asarray(_cubic_interpolation_matrix(w, int(d.shape[2])))
-    rows = jnp.einsum("kab,wb->kaw", d.astype(jnp.float32), bx)     # (2, gy, W)
-    return jnp.einsum("ha,kaw->khw", by, rows)                       # (2, H, W)
+    rows = jnp.einsum("kab,wb->kaw", d.astype(jnp.float32), bx, precision=_HIGHEST)     # (2, gy, W)
+    return jnp.einsum("ha,kaw->khw", by, rows, precision=_HIGHEST)                       # (2, H, W)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -282,8 +287,14 @@ def dihedral_matrix(k) -> jax.Array:
 
 
 def coordinate_map(shape, matrix: Optional[jax.Array] = None, offset: Optional[jax.Array] = None,
-                   displacement: Optional[jax.Array] = None) -> jax.Array:
-    """The sampling positions ``q(p) = c + matrix @ (p + displacement(p) - c) + offset`` of every output pixel.
+                   grid_displacements: Optional[jax.Array] = None) -> jax.Array:
+    """The sampling positions ``q(p) = c + matrix @ (p + d(p) - c) + offset`` of every output pixel.
+
+    ``d`` is ``displacement_field(grid_displacements, shape)``. Every term is a product of a row basis ``[B_y, i,
+    1]`` and a column basis ``[B_x, j, 1]`` (``B``: the cubic interpolation matrices), so the whole map is one
+    small matrix product ``[B_y, i, 1] @ C_k @ [B_x, j, 1]^T`` per coordinate, with the (g+2) x (g+2)
+    coefficients ``C_k`` built from ``matrix``, ``offset`` and the grid: the per-pixel field is never formed on its
+    own, and the result is exact where it should be (the identity and the 8 symmetries give integer positions).
 
     Parameters
     ----------
@@ -293,30 +304,56 @@ def coordinate_map(shape, matrix: Optional[jax.Array] = None, offset: Optional[j
         Sampling matrix about the image centre ``c = ((H-1)/2, (W-1)/2)`` (None = identity).
     offset : float (2,) or None
         Translation (rows, cols) in pixels (None = 0); positive values move the content up/left.
-    displacement : float (2, H, W) or None
-        Elastic displacement field applied before the affine part (None = 0).
+    grid_displacements : float (2, gy, gx) or None
+        Coarse elastic displacements (``sample_displacement_grid``), applied before the affine part (None = 0).
 
     Returns
     -------
     float32 (2, H, W): row and column input positions, for ``warp``.
     """
     h, w = _check_shape(shape)
-    p = jnp.stack(jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
-                               indexing="ij"))
-    if displacement is not None:
-        if tuple(displacement.shape) != (2, h, w):
-            raise ValueError(f"displacement must have shape (2, {h}, {w}), got {tuple(displacement.shape)}")
-        p = p + displacement.astype(jnp.float32)
-    if matrix is not None:
-        if tuple(matrix.shape) != (2, 2):
-            raise ValueError(f"matrix must have shape (2, 2), got {tuple(matrix.shape)}")
-        c = jnp.array([(h - 1) / 2.0, (w - 1) / 2.0], jnp.float32)[:, None, None]
-        p = c + jnp.einsum("ij,jhw->ihw", matrix.astype(jnp.float32), p - c)
-    if offset is not None:
-        if tuple(jnp.shape(offset)) != (2,):
-            raise ValueError(f"offset must have shape (2,), got {tuple(jnp.shape(offset))}")
-        p = p + jnp.asarray(offset, jnp.float32)[:, None, None]
-    return p
+    if matrix is not None and tuple(jnp.shape(matrix)) != (2, 2):
+        raise ValueError(f"matrix must have shape (2, 2), got {tuple(jnp.shape(matrix))}")
+    if offset is not None and tuple(jnp.shape(offset)) != (2,):
+        raise ValueError(f"offset must have shape (2,), got {tuple(jnp.shape(offset))}")
+    d = grid_displacements
+    if d is not None and (not hasattr(d, "shape") or d.ndim != 3 or d.shape[0] != 2 or min(d.shape[1:]) < 2):
+        raise ValueError(f"grid_displacements must have shape (2, gy, gx) with gy, gx >= 2, got "
+                         f"{getattr(d, 'shape', type(d).__name__)}")
+    return jnp.stack(_coordinate_planes((h, w), matrix, offset, grid_displacements))
+
+
+def _coordinate_planes(shape, matrix=None, offset=None, grid_displacements=None):
+    """``coordinate_map`` as two (H, W) arrays (rows, cols), each the output of its own matrix product.
+
+    Kept apart, each plane is one row-major product result that the resampling reads directly (a stacked (2, H, W)
+    array costs an extra copy; one batched einsum lets XLA pick a transposed layout, read with a stride).
+    """
+    h, w = shape
+    m = jnp.eye(2, dtype=jnp.float32) if matrix is None else jnp.asarray(matrix, jnp.float32)
+    t = jnp.zeros(2, jnp.float32) if offset is None else jnp.asarray(offset, jnp.float32)
+    gy = gx = 0
+    rows = [np.arange(h, dtype=np.float32)[:, None], np.ones((h, 1), np.float32)]
+    cols = [np.arange(w, dtype=np.float32)[:, None], np.ones((w, 1), np.float32)]
+    if grid_displacements is not None:
+        d = grid_displacements
+        gy, gx = int(d.shape[1]), int(d.shape[2])
+        rows.insert(0, _cubic_interpolation_matrix(h, gy))
+        cols.insert(0, _cubic_interpolation_matrix(w, gx))
+    by = jnp.asarray(np.concatenate(rows, axis=1))      # (H, gy + 2): [B_y, i, 1]
+    bx = jnp.asarray(np.concatenate(cols, axis=1))      # (W, gx + 2): [B_x, j, 1]
+    c = jnp.array([(h - 1) / 2.0, (w - 1) / 2.0], jnp.float32)
+    const = c + t - jnp.dot(m, c, precision=_HIGHEST)
+    zeros = jnp.zeros(2, jnp.float32)
+    # C_k (2, gy+2, gx+2): q_k = sum_l m_kl d_l + m_k0 * i * 1 + m_k1 * 1 * j + const_k * 1 * 1.
+    tail = jnp.stack([jnp.stack([zeros, m[:, 0]], -1), jnp.stack([m[:, 1], const], -1)], 1)   # (2, 2, 2)
+    if grid_displacements is None:
+        coef = tail
+    else:
+        elastic = jnp.einsum("kl,lab->kab", m, d.astype(jnp.float32), precision=_HIGHEST)
+        coef = jnp.zeros((2, gy + 2, gx + 2), jnp.float32).at[:, :gy, :gx].set(elastic).at[:, gy:, gx:].set(tail)
+    partial = jnp.einsum("kab,wb->kaw", coef, bx, precision=_HIGHEST)    # (2, gy + 2, W)
+    return tuple(jnp.dot(by, partial[k], precision=_HIGHEST) for k in range(2))   # 2 x (H, W)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -352,37 +389,55 @@ def warp(image: jax.Array, labels: Optional[jax.Array], weights: Optional[jax.Ar
     -------
     (image, labels, weights) of spatial shape (H', W'), dtypes kept; None stays None.
     """
-    h, w = _check_arrays(image, labels, weights)
+    _check_arrays(image, labels, weights)
     if not hasattr(coords, "shape") or coords.ndim != 3 or coords.shape[0] != 2:
         raise ValueError(f"coords must have shape (2, H, W), got {getattr(coords, 'shape', type(coords).__name__)}")
-    out_hw = tuple(coords.shape[1:])
-    y = _reflect(coords[0].astype(jnp.float32), h)
-    x = _reflect(coords[1].astype(jnp.float32), w)
+    return _resample_one(image, labels, weights, coords[0], coords[1])
 
-    nearest = (jnp.clip(jnp.round(y), 0, h - 1).astype(jnp.int32) * w
+
+def _resample_one(image, labels, weights, rows, cols):
+    """``_resample`` for one example: rows / cols (H', W')."""
+    out = _resample(image[None], None if labels is None else labels[None],
+                    None if weights is None else weights[None], rows[None], cols[None])
+    return tuple(None if a is None else a[0] for a in out)
+
+
+def _resample(images, labels, weights, rows, cols):
+    """``warp`` for a batch: images (B, H, W[, C]), labels / weights (B, H, W) or None, positions rows / cols
+    (B, H', W').
+
+    Positions are reflected once and shared by all arrays. The batch is folded into the flat gather indices: plain
+    gathers, not vmapped (batched) ones, which XLA ran about twice as slowly on CPUs.
+    """
+    b, h, w = images.shape[:3]
+    out_hw = tuple(rows.shape[1:])
+    y = _reflect(rows.astype(jnp.float32), h)        # (B, H', W')
+    x = _reflect(cols.astype(jnp.float32), w)
+    offset = (jnp.arange(b, dtype=jnp.int32) * (h * w)).reshape(b, 1, 1)
+    nearest = (offset + jnp.clip(jnp.round(y), 0, h - 1).astype(jnp.int32) * w
                + jnp.clip(jnp.round(x), 0, w - 1).astype(jnp.int32))
     y0 = jnp.clip(jnp.floor(y), 0, max(h - 2, 0))
     x0 = jnp.clip(jnp.floor(x), 0, max(w - 2, 0))
     fy, fx = y - y0, x - x0
-    base = y0.astype(jnp.int32) * w + x0.astype(jnp.int32)
+    base = offset + y0.astype(jnp.int32) * w + x0.astype(jnp.int32)
     dy, dx = (w if h > 1 else 0), (1 if w > 1 else 0)
-    # Materialise the shared indices and fractions once: otherwise XLA fuses (and recomputes) the whole coordinate
-    # chain into every gather of every array, several times slower on CPUs.
-    nearest, base, fy, fx = jax.lax.optimization_barrier((nearest, base, fy, fx))
     out_labels = labels.reshape(-1)[nearest] if labels is not None else None
 
     def linear(a):
-        chans = a.shape[2:]
-        flat = a.reshape((h * w,) + chans).astype(jnp.float32)
-        ey = fy.reshape(out_hw + (1,) * len(chans))
-        ex = fx.reshape(out_hw + (1,) * len(chans))
+        chans = a.shape[3:]
+        flat = a.reshape((b * h * w,) + chans).astype(jnp.float32)
+        ey = fy.reshape((b,) + out_hw + (1,) * len(chans))
+        ex = fx.reshape((b,) + out_hw + (1,) * len(chans))
         top = flat[base] * (1 - ex) + flat[base + dx] * ex
         bottom = flat[base + dy] * (1 - ex) + flat[base + dy + dx] * ex
         return (top * (1 - ey) + bottom * ey).astype(a.dtype)
 
-    out_image = linear(image)
+    if images.ndim == 4 and images.shape[3] == 1:   # one channel: gather scalars from the plane
+        out_images = linear(images.reshape(images.shape[:3])).reshape(images.shape)
+    else:
+        out_images = linear(images)
     out_weights = linear(weights) if weights is not None else None
-    return out_image, out_labels, out_weights
+    return out_images, out_labels, out_weights
 
 
 def elastic_warp(key: jax.Array, image: jax.Array, labels: Optional[jax.Array], weights: Optional[jax.Array], *,
@@ -408,13 +463,13 @@ def elastic_warp(key: jax.Array, image: jax.Array, labels: Optional[jax.Array], 
     (image, labels, weights), shapes and dtypes kept; mirror boundary.
     """
     hw = _check_arrays(image, labels, weights)
-    sigma = _check_number("elastic_sigma", sigma)
+    sigma = _check_number("sigma", sigma)
     for g in (grid if isinstance(grid, (tuple, list)) else (grid,)):
         _check_grid("grid", g)
     if sigma == 0:
         return image, labels, weights
-    field = displacement_field(sample_displacement_grid(key, grid, sigma), hw)
-    return warp(image, labels, weights, coordinate_map(hw, displacement=field))
+    rows, cols = _coordinate_planes(hw, grid_displacements=sample_displacement_grid(key, grid, sigma))
+    return _resample_one(image, labels, weights, rows, cols)
 
 
 def random_coordinate_map(key: jax.Array, shape, config) -> Optional[jax.Array]:
@@ -435,15 +490,20 @@ def random_coordinate_map(key: jax.Array, shape, config) -> Optional[jax.Array]:
     -------
     float32 (2, H, W) positions for ``warp``, or None when no geometric part is active (no resampling needed).
     """
-    cfg = read_config(config)
-    h, w = _check_shape(shape)
+    planes = _random_planes(key, _check_shape(shape), read_config(config))
+    return None if planes is None else jnp.stack(planes)
+
+
+def _random_planes(key, shape, cfg: AugmentConfig):
+    """``random_coordinate_map`` as (rows, cols) planes (``_coordinate_planes``), or None."""
+    h, w = shape
     if not cfg.geometric:
         return None
     k_el, k_rot, k_flip, k_shift, k_scale = jax.random.split(key, 5)
-    field = None
+    grid_displacements = None
     if cfg.elastic and cfg.elastic_sigma > 0:
-        field = displacement_field(sample_displacement_grid(k_el, cfg.elastic_grid, cfg.elastic_sigma), (h, w))
-    matrix = jnp.eye(2, dtype=jnp.float32)
+        grid_displacements = sample_displacement_grid(k_el, cfg.elastic_grid, cfg.elastic_sigma)
+    matrix = None
     if cfg.flip:
         if h == w:
             k = jax.random.randint(k_flip, (), 0, 8)
@@ -452,13 +512,15 @@ def random_coordinate_map(key: jax.Array, shape, config) -> Optional[jax.Array]:
         matrix = dihedral_matrix(k)
     if cfg.rotate and cfg.max_rotation > 0:
         limit = math.radians(cfg.max_rotation)
-        matrix = rotation_matrix(jax.random.uniform(k_rot, (), jnp.float32, -limit, limit)) @ matrix
+        rot = rotation_matrix(jax.random.uniform(k_rot, (), jnp.float32, -limit, limit))
+        matrix = rot if matrix is None else jnp.dot(rot, matrix, precision=_HIGHEST)
     if cfg.scale > 0:
-        matrix = matrix / jax.random.uniform(k_scale, (), jnp.float32, 1.0 - cfg.scale, 1.0 + cfg.scale)
+        zoom = jax.random.uniform(k_scale, (), jnp.float32, 1.0 - cfg.scale, 1.0 + cfg.scale)
+        matrix = (jnp.eye(2, dtype=jnp.float32) if matrix is None else matrix) / zoom
     offset = None
     if cfg.shift > 0:
         offset = jax.random.uniform(k_shift, (2,), jnp.float32, -cfg.shift, cfg.shift)
-    return coordinate_map((h, w), matrix=matrix, offset=offset, displacement=field)
+    return _coordinate_planes((h, w), matrix, offset, grid_displacements)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -535,9 +597,9 @@ def augment(key: jax.Array, image: jax.Array, labels: Optional[jax.Array], weigh
     if not cfg.enabled:
         return image, labels, weights
     k_geo, k_gray = jax.random.split(key)
-    coords = random_coordinate_map(k_geo, hw, cfg)
-    if coords is not None:
-        image, labels, weights = warp(image, labels, weights, coords)
+    planes = _random_planes(k_geo, hw, cfg)
+    if planes is not None:
+        image, labels, weights = _resample_one(image, labels, weights, *planes)
     image = gray_value_augment(k_gray, image, brightness=cfg.brightness, contrast=cfg.contrast, gamma=cfg.gamma,
                                noise=cfg.noise)
     return image, labels, weights
@@ -545,7 +607,9 @@ def augment(key: jax.Array, image: jax.Array, labels: Optional[jax.Array], weigh
 
 def augment_batch(key: jax.Array, images: jax.Array, labels: Optional[jax.Array], weights: Optional[jax.Array],
                   config):
-    """``augment`` every example of a batch with its own key (split from ``key``), vmapped.
+    """``augment`` every example of a batch with its own key: ``augment(jax.random.split(key, B)[n], ...)``.
+
+    The random parameters and gray values are vmapped; the resampling of the whole batch is one gather per array.
 
     Parameters
     ----------
@@ -561,5 +625,16 @@ def augment_batch(key: jax.Array, images: jax.Array, labels: Optional[jax.Array]
     """
     cfg = read_config(config)
     _check_arrays(images, labels, weights, batched=True)
-    keys = jax.random.split(key, images.shape[0])
-    return jax.vmap(lambda k, i, l, w: augment(k, i, l, w, cfg))(keys, images, labels, weights)
+    if not cfg.enabled:
+        return images, labels, weights
+    b, h, w = images.shape[:3]
+    # the same per-example keys as ``augment(keys[n], ...)``, so both give the same result
+    pairs = jax.vmap(jax.random.split)(jax.random.split(key, b))         # (B, 2) keys
+    k_geo, k_gray = pairs[:, 0], pairs[:, 1]
+    if cfg.geometric:
+        rows, cols = jax.vmap(lambda k: _random_planes(k, (h, w), cfg))(k_geo)
+        images, labels, weights = _resample(images, labels, weights, rows, cols)
+    gray = functools.partial(gray_value_augment, brightness=cfg.brightness, contrast=cfg.contrast,
+                             gamma=cfg.gamma, noise=cfg.noise)
+    images = jax.vmap(gray)(k_gray, images)
+    return images, labels, weights

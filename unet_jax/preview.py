@@ -1,0 +1,211 @@
+"""A picture of the data augmentation: a PNG grid of augmented tiles with their label borders drawn over them.
+
+Host-side (numpy, scikit-image, tifffile); the augmentation itself is ``unet_jax.augment.augment_batch`` under jit.
+Run on the ISBI 2012 stacks::
+
+    python -m unet_jax.preview --data-dir ../shared/data/isbi2012 --out preview.png
+    python -m unet_jax.preview --data-dir ../shared/data/isbi2012 --set elastic_sigma=20 --set rotate=False
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import math
+import sys
+from pathlib import Path
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import skimage.io
+from skimage.segmentation import mark_boundaries
+
+from unet_jax import augment as aug
+
+BORDER_COLOR = (1.0, 0.15, 0.1)     # label borders, RGB in [0, 1]
+GAP = 4                             # white pixels between tiles
+
+
+def _as_float_image(image) -> np.ndarray:
+    """Host-side: one (H, W[, C]) uint8 or float image -> float32 (H, W, C) in [0, 1]."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3:
+        raise ValueError(f"each image must have shape (H, W) or (H, W, C), got {image.shape}")
+    if np.issubdtype(image.dtype, np.integer):
+        return image.astype(np.float32) / float(np.iinfo(image.dtype).max)
+    if np.issubdtype(image.dtype, np.floating):
+        return np.clip(image.astype(np.float32), 0.0, 1.0)
+    raise ValueError(f"images must be integer or floating arrays, got dtype {image.dtype}")
+
+
+def augment_preview(images, labels, config, path, n: int = 8, seed: int = 0, tile: int = 256,
+                    columns: int = 4) -> np.ndarray:
+    """Host-side: augment ``n`` random tiles and write them as a PNG grid with the label borders drawn over them.
+
+    Each tile is a random ``tile x tile`` crop of a random image, augmented with ``augment_batch`` (one jitted
+    call, ``config`` as in training); borders between different label values are drawn with
+    ``skimage.segmentation.mark_boundaries``.
+
+    Parameters
+    ----------
+    images : array (N, H, W) or (N, H, W, C), or a sequence of (H, W[, C]) arrays of any sizes; uint8 (0..255)
+        or float in [0, 1]
+    labels : int array (N, H, W) or a sequence of (H, W) arrays (each its image's size)
+        Class or instance labels (e.g. ISBI: 1 = cell, 0 = membrane).
+    config : ConfigDict or Mapping
+        The ``augment`` section of ``experiments/base.py`` (see ``unet_jax.augment.augment``).
+    path : str or Path
+        Output PNG file; parent directories are created.
+    n : int
+        Number of tiles (>= 1).
+    seed : int
+        Seeds the choice of crops (numpy) and the augmentation (``jax.random.PRNGKey(seed)``).
+    tile : int
+        Tile height and width in pixels (at most the smallest image side).
+    columns : int
+        Tiles per row of the grid.
+
+    Returns
+    -------
+    uint8 (rows * (tile + gap) - gap, cols * (tile + gap) - gap, 3): the RGB picture written to ``path``.
+    """
+    images = [_as_float_image(im) for im in images]
+    labels = [np.asarray(lab) for lab in labels]
+    if not images or len(labels) != len(images):
+        raise ValueError(f"images and labels must be non-empty and of the same length, got {len(images)} images "
+                         f"and {len(labels)} labels")
+    for k, (im, lab) in enumerate(zip(images, labels)):
+        if lab.shape != im.shape[:2] or not np.issubdtype(lab.dtype, np.integer):
+            raise ValueError(f"labels[{k}] must be an integer array of shape {im.shape[:2]} (its image's), got "
+                             f"{lab.dtype} {lab.shape}")
+    channels = {im.shape[2] for im in images}
+    if len(channels) != 1:
+        raise ValueError(f"all images must have the same number of channels, got {sorted(channels)}")
+    c = channels.pop()
+    for name, value, low in (("n", n, 1), ("tile", tile, 2), ("columns", columns, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    smallest = min(min(im.shape[:2]) for im in images)
+    if tile > smallest:
+        raise ValueError(f"tile must be at most the smallest image side {smallest}, got {tile}")
+    cfg = aug.read_config(config)
+
+    rng = np.random.default_rng(seed)
+    crops, lab_crops = [], []
+    for i in rng.integers(0, len(images), n):
+        h, w = images[i].shape[:2]
+        y, x = rng.integers(0, h - tile + 1), rng.integers(0, w - tile + 1)
+        crops.append(images[i][y:y + tile, x:x + tile])
+        lab_crops.append(labels[i][y:y + tile, x:x + tile].astype(np.int32))
+    crops, lab_crops = np.stack(crops), np.stack(lab_crops)
+    weights = np.ones(lab_crops.shape, np.float32)
+
+    fn = jax.jit(lambda k, i, l, wt: aug.augment_batch(k, i, l, wt, cfg))
+    out_images, out_labels, _ = jax.device_get(fn(jax.random.PRNGKey(seed), jnp.asarray(crops),
+                                                  jnp.asarray(lab_crops), jnp.asarray(weights)))
+
+    cols = min(columns, n)
+    rows = math.ceil(n / cols)
+    grid = np.ones((rows * (tile + GAP) - GAP, cols * (tile + GAP) - GAP, 3), np.float32)
+    for k in range(n):
+        img = out_images[k]
+        rgb = np.repeat(img[..., :1], 3, axis=-1) if c < 3 else img[..., :3]
+        drawn = mark_boundaries(rgb.astype(np.float64), out_labels[k], color=BORDER_COLOR, mode="inner")
+        r, q = divmod(k, cols)
+        grid[r * (tile + GAP):r * (tile + GAP) + tile, q * (tile + GAP):q * (tile + GAP) + tile] = drawn
+    picture = (np.clip(grid, 0, 1) * 255 + 0.5).astype(np.uint8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    skimage.io.imsave(str(path), picture, check_contrast=False)
+    return picture
+
+
+def preview_from_config(config, path, n: int = 8, seed: int = 0, tile: Optional[int] = None) -> Path:
+    """Host-side: ``augment_preview`` of the training split of an experiment config's data set.
+
+    Parameters
+    ----------
+    config : ml_collections.ConfigDict
+        A whole experiment config (``unet_jax.config.base_config`` schema): ``data`` and ``weights`` choose the data
+        set (``unet_jax.data.load_split``, prepared first if needed), ``augment`` the augmentation.
+    path : str or Path
+        Output PNG.
+    n, seed : int
+        Number of tiles; seed of the crops and the augmentation.
+    tile : int or None
+        Tile size; None = ``config.train.tile_size``, at most the smallest image side.
+
+    Returns
+    -------
+    Path of the written PNG. Borders are drawn between the data set's object instances.
+    """
+    from unet_jax.data import load_split
+
+    examples = [e for e in load_split(config.data, config.weights, "train") if e["labelled"]]
+    if not examples:
+        raise ValueError(f"the {config.data.name!r} data set has no labelled training examples")
+    smallest = min(min(e["image"].shape[:2]) for e in examples)
+    tile = min(int(config.train.tile_size), smallest) if tile is None else tile
+    augment_preview([e["image"] for e in examples], [e["instances"] for e in examples], config.augment, path,
+                    n=n, seed=seed, tile=tile)
+    return Path(path)
+
+
+def main(argv=None) -> int:
+    """Host-side command line: write an augmentation preview of the ISBI 2012 training stacks."""
+    p = argparse.ArgumentParser(prog="python -m unet_jax.preview", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", required=True, help="directory with train-volume.tif and train-labels.tif")
+    p.add_argument("--out", default="preview.png", help="output PNG (default preview.png)")
+    p.add_argument("--n", type=int, default=8, help="number of tiles (default 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tile", type=int, default=256, help="tile size in pixels (default 256)")
+    p.add_argument("--columns", type=int, default=4, help="tiles per row (default 4)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a field of the augment config, e.g. --set elastic_sigma=20 (repeatable)")
+    args = p.parse_args(argv)
+
+    import tifffile
+
+    data = Path(args.data_dir)
+    files = [data / "train-volume.tif", data / "train-labels.tif"]
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        p.error(f"--data-dir {data}: missing {missing}")
+    images = tifffile.imread(files[0])
+    labels = (tifffile.imread(files[1]) > 0).astype(np.int32)     # 255 = cell -> 1, 0 = membrane
+    if images.ndim == 2:
+        images, labels = images[None], labels[None]
+
+    from unet_jax.config import base_config
+
+    cfg = base_config().augment
+    for item in args.set:
+        field, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--set expects FIELD=VALUE, got {item!r}")
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pass
+        field = field.strip()
+        if field not in cfg:
+            p.error(f"--set {item!r}: unknown field {field!r}; expected one of {sorted(cfg.keys())}")
+        try:
+            setattr(cfg, field, value)
+        except (AttributeError, KeyError, TypeError) as e:
+            p.error(f"--set {item!r}: {e}")
+    try:
+        augment_preview(images, labels, cfg, args.out, n=args.n, seed=args.seed, tile=args.tile,
+                        columns=args.columns)
+    except ValueError as e:
+        p.error(str(e))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

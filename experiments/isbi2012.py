@@ -1,0 +1,32 @@
+"""ISBI 2012 EM segmentation, the paper's recipe (section 3): U-Net with 64 features, depth 4, VALID convolutions,
+572x572 input tiles (388x388 output), one tile per step, SGD with momentum 0.99, border weights w0=10 sigma=5,
+elastic deformation on a 3x3 grid with 10 px standard deviation. Meant for a GPU/TPU.
+
+    unet-jax train --config experiments/isbi2012.py --config.data.root=/path/to/isbi2012 --workdir runs/isbi2012
+
+Train = slices 0-24, validation = slices 25-29 of train-volume.tif.
+"""
+from unet_jax.config import base_config
+
+
+def get_config():
+    c = base_config()
+    c.data.name = "isbi2012"
+    c.data.root = ""                 # the folder with train-volume.tif, train-labels.tif, test-volume.tif
+    c.data.validation_slices = 5
+    c.weights.w0 = 10.0
+    c.weights.sigma = 5.0
+    c.augment.elastic_grid = 3
+    c.augment.elastic_sigma = 10.0
+    c.optimizer.name = "sgd"
+    c.optimizer.learning_rate = 0.01
+    c.optimizer.momentum = 0.99
+    c.train.tile_size = 572
+    c.train.batch_size = 1
+    c.train.num_steps = 20000
+    c.train.log_every = 100
+    c.train.eval_every = 1000
+    c.train.checkpoint_every = 1000
+    c.eval.tile_size = 572
+    c.eval.batch_size = 4
+    return c

@@ -1,0 +1,29 @@
+"""ISBI 2012 reduced for a CPU: the paper's network at a quarter of the width (16 features), smaller tiles and
+Adam, so that it trains in at most an hour on 2 CPU cores. Same data, weights and augmentation as the paper.
+
+    unet-jax train --config experiments/isbi2012_cpu.py --config.data.root=/path/to/isbi2012 --workdir runs/isbi_cpu
+"""
+from unet_jax.config import base_config
+
+
+def get_config():
+    c = base_config()
+    c.data.name = "isbi2012"
+    c.data.root = ""
+    c.data.validation_slices = 5
+    c.model.features = 16
+    c.model.dropout_rate = 0.2
+    c.optimizer.name = "adam"
+    c.optimizer.learning_rate = 1e-3
+    c.optimizer.momentum = 0.9
+    c.optimizer.schedule = "warmup_cosine"
+    c.optimizer.warmup_steps = 100
+    c.train.tile_size = 316          # -> 132x132 output
+    c.train.batch_size = 2
+    c.train.num_steps = 3000
+    c.train.log_every = 50
+    c.train.eval_every = 500
+    c.train.checkpoint_every = 500
+    c.eval.tile_size = 572
+    c.eval.batch_size = 2
+    return c

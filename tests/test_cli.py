@@ -1,0 +1,199 @@
+"""End to end: `unet-jax train -> evaluate -> predict -> ablate` on tiny synthetic data, in subprocesses, and the
+CLI's error handling (one line on stderr, exit code 2, no traceback)."""
+import csv
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from unet_jax import cli
+
+TINY = """
+from unet_jax.config import synthetic_config
+
+
+def get_config():
+    c = synthetic_config()
+    c.model.features = 4
+    c.model.depth = 2
+    c.data.num_train = 4
+    c.data.num_validation = 2
+    c.data.image_size = 64
+    c.data.data_dir = {data_dir!r}
+    c.train.tile_size = 60
+    c.train.batch_size = 2
+    c.train.num_steps = 12
+    c.train.log_every = 4
+    c.train.eval_every = 6
+    c.train.checkpoint_every = 6
+    c.optimizer.warmup_steps = 2
+    c.eval.tile_size = 76
+    c.eval.batch_size = 2
+    return c
+"""
+
+SWEEP = """
+import os, sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tiny import get_config  # noqa: F401
+
+SEEDS = 1
+
+
+def get_sweep():
+    return {"w0_10": {"weights.w0": 10.0}, "no_border": {"weights.w0": 0.0, "train.num_steps": 12}}
+"""
+
+
+def run_cli(*args, cwd=None):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", "unet_jax.cli", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    (root / "tiny.py").write_text(TINY.format(data_dir=str(root / "tfds")))
+    (root / "sweep.py").write_text(SWEEP)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tiny):
+    workdir = tiny / "run"
+    r = run_cli("train", "--config", str(tiny / "tiny.py"), "--workdir", str(workdir),
+                "--config.optimizer.learning_rate=0.005")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return workdir, r
+
+
+def test_train_writes_run(trained):
+    workdir, r = trained
+    assert "final:" in r.stdout and "pixel_error=" in r.stdout
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["optimizer"]["learning_rate"] == 0.005   # the override reached the run
+    lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    assert lines and any("pixel_error" in json.dumps(l) for l in lines)
+    assert list(workdir.glob("*.png")), "training curve PNG missing"
+    assert (workdir / "checkpoints").is_dir()
+
+
+def test_evaluate_writes_metrics_and_images(trained):
+    workdir, _ = trained
+    r = run_cli("evaluate", "--workdir", str(workdir), "--tta")
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = workdir / "eval_validation"
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [row["name"] for row in rows][-1] == "mean" and len(rows) == 3    # 2 images + mean
+    for key in ("pixel_error", "rand_error", "warping_error"):
+        values = [float(row[key]) for row in rows]
+        assert all(0.0 <= v <= 1.0 for v in values)
+        assert abs(values[-1] - np.mean(values[:-1])) < 1e-9
+        assert f"{key}=" in r.stdout
+    probs = sorted(out.glob("*_prob.tif"))
+    assert len(probs) == 2 and len(list(out.glob("*_overlay.png"))) == 2
+    p = tifffile.imread(probs[0])
+    assert p.shape == (64, 64) and p.dtype == np.float32 and 0 <= p.min() and p.max() <= 1
+
+
+def test_predict_file_and_stack(trained, tmp_path):
+    workdir, _ = trained
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(inputs / "one.tif", rng.integers(0, 255, (50, 70), dtype=np.uint8))
+    tifffile.imwrite(inputs / "stack.tif", rng.integers(0, 65535, (3, 40, 45), dtype=np.uint16), photometric="minisblack")
+    out = tmp_path / "out"
+    r = run_cli("predict", "--workdir", str(workdir), "--input", str(inputs), "--output", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert tifffile.imread(out / "one_prob.tif").shape == (50, 70)
+    assert tifffile.imread(out / "one_labels.tif").dtype == np.int32
+    assert tifffile.imread(out / "stack_prob.tif").shape == (3, 40, 45)
+    assert len(list(out.glob("stack_z*_overlay.png"))) == 3 and (out / "one_overlay.png").exists()
+    assert "wrote 8 files" in r.stdout
+
+
+def test_ablate_two_variants_and_resume(tiny):
+    workdir = tiny / "sweep_run"
+    r = run_cli("ablate", "--config", str(tiny / "sweep.py"), "--workdir", str(workdir))
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = list(csv.DictReader(open(workdir / "results.csv")))
+    assert {row["variant"] for row in rows} == {"w0_10", "no_border"}
+    assert (workdir / "results.png").stat().st_size > 1000
+    md = (workdir / "results.md").read_text()
+    assert "w0_10" in md and "no_border" in md and "±" in md
+    done = workdir / "no_border" / "seed_0" / "final_metrics.json"
+    assert done.exists()
+    # Resuming skips finished runs: a second call trains nothing and gives the same table.
+    r2 = run_cli("ablate", "--config", str(tiny / "sweep.py"), "--workdir", str(workdir))
+    assert r2.returncode == 0 and "[ablate]" not in r2.stdout
+    assert list(csv.DictReader(open(workdir / "results.csv"))) == rows
+
+
+def test_help_lists_subcommands():
+    r = run_cli("--help")
+    assert r.returncode == 0
+    for cmd in ("train", "evaluate", "predict", "ablate", "augment-preview"):
+        assert cmd in r.stdout
+    for cmd in ("train", "evaluate", "predict", "ablate", "augment-preview"):
+        h = run_cli(cmd, "--help") if cmd == "train" else None
+        if h is not None:
+            assert "--workdir" in h.stdout and "--config" in h.stdout
+
+
+def _main(capsys, *argv):
+    code = cli.main(list(argv))
+    err = capsys.readouterr().err
+    return code, err
+
+
+def test_error_unknown_config_key(capsys, tiny, tmp_path):
+    code, err = _main(capsys, "train", "--config", str(tiny / "tiny.py"), "--workdir", str(tmp_path / "w"),
+                      "--config.optimizer.learning_rat=0.1")
+    assert code == 2 and "unknown config key" in err and "learning_rate" in err and "Traceback" not in err
+    assert not (tmp_path / "w").exists()
+
+
+def test_error_invalid_tile_size(capsys, tiny, tmp_path):
+    code, err = _main(capsys, "train", "--config", str(tiny / "tiny.py"), "--workdir", str(tmp_path / "w"),
+                      "--config.train.tile_size=62")
+    assert code == 2 and "tile_size" in err and "nearest valid sizes: (60, 64)" in err
+    assert not (tmp_path / "w").exists()
+
+
+def test_error_missing_data(capsys, tmp_path):
+    code, err = _main(capsys, "train", "--config", "experiments/isbi2012_cpu.py", "--workdir", str(tmp_path / "w"),
+                      f"--config.data.root={tmp_path / 'nowhere'}")
+    assert code == 2 and "train-volume.tif" in err and str(tmp_path / "nowhere") in err
+
+
+def test_error_missing_or_empty_workdir(capsys, tmp_path):
+    code, err = _main(capsys, "evaluate", "--workdir", str(tmp_path / "absent"))
+    assert code == 2 and "does not exist" in err
+    (tmp_path / "empty").mkdir()
+    code, err = _main(capsys, "predict", "--workdir", str(tmp_path / "empty"), "--input", str(tmp_path),
+                      "--output", str(tmp_path / "o"))
+    assert code == 2 and ("no training run" in err or "no image files" in err)
+
+
+def test_error_unreadable_input(capsys, trained, tmp_path):
+    workdir, _ = trained
+    bad = tmp_path / "broken.tif"
+    bad.write_bytes(b"II*\x00not really a tiff")
+    code, err = _main(capsys, "predict", "--workdir", str(workdir), "--input", str(bad),
+                      "--output", str(tmp_path / "o"))
+    assert code == 2 and "broken.tif" in err and "Traceback" not in err
+    assert not list((tmp_path / "o").glob("*")) if (tmp_path / "o").exists() else True
+
+
+def test_error_exit_code_from_console_script(tmp_path):
+    r = run_cli("train", "--config", str(tmp_path / "missing.py"), "--workdir", str(tmp_path / "w"))
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "missing.py" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,282 @@
+"""The ``unet-jax`` command line: ``train``, ``evaluate``, ``predict``, ``ablate``, ``augment-preview``.
+
+Host-side. Each subcommand parses its arguments and calls one importable function; nothing else happens here.
+Configs are Python files with ``get_config()`` returning an ``ml_collections.ConfigDict`` (see experiments/);
+``--config.SECTION.KEY=VALUE`` overrides one field (unknown keys are an error). Errors a user can fix (bad
+config key or value, invalid tile size, missing data, missing workdir, unreadable input) print one line on
+stderr and exit with code 2; ``--debug`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+EXIT_USAGE = 2
+
+
+class UsageError(ValueError):
+    """An error in what the user asked for; printed as one line, exit code 2."""
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Configs
+# ------------------------------------------------------------------------------------------------------------
+
+def load_config_file(path):
+    """Load ``get_config()`` from a Python config file (host-side). Raises UsageError if missing or broken."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config file {str(path)!r} not found (expected a Python file with get_config(), "
+                         f"e.g. experiments/synthetic.py)")
+    spec = importlib.util.spec_from_file_location(f"unet_jax_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.resolve().parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.pop(0)
+    if not hasattr(module, "get_config"):
+        raise UsageError(f"config file {str(path)!r} has no get_config() function")
+    return module.get_config()
+
+
+def _parse_value(text: str, current):
+    """Convert an override string to the type of the field it replaces."""
+    if isinstance(current, bool):
+        low = text.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise UsageError(f"expected true or false, got {text!r}")
+    if isinstance(current, int):
+        try:
+            return int(text)
+        except ValueError:
+            raise UsageError(f"expected an integer, got {text!r}") from None
+    if isinstance(current, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise UsageError(f"expected a number, got {text!r}") from None
+    if isinstance(current, str):
+        return text
+    if text.strip().lower() in ("none", "null"):
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_overrides(config, overrides: Sequence[Tuple[str, str]]):
+    """Set ``config.a.b = value`` for each ("a.b", "value") pair, typed like the existing field.
+
+    Raises UsageError naming the key when it does not exist (the nearest existing keys are suggested).
+    """
+    for key, text in overrides:
+        parts = key.split(".")
+        node = config
+        for i, part in enumerate(parts):
+            keys = list(node.keys()) if hasattr(node, "keys") else []
+            if part not in keys:
+                import difflib
+                where = ".".join(parts[:i]) or "config"
+                close = difflib.get_close_matches(part, keys, n=3)
+                hint = f"; did you mean {', '.join(close)}?" if close else f"; known keys: {', '.join(sorted(keys))}"
+                raise UsageError(f"unknown config key --config.{key}: {where} has no field {part!r}{hint}")
+            if i == len(parts) - 1:
+                current = node[part]
+                try:
+                    value = _parse_value(text, current)
+                except UsageError as e:
+                    raise UsageError(f"--config.{key}: {e}") from None
+                with node.unlocked() if hasattr(node, "unlocked") else _null():
+                    node[part] = value
+            else:
+                node = node[part]
+    return config
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def split_overrides(argv: Sequence[str]) -> Tuple[List[str], List[Tuple[str, str]]]:
+    """Separate ``--config.a.b=v`` / ``--config.a.b v`` overrides from the other arguments."""
+    rest, overrides = [], []
+    argv = list(argv)
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--config."):
+            body = arg[len("--config."):]
+            if "=" in body:
+                key, value = body.split("=", 1)
+            elif i + 1 < len(argv):
+                key, value = body, argv[i + 1]
+                i += 1
+            else:
+                raise UsageError(f"{arg} needs a value: {arg}=VALUE")
+            overrides.append((key, value))
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, overrides
+
+
+def resolve_config(config_path: Optional[str], overrides):
+    """The experiment config: the file given (or the built-in synthetic default) with overrides applied."""
+    if config_path:
+        config = load_config_file(config_path)
+    else:
+        from unet_jax.config import synthetic_config
+        config = synthetic_config()
+    config = apply_overrides(config, overrides)
+    from unet_jax.config import validate_config
+    validate_config(config)
+    return config
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Subcommands
+# ------------------------------------------------------------------------------------------------------------
+
+def _cmd_train(args, overrides):
+    config = resolve_config(args.config, overrides)
+    from unet_jax.train import train_and_evaluate
+    metrics = train_and_evaluate(config, args.workdir)
+    _print_metrics("final", metrics)
+
+
+def _cmd_evaluate(args, overrides):
+    from unet_jax.evaluate import evaluate
+    result = evaluate(args.workdir, split=args.split, tta=args.tta, step=args.step, output_dir=args.output,
+                      overrides=overrides, write_images=not args.no_images)
+    _print_metrics(f"{args.split} mean", result["mean"])
+    print(f"per-image metrics: {result['csv']}")
+
+
+def _cmd_predict(args, overrides):
+    from unet_jax.predict import predict_paths
+    written = predict_paths(args.workdir, args.input, args.output, tta=args.tta, step=args.step,
+                            overrides=overrides)
+    print(f"wrote {len(written)} files to {args.output}")
+
+
+def _cmd_ablate(args, overrides):
+    from unet_jax.ablate import run_sweep
+    summary = run_sweep(args.config, args.workdir, overrides=overrides, seeds=args.seeds)
+    print(summary["markdown"])
+    print(f"table: {summary['markdown_path']}  csv: {summary['csv_path']}  plot: {summary['png_path']}")
+
+
+def _cmd_preview(args, overrides):
+    config = resolve_config(args.config, overrides)
+    from unet_jax.preview import preview_from_config
+    path = preview_from_config(config, args.output, n=args.n, seed=args.seed)
+    print(f"wrote {path}")
+
+
+def _print_metrics(title, metrics):
+    items = ", ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items())
+                      if isinstance(v, (int, float)))
+    print(f"{title}: {items}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="unet-jax",
+        description="U-Net (Ronneberger et al. 2015) for biomedical image segmentation, in JAX/Flax.",
+        epilog="Config overrides: --config.SECTION.KEY=VALUE, e.g. --config.optimizer.learning_rate=0.01 "
+               "--config.train.num_steps=200. See experiments/ for the configs.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a U-Net (default: the built-in synthetic data, no download)",
+                       description="Train with a config file; writes checkpoints, metrics.jsonl, TensorBoard "
+                                   "events and a training-curve PNG to --workdir. Re-running the same command "
+                                   "resumes from the last checkpoint.")
+    t.add_argument("--config", help="experiment config file (default: the built-in synthetic experiment)")
+    t.add_argument("--workdir", required=True, help="output directory (checkpoints, logs)")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("evaluate", help="evaluate a trained workdir on a data split",
+                       description="Restore the best (or --step) checkpoint, predict the split with overlap-tile "
+                                   "inference and report pixel, Rand and warping error, VI, IoU and SEG per image.")
+    e.add_argument("--workdir", required=True, help="a workdir written by `unet-jax train`")
+    e.add_argument("--split", default="validation", choices=["train", "validation", "test"])
+    e.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations")
+    e.add_argument("--step", type=int, default=None, help="checkpoint step (default: best, else latest)")
+    e.add_argument("--output", default=None, help="output directory (default: WORKDIR/eval_SPLIT)")
+    e.add_argument("--no-images", action="store_true", help="write only the metrics, no TIFFs/PNGs")
+    e.set_defaults(func=_cmd_evaluate)
+
+    r = sub.add_parser("predict", help="segment images (tif/png files or a folder) with a trained workdir",
+                       description="Writes per input NAME_prob.tif (cell probability, float32), NAME_labels.tif "
+                                   "(instance labels) and NAME_overlay.png. Stacks are predicted slice by slice.")
+    r.add_argument("--workdir", required=True)
+    r.add_argument("--input", required=True, help="an image file (tif/png, 2D or a stack) or a folder of them")
+    r.add_argument("--output", required=True, help="output directory")
+    r.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations")
+    r.add_argument("--step", type=int, default=None)
+    r.set_defaults(func=_cmd_predict)
+
+    a = sub.add_parser("ablate", help="run an ablation sweep (variants x seeds) and tabulate the results",
+                       description="Runs each variant of the sweep file's get_sweep() with equal budgets and "
+                                   "several seeds, then writes results.md, results.csv and results.png (mean +- "
+                                   "std). Interrupted sweeps resume: finished runs are skipped.")
+    a.add_argument("--config", required=True, help="sweep file (experiments/ablations/*.py)")
+    a.add_argument("--workdir", required=True)
+    a.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the sweep's)")
+    a.set_defaults(func=_cmd_ablate)
+
+    v = sub.add_parser("augment-preview", help="write a PNG grid of augmented training tiles",
+                       description="Samples training tiles of the config's data set, augments them as the "
+                                   "config says and draws the label borders over them.")
+    v.add_argument("--config", help="experiment config file (default: the built-in synthetic experiment)")
+    v.add_argument("--output", default="augment_preview.png")
+    v.add_argument("-n", type=int, default=8, help="number of tiles")
+    v.add_argument("--seed", type=int, default=0)
+    v.set_defaults(func=_cmd_preview)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    debug = "--debug" in argv
+    try:
+        rest, overrides = split_overrides(argv)
+        args = parser.parse_args(rest)
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                            format="%(levelname)s %(name)s: %(message)s")
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        args.func(args, overrides)
+        return 0
+    except KeyboardInterrupt:
+        print("unet-jax: interrupted", file=sys.stderr)
+        return 130
+    except (UsageError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError) as e:
+        if debug:
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"unet-jax: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Segment users' images with a trained workdir: 2-D images or stacks (tif/png) to probability TIFFs, instance
+label TIFFs and overlay PNGs. Host-side driver; the network runs jit-compiled through overlap-tile inference.
+
+For each input NAME it writes to the output directory::
+
+    NAME_prob.tif      float32 cell probability, (H, W) or (Z, H, W) for a stack
+    NAME_labels.tif    int32 instance labels (connected components of prob > eval.threshold, 4-connected)
+    NAME_overlay.png   the image with the predicted cell borders (a stack: NAME_zNNN_overlay.png per slice)
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from unet_jax.evaluate import load_model, overlay, predict_image, write_png, write_tiff
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+
+
+def list_inputs(path) -> List[Path]:
+    """The image files named by ``path``: one file, or the image files of a folder (sorted). Host-side."""
+    path = Path(path)
+    if path.is_file():
+        if path.suffix.lower() not in SUFFIXES:
+            raise ValueError(f"input {str(path)!r} is not an image file; expected one of {', '.join(SUFFIXES)}")
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+        if not files:
+            raise ValueError(f"input folder {str(path)!r} holds no image files ({', '.join(SUFFIXES)})")
+        return files
+    raise FileNotFoundError(f"input {str(path)!r} does not exist")
+
+
+def read_input(path, channels: int) -> Tuple[np.ndarray, bool]:
+    """Read an image or stack as float32 in [0, 1]: ((H, W, C) or (Z, H, W, C), is_stack). Host-side.
+
+    8-bit images are divided by 255, others normalised per image (``unet_jax.data.io.to_float_image``).
+    RGB-saved greyscale is reduced to one channel when the model takes one. A multi-page TIFF, or a 3-D array
+    whose last axis is not a channel axis (more than 4), is a stack of 2-D slices.
+    """
+    from unet_jax.data.io import read_image, to_float_image
+    arr = np.asarray(read_image(path))
+    is_stack = arr.ndim == 4 or (arr.ndim == 3 and arr.shape[-1] > 4)
+    if arr.ndim not in (2, 3, 4):
+        raise ValueError(f"input {str(path)!r} has shape {arr.shape}; expected a 2-D image (H, W[, C]) or a "
+                         f"stack (Z, H, W[, C])")
+    slices = list(arr) if is_stack else [arr]
+    out = []
+    for s in slices:
+        img = to_float_image(s, path, greyscale_rgb=channels == 1)
+        if img.ndim == 2:
+            img = img[..., None]
+        if img.shape[-1] != channels:
+            if channels == 1:
+                img = img.mean(axis=-1, keepdims=True)
+                log.warning("%s: %d channels averaged to the model's 1 channel", path, s.shape[-1])
+            else:
+                raise ValueError(f"input {str(path)!r} has {img.shape[-1]} channels; the model takes {channels}")
+        out.append(img.astype(np.float32))
+    return (np.stack(out) if is_stack else out[0]), is_stack
+
+
+def predict_paths(workdir, inputs, output_dir, tta: bool = False, step: Optional[int] = None,
+                  overrides: Sequence[Tuple[str, str]] = ()) -> List[Path]:
+    """Predict every image named by ``inputs`` (file or folder) with the workdir's model; returns files written."""
+    from scipy import ndimage as ndi
+    from tqdm.auto import tqdm
+    files = list_inputs(inputs)
+    apply_fn, config, variables = load_model(workdir, step, overrides)
+    channels = int(_in_channels(variables))
+    threshold = float(config.eval.get("threshold", 0.5))
+    out = Path(output_dir)
+    written = []
+    for path in tqdm(files, desc="predict", unit="file"):
+        image, is_stack = read_input(path, channels)
+        stack = image if is_stack else image[None]
+        probs = np.stack([predict_image(apply_fn, config, s, variables, tta=tta)[..., 1] for s in stack])
+        labels = np.stack([ndi.label(p > threshold)[0].astype(np.int32) for p in probs])
+        stem = path.stem
+        written.append(write_tiff(out / f"{stem}_prob.tif", probs if is_stack else probs[0]))
+        written.append(write_tiff(out / f"{stem}_labels.tif", labels if is_stack else labels[0]))
+        for z, (img, p) in enumerate(zip(stack, probs)):
+            name = f"{stem}_z{z:03d}_overlay.png" if is_stack else f"{stem}_overlay.png"
+            written.append(write_png(out / name, overlay(img, p, threshold)))
+    return written
+
+
+def _in_channels(variables) -> int:
+    """Input channels of a U-Net from its first convolution kernel (3, 3, C_in, F)."""
+    return variables["params"]["down_0"]["Conv_0"]["kernel"].shape[2]

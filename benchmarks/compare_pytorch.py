@@ -1,21 +1,25 @@
 """Benchmark: the same U-Net train step in PyTorch (the baseline) and in unet-jax, side by side in one process.
 
-    python benchmarks/compare_pytorch.py --features 16 --tile 572 --repeats 5
+    python benchmarks/compare_pytorch.py --features 16 --tile 572 --repeats 7 --impl fast --impl plain:jaxdefault
 
 PyTorch is needed only here (``pip install torch``), never by the package. Both steps: forward in train mode
-(drop-out on), pixel-weighted softmax cross-entropy, backward, SGD with momentum 0.99. Prints one JSON object with
-median seconds per step of each and ratio = jax / torch (<= 1 means unet-jax is at least as fast).
+(drop-out on), pixel-weighted softmax cross-entropy, backward, SGD with momentum 0.99; ``--dtype bfloat16`` runs
+PyTorch's forward under CPU autocast and unet-jax with ``UNet(dtype=bfloat16)`` (parameters float32 in both).
+``--impl`` (repeatable, default 'fast') takes the configurations of ``train_step.py`` ('IMPL[:XLA]'). The steps
+are timed interleaved (torch, then each jax configuration, per round); ``--threads N`` pins the process to N CPUs
+and sets PyTorch's thread count to N (default: all allowed CPUs). Prints one JSON object with median seconds per
+step of each (and minimum and process CPU time) and ratio = jax / torch (<= 1: unet-jax at least as fast);
+``jax_median_s`` and ``ratio_jax_over_torch`` refer to the first ``--impl``.
 """
 import argparse
 import json
 import os
 import sys
-import time
 
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_step import machine, make_jax_step, time_fn  # noqa: E402
+from train_step import (add_common_args, loadavg, machine, make_jax_step, parse_config, set_threads,  # noqa: E402
+                        time_interleaved)
 
 from unet_jax.model import output_size, unet_flops  # noqa: E402
 
@@ -80,25 +84,33 @@ def make_torch_step(features, depth, tile, batch, dtype="float32"):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--features", type=int, default=16)
-    p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--tile", type=int, default=572)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--impl", default="fast", choices=["fast", "plain"])
-    p.add_argument("--repeats", type=int, default=5)
+    add_common_args(p)
+    p.add_argument("--impl", action="append", help="IMPL[:XLA] (see train_step.py), repeatable; default 'fast'")
     a = p.parse_args(argv)
+    set_threads(a.threads)
+    specs = a.impl or ["fast"]
+    configs = {s: parse_config(s) for s in specs}
     tstep, torch = make_torch_step(a.features, a.depth, a.tile, a.batch, a.dtype)
-    t_med, t_first, t_ts = time_fn(tstep, a.repeats)
-    j_med, j_first, j_ts = time_fn(make_jax_step(a.features, a.depth, a.tile, a.batch, a.dtype, a.impl), a.repeats)
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    load_before = loadavg()
+    fns = {"torch": tstep}
+    fns.update({"jax " + s: make_jax_step(a.features, a.depth, a.tile, a.batch, a.dtype, impl,
+                                          compiler_options=opts) for s, (impl, opts) in configs.items()})
+    timings = time_interleaved(fns, a.repeats, a.warmup)
     flops = 3 * unet_flops(a.tile, a.features, a.depth) * a.batch
+    t_med = timings["torch"]["median_s"]
+    jax_res = {}
+    for s in specs:
+        r = timings["jax " + s]
+        r.update(ratio_jax_over_torch=r["median_s"] / t_med, tflops=flops / r["median_s"] / 1e12)
+        jax_res[s] = r
+    first = jax_res[specs[0]]
     print(json.dumps({
         "benchmark": "compare_pytorch", "features": a.features, "depth": a.depth, "tile": a.tile, "batch": a.batch,
-        "dtype": a.dtype, "impl": a.impl, "machine": dict(machine(), torch=torch.__version__,
-                                                          torch_threads=torch.get_num_threads()),
-        "torch_median_s": t_med, "jax_median_s": j_med, "ratio_jax_over_torch": j_med / t_med,
-        "torch_times_s": t_ts, "jax_times_s": j_ts, "torch_tflops": flops / t_med / 1e12,
-        "jax_tflops": flops / j_med / 1e12}, indent=1))
+        "dtype": a.dtype, "repeats": a.repeats, "load_before": load_before, "load_after": loadavg(),
+        "machine": dict(machine(), torch=torch.__version__, torch_threads=torch.get_num_threads()),
+        "torch_median_s": t_med, "jax_median_s": first["median_s"], "ratio_jax_over_torch": first["median_s"] / t_med,
+        "torch": dict(timings["torch"], tflops=flops / t_med / 1e12), "jax": jax_res}, indent=1))
 
 
 if __name__ == "__main__":

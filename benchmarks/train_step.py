@@ -1,13 +1,22 @@
 """Benchmark: seconds per train step and tiles/s of the U-Net (network step: forward, weighted loss, backward,
 SGD-momentum update), with achieved FLOP/s from the network's FLOP count (3x the forward convolution FLOPs).
 
-    python benchmarks/train_step.py --features 16 --tile 572 --batch 1 --impl fast --impl plain
+    python benchmarks/train_step.py --features 16 --tile 572 --batch 1 --impl fast --impl plain:jaxdefault
 
-Prints one JSON object: per implementation the median step time over --repeats, tiles/s, TFLOP/s, and the ratio of
-each implementation's median to the first one's (the baseline).
+Each ``--impl`` is ``IMPL[:XLA]``: IMPL is the UNet formulation ('fast' or 'plain', see ``unet_jax.model``); XLA
+is 'pkg' (default: this process's XLA flags, which include ``unet_jax.model.XLA_CPU_FLAGS`` unless
+``UNET_JAX_XLA_CPU_FLAGS=0``) or 'jaxdefault' (jaxlib's default YNNPACK fusion set restored for that step through
+``compiler_options``: how unet-jax ran before it set its flag). The first ``--impl`` is the baseline.
+
+All configurations are compiled first, then timed interleaved (one step of each per round, ``--repeats`` rounds)
+so that load from other processes hits them alike. ``--threads N`` pins the process to N CPUs before JAX starts
+(XLA sizes its thread pool from the affinity mask). Prints one JSON object: per configuration the median and
+minimum step time, the median process CPU time per step, tiles/s, TFLOP/s and the ratio of its median to the
+baseline's; the load average before and after.
 """
 import argparse
 import json
+import os
 import platform
 import time
 
@@ -17,11 +26,37 @@ import numpy as np
 import optax
 
 from unet_jax.losses import weighted_softmax_cross_entropy
-from unet_jax.model import UNet, output_size, unet_flops
+from unet_jax.model import UNet, output_size, unet_flops, xla_cpu_flags_applied
+
+# jaxlib's default --xla_cpu_experimental_ynn_fusion_type (checked for jaxlib 0.10.2 against an unflagged process).
+JAX_DEFAULT_XLA = {"xla_cpu_experimental_ynn_fusion_type": ",".join(
+    "LIBRARY_FUSION_TYPE_" + t for t in ("INDIVIDUAL_DOT", "INDIVIDUAL_CONVOLUTION", "REDUCE"))}
+XLA_CHOICES = {"pkg": None, "jaxdefault": JAX_DEFAULT_XLA}
 
 
-def make_jax_step(features, depth, tile, batch, dtype="float32", impl="fast", padding="VALID"):
-    """A jitted SGD step of the network on fixed random data; returns (step_fn, state)."""
+def set_threads(n):
+    """Pin this process to its first ``n`` allowed CPUs (host-side; call before JAX or torch start threads)."""
+    if n is None:
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    if not 1 <= n <= len(cpus):
+        raise ValueError(f"threads must be in [1, {len(cpus)}], got {n}")
+    os.sched_setaffinity(0, set(cpus[:n]))
+
+
+def parse_config(spec):
+    """'IMPL[:XLA]' -> (impl, compiler_options)."""
+    impl, _, xla = spec.partition(":")
+    xla = xla or "pkg"
+    if impl not in ("fast", "plain") or xla not in XLA_CHOICES:
+        raise ValueError(f"--impl must be IMPL[:XLA] with IMPL in (fast, plain), XLA in {tuple(XLA_CHOICES)}; "
+                         f"got {spec!r}")
+    return impl, XLA_CHOICES[xla]
+
+
+def make_jax_step(features, depth, tile, batch, dtype="float32", impl="fast", padding="VALID",
+                  compiler_options=None):
+    """A jitted SGD step of the network on fixed random data; returns ``run(i) -> loss`` (state kept inside)."""
     model = UNet(features=features, depth=depth, padding=padding, impl=impl,
                  dtype=jnp.bfloat16 if dtype == "bfloat16" else None)
     rng = np.random.default_rng(0)
@@ -33,7 +68,6 @@ def make_jax_step(features, depth, tile, batch, dtype="float32", impl="fast", pa
     tx = optax.sgd(1e-3, momentum=0.99)
     opt_state = tx.init(params)
 
-    @jax.jit
     def step(params, opt_state, key):
         def loss_fn(p):
             logits = model.apply({"params": p}, x, train=True, rngs={"dropout": key})
@@ -42,6 +76,7 @@ def make_jax_step(features, depth, tile, batch, dtype="float32", impl="fast", pa
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
+    step = jax.jit(step, compiler_options=compiler_options)
     state = [params, opt_state]
 
     def run(i):
@@ -49,22 +84,50 @@ def make_jax_step(features, depth, tile, batch, dtype="float32", impl="fast", pa
         state[0], state[1] = p, o
         return loss
 
+    run.lower = lambda: step.lower(state[0], state[1], jax.random.PRNGKey(0))  # for profile_step.py
     return run
 
 
-def time_fn(fn, repeats, warmup=1):
-    """Median seconds of ``fn(i)`` (blocked until ready) after ``warmup`` calls; also the compile+first call."""
-    t = time.perf_counter()
-    jax.block_until_ready(fn(0))
-    first = time.perf_counter() - t
-    for i in range(1, warmup):
-        jax.block_until_ready(fn(i))
-    ts = []
-    for i in range(repeats):
+def _block(out):
+    """Wait for a JAX result (or a torch/Python one, which is ready already)."""
+    if isinstance(out, jax.Array):
+        out.block_until_ready()
+    return out
+
+
+def time_interleaved(fns, repeats, warmup=1):
+    """Time ``fns`` ({name: fn(i)}) in interleaved rounds after ``warmup`` calls of each (the first compiles).
+
+    Returns {name: {'median_s', 'min_s', 'cpu_median_s', 'first_call_s', 'times_s'}}: wall-clock seconds per call
+    and process CPU seconds (all threads) per call.
+    """
+    res = {name: {"times_s": [], "cpu_s": []} for name in fns}
+    for name, fn in fns.items():
         t = time.perf_counter()
-        jax.block_until_ready(fn(100 + i))
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts)), first, ts
+        _block(fn(0))
+        res[name]["first_call_s"] = time.perf_counter() - t
+        for i in range(1, warmup):
+            _block(fn(i))
+    for r in range(repeats):
+        for name, fn in fns.items():
+            t, c = time.perf_counter(), time.process_time()
+            _block(fn(100 + r))
+            res[name]["times_s"].append(time.perf_counter() - t)
+            res[name]["cpu_s"].append(time.process_time() - c)
+    for r in res.values():
+        r["median_s"] = float(np.median(r["times_s"]))
+        r["min_s"] = float(np.min(r["times_s"]))
+        r["cpu_median_s"] = float(np.median(r.pop("cpu_s")))
+    return res
+
+
+def loadavg():
+    """1, 5 and 15 minute load averages (host-side; None where /proc is missing)."""
+    try:
+        with open("/proc/loadavg") as f:
+            return [float(v) for v in f.read().split()[:3]]
+    except OSError:
+        return None
 
 
 def machine():
@@ -75,33 +138,47 @@ def machine():
     except (OSError, StopIteration):
         pass
     return {"jax": jax.__version__, "backend": jax.default_backend(),
-            "device": str(jax.devices()[0].device_kind), "cpu": cpu, "devices": jax.device_count()}
+            "device": str(jax.devices()[0].device_kind), "cpu": cpu, "devices": jax.device_count(),
+            "cpus_used": len(os.sched_getaffinity(0)), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "unet_jax_xla_cpu_flags": xla_cpu_flags_applied()}
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_common_args(p):
     p.add_argument("--features", type=int, default=16)
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--tile", type=int, default=572)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--impl", action="append", choices=["fast", "plain"], help="repeatable; first is the baseline")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls per configuration (the first compiles)")
+    p.add_argument("--threads", type=int, default=None, help="pin to this many CPUs (default: all allowed)")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_common_args(p)
+    p.add_argument("--impl", action="append", help="IMPL[:XLA], repeatable; the first is the baseline")
     p.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for MFU (e.g. 989 for H100 bf16)")
     a = p.parse_args(argv)
-    impls = a.impl or ["fast"]
+    set_threads(a.threads)
+    specs = a.impl or ["fast"]
+    configs = {s: parse_config(s) for s in specs}
     flops = 3 * unet_flops(a.tile, a.features, a.depth) * a.batch
     res = {"benchmark": "train_step", "features": a.features, "depth": a.depth, "tile": a.tile, "batch": a.batch,
-           "dtype": a.dtype, "flops_per_step": flops, "machine": machine(), "results": {}}
-    base = None
-    for impl in impls:
-        med, first, ts = time_fn(make_jax_step(a.features, a.depth, a.tile, a.batch, a.dtype, impl), a.repeats)
-        base = base or med
-        r = {"median_s": med, "first_call_s": first, "times_s": ts, "tiles_per_s": a.batch / med,
-             "tflops": flops / med / 1e12, "ratio_to_first": med / base}
+           "dtype": a.dtype, "repeats": a.repeats, "flops_per_step": flops, "load_before": loadavg()}
+    fns = {s: make_jax_step(a.features, a.depth, a.tile, a.batch, a.dtype, impl, compiler_options=opts)
+           for s, (impl, opts) in configs.items()}
+    timings = time_interleaved(fns, a.repeats, a.warmup)
+    res["load_after"] = loadavg()
+    res["machine"] = machine()
+    base = timings[specs[0]]["median_s"]
+    res["results"] = {}
+    for s, r in timings.items():
+        r.update(tiles_per_s=a.batch / r["median_s"], tflops=flops / r["median_s"] / 1e12,
+                 ratio_to_first=r["median_s"] / base)
         if a.peak_tflops:
-            r["mfu"] = flops / med / 1e12 / a.peak_tflops
-        res["results"][impl] = r
+            r["mfu"] = r["tflops"] / a.peak_tflops
+        res["results"][s] = r
     print(json.dumps(res, indent=1))
 
 

@@ -7,16 +7,44 @@ The paper network is ``UNet()`` with its defaults: a 572x572x1 input tile gives 
 convolution layers (18 valid 3x3 convolutions, 4 2x2 up-convolutions, 1 1x1 convolution) holding 31,030,658
 parameters.
 
-Two layers are written for speed on CPUs and GPUs rather than with the generic XLA ops, with identical results
-(``tests/test_model.py`` compares them with ``reduce_window`` and ``nn.ConvTranspose``):
+Formulations (``UNet.impl``)
+----------------------------
+``impl='plain'`` builds the network from the generic flax layers (``nn.Conv``, ``nn.max_pool``,
+``nn.ConvTranspose``): the reference. ``impl='fast'`` (the default) has the same parameters (same tree, names and
+shapes) and the same results to float rounding (``tests/test_model.py`` compares outputs and gradients), with
+layers written for speed where the generic XLA ops are slow, measured on a 2-core AVX-512 CPU (``benchmarks/``):
 
-* ``max_pool_2x2``: 2x2/stride-2 max-pool as a reshape and a max over two small axes.
+* ``max_pool_2x2``: 2x2/stride-2 max-pool as a reshape and a max over two small axes (``reduce_window`` and its
+  ``select_and_scatter`` gradient are slow on CPU).
 * ``UpConv2x2``: the 2x2/stride-2 transposed convolution. Its windows do not overlap, so it is one matrix product
   (C_in -> 4 C_out) followed by a depth-to-space reshape.
+* ``Conv3x3``: the 3x3 convolution + bias of ``ConvBlock``. With few input channels (``C_in <=
+  SHIFT_MAX_CHANNELS``: the first layer, one channel in the paper) it is ``conv3x3_shift``: nine shifted
+  multiply-adds that XLA fuses with the bias and ReLU into one pass over the image, and a custom VJP whose kernel
+  gradient is a single (9 C_in, N H W) x (N H W, C_out) matrix product (the convolution library packs a 1-channel
+  image badly: ~4x slower forward, ~3x slower fwd+bwd at features 16). Otherwise it is ``lax.conv_general_dilated``
+  (XLA:CPU runs it with Eigen's spatial convolution once YNNPACK convolutions are off, see below), which
+  per layer matched or beat the matrix-product formulations (9 shifted matmuls, im2col, row-im2col, and a
+  "wide" product over the full width with shifted output sums): those spend more time moving 3-9 copies of
+  the activations than they save.
+
+XLA:CPU flags
+-------------
+Importing this module (and so ``unet_jax``) appends ``XLA_CPU_FLAGS`` to the ``XLA_FLAGS`` environment variable
+when JAX has not started a backend yet. ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`` leaves
+convolutions to Eigen instead of YNNPACK (the default in jaxlib 0.10): per layer, YNNPACK's float32 3x3
+convolutions and kernel-gradient convolutions ran 1.5-3x slower than Eigen's (train step at features 64: ~2.3x
+faster without them; at 16: ~1.4x); YNNPACK keeps the matrix products, where it is a little faster than Eigen.
+The flag only affects XLA:CPU. It is not set when ``UNET_JAX_XLA_CPU_FLAGS=0`` (opt-out), when ``XLA_FLAGS``
+already names ``xla_cpu_experimental_ynn_fusion_type`` (yours wins), or for jaxlib < 0.10 (flag unknown; an unknown
+XLA flag aborts the process). ``xla_cpu_flags_applied()`` tells whether it is in effect.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import math
+import os
+import warnings
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -28,8 +56,66 @@ NORMS = (None, "batch", "group")
 UPSAMPLES = ("transpose", "bilinear")
 IMPLS = ("fast", "plain")
 
+# Up to this many input channels, ``Conv3x3`` uses ``conv3x3_shift`` in the fast formulation.
+SHIFT_MAX_CHANNELS = 3
+
 # He normal (paper: Gaussian with std sqrt(2/N), N = fan-in = k*k*C_in).
 he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# XLA:CPU flags (see the module docstring)
+# ----------------------------------------------------------------------------------------------------------------
+
+XLA_CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
+XLA_CPU_FLAGS_ENV = "UNET_JAX_XLA_CPU_FLAGS"
+_MIN_JAXLIB = (0, 10)
+_xla_flags_state = {"applied": False}
+
+
+def _jaxlib_version() -> tuple:
+    try:
+        return tuple(int(p) for p in importlib.metadata.version("jaxlib").split(".")[:2])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return (0, 0)
+
+
+def _backends_started() -> bool:
+    try:
+        from jax._src import xla_bridge
+        return bool(xla_bridge.backends_are_initialized())
+    except (ImportError, AttributeError):  # private API moved: assume started, change nothing
+        return True
+
+
+def _apply_xla_cpu_flags() -> None:
+    """Append ``XLA_CPU_FLAGS`` to ``$XLA_FLAGS`` (host-side, at import) unless opted out or not applicable."""
+    if os.environ.get(XLA_CPU_FLAGS_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        return
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_cpu_experimental_ynn_fusion_type" in flags:
+        _xla_flags_state["applied"] = "-individual_convolution" in flags
+        return
+    if _jaxlib_version() < _MIN_JAXLIB:
+        return
+    if _backends_started():
+        if jax.default_backend() == "cpu":
+            warnings.warn(
+                "unet_jax was imported after JAX started its CPU backend, so its XLA flag "
+                f"{' '.join(XLA_CPU_FLAGS)} (2-3x faster CPU convolutions) is not in effect; import unet_jax "
+                f"before running JAX code, or set it in XLA_FLAGS yourself (silence: {XLA_CPU_FLAGS_ENV}=0)",
+                stacklevel=3)
+        return
+    os.environ["XLA_FLAGS"] = " ".join([flags.strip(), *XLA_CPU_FLAGS]).strip()
+    _xla_flags_state["applied"] = True
+
+
+def xla_cpu_flags_applied() -> bool:
+    """Whether ``XLA_CPU_FLAGS`` (convolutions on Eigen rather than YNNPACK) are in this process's ``XLA_FLAGS``."""
+    return bool(_xla_flags_state["applied"])
+
+
+_apply_xla_cpu_flags()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -191,10 +277,86 @@ def border(depth: int = 4, padding: str = "VALID") -> int:
 # Layers
 # ----------------------------------------------------------------------------------------------------------------
 
+@jax.custom_vjp
 def max_pool_2x2(x: jax.Array) -> jax.Array:
-    """2x2 max-pool with stride 2 on NHWC ``x`` with even H and W: (N, H, W, C) -> (N, H/2, W/2, C)."""
+    """2x2 max-pool with stride 2 on NHWC ``x`` with even H and W: (N, H, W, C) -> (N, H/2, W/2, C).
+
+    A reshape and a max over the two window axes. The custom VJP passes each window's output gradient to its
+    first maximum in row-major window order, as ``nn.max_pool``'s gradient (``select_and_scatter``) does, in one
+    fused pass (the gradient of ``max`` would split it between ties, through a mask, a count and a division).
+    """
     n, h, w, c = x.shape
     return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def _max_pool_fwd(x):
+    y = max_pool_2x2(x)
+    return y, (x, y)
+
+
+def _max_pool_bwd(res, g):
+    x, y = res
+    n, h, w, c = x.shape
+    x6 = x.reshape(n, h // 2, 2, w // 2, 2, c)
+    taken = jnp.zeros(y.shape, bool)
+    rows = []
+    for i in range(2):
+        cols = []
+        for j in range(2):
+            first = (x6[:, :, i, :, j, :] == y) & ~taken
+            taken = taken | first
+            cols.append(jnp.where(first, g, jnp.zeros_like(g)))
+        rows.append(jnp.stack(cols, axis=3))                              # (N, H/2, W/2, 2, C)
+    return (jnp.stack(rows, axis=2).reshape(x.shape),)                    # (N, H/2, 2, W/2, 2, C)
+
+
+max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+@jax.custom_vjp
+def upconv2x2(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """2x2/stride-2 transposed convolution without bias as a matrix product and a depth-to-space reshape.
+
+    Parameters
+    ----------
+    x : float array (N, H, W, C_in)
+    kernel : float array (2, 2, C_in, C_out) in ``nn.ConvTranspose``'s convention, same dtype as ``x``
+
+    Returns
+    -------
+    array (N, 2H, 2W, C_out) of ``x``'s dtype: output pixel (2h + i, 2w + j) is ``x[h, w] @ kernel[1-i, 1-j]``.
+
+    The custom VJP rearranges the output gradient once, to (N H W, 4 C_out), for both gradient products (autodiff
+    made two differently laid-out copies of it).
+    """
+    n, h, w, c_in = x.shape
+    c_out = kernel.shape[-1]
+    y = jnp.dot(x, _upconv_matrix(kernel)).reshape(n, h, w, 2, 2, c_out)
+    return y.transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, c_out)
+
+
+def _upconv_matrix(kernel):
+    """(2, 2, C_in, C_out) ``nn.ConvTranspose`` kernel -> (C_in, 4 C_out) matrix, columns ordered (i, j, o)."""
+    c_in, c_out = kernel.shape[2:]
+    return kernel[::-1, ::-1].transpose(2, 0, 1, 3).reshape(c_in, 4 * c_out)
+
+
+def _upconv_fwd(x, kernel):
+    return upconv2x2(x, kernel), (x, kernel)
+
+
+def _upconv_bwd(res, g):
+    x, kernel = res
+    n, h, w, c_in = x.shape
+    c_out = kernel.shape[-1]
+    g = g.reshape(n, h, 2, w, 2, c_out).transpose(0, 1, 3, 2, 4, 5).reshape(n * h * w, 4 * c_out)
+    dx = jnp.dot(g, _upconv_matrix(kernel).T).reshape(x.shape)
+    dk = jax.lax.dot_general(x.reshape(n * h * w, c_in), g, (((0,), (0,)), ((), ())))     # (C_in, 4 C_out)
+    dk = dk.reshape(c_in, 2, 2, c_out).transpose(1, 2, 0, 3)[::-1, ::-1]
+    return dx, dk.astype(kernel.dtype)
+
+
+upconv2x2.defvjp(_upconv_fwd, _upconv_bwd)
 
 
 class UpConv2x2(nn.Module):
@@ -202,6 +364,7 @@ class UpConv2x2(nn.Module):
 
     Same parameters and same result as ``flax.linen.ConvTranspose(features, (2, 2), strides=(2, 2),
     padding='VALID')``: ``kernel[1 - i, 1 - j, c, o]`` writes input pixel (h, w) to output pixel (2h + i, 2w + j).
+    Computed by ``upconv2x2`` (its windows do not overlap, so it is one matrix product).
     """
     features: int
     dtype: Any = None
@@ -213,12 +376,91 @@ class UpConv2x2(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (2, 2, c_in, self.features), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
         dtype = self.dtype or x.dtype
-        x = x.astype(dtype)
-        n, h, w, _ = x.shape
-        k = kernel[::-1, ::-1].astype(dtype).transpose(2, 0, 1, 3).reshape(c_in, 4 * self.features)
-        y = jnp.dot(x, k).reshape(n, h, w, 2, 2, self.features)
-        y = y.transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, self.features)
-        return y + bias.astype(dtype)
+        return upconv2x2(x.astype(dtype), kernel.astype(dtype)) + bias.astype(dtype)
+
+
+def _conv_valid(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """VALID 3x3 (any k x k) convolution of NHWC ``x`` with an HWIO ``kernel`` (``lax.conv_general_dilated``)."""
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _shifted(x: jax.Array, kh: int, kw: int):
+    """The kh*kw views ``x[:, i:i+h, j:j+w, :]`` (h = H-kh+1, w = W-kw+1) of NHWC ``x``, row-major in (i, j)."""
+    h, w = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+    return [x[:, i:i + h, j:j + w, :] for i in range(kh) for j in range(kw)]
+
+
+@jax.custom_vjp
+def conv3x3_shift(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """VALID convolution as shifted multiply-adds, for few input channels (the paper's 1-channel first layer).
+
+    Parameters
+    ----------
+    x : float array (N, H, W, C_in)
+    kernel : float array (kh, kw, C_in, C_out), same dtype as ``x``
+
+    Returns
+    -------
+    array (N, H - kh + 1, W - kw + 1, C_out) of ``x``'s dtype (accumulated in float32), equal to
+    ``lax.conv_general_dilated(x, kernel, (1, 1), 'VALID')`` to float rounding.
+
+    The forward is kh*kw*C_in broadcast multiply-adds that XLA fuses, with a following bias and ReLU, into one
+    loop over the output. The custom VJP computes the kernel gradient as one matrix product of the (kh kw C_in,
+    N h w) shifted views with the (N h w, C_out) output gradient (autodiff of the forward would make kh*kw*C_in
+    reductions over the output) and the input gradient with ``lax``'s transposed convolution (dead code, removed
+    by XLA, when ``x`` is the network input).
+    """
+    kh, kw, c_in, _ = kernel.shape
+    k = kernel.astype(jnp.float32)
+    views = _shifted(x, kh, kw)
+    y = 0.0
+    for t, v in enumerate(views):
+        for c in range(c_in):
+            y = y + v[..., c:c + 1].astype(jnp.float32) * k[t // kw, t % kw, c]
+    return y.astype(x.dtype)
+
+
+def _conv3x3_shift_fwd(x, kernel):
+    return conv3x3_shift(x, kernel), (x, kernel)
+
+
+def _conv3x3_shift_bwd(res, g):
+    x, kernel = res
+    kh, kw, c_in, c_out = kernel.shape
+    patches = jnp.stack(_shifted(x, kh, kw), axis=0)                       # (kh kw, N, h, w, C_in)
+    dk = jnp.einsum("tnhwc,nhwo->tco", patches, g.astype(x.dtype), preferred_element_type=jnp.float32)
+    dk = dk.reshape(kh, kw, c_in, c_out).astype(kernel.dtype)
+    dx = jax.vjp(lambda x_: _conv_valid(x_, kernel), x)[1](g)[0]
+    return dx, dk
+
+
+conv3x3_shift.defvjp(_conv3x3_shift_fwd, _conv3x3_shift_bwd)
+
+
+class Conv3x3(nn.Module):
+    """3x3 convolution with bias: (N, H, W, C_in) -> (N, H', W', features), H' = H - 2 (VALID) or H (SAME).
+
+    Same parameters (``kernel`` (3, 3, C_in, features) and ``bias`` (features,), float32) and same result as
+    ``flax.linen.Conv(features, (3, 3), padding=padding, kernel_init=he_normal)``. Computes in ``dtype`` (default:
+    the promoted dtype of input and parameters, like ``nn.Conv``) with ``conv3x3_shift`` when ``C_in <=
+    SHIFT_MAX_CHANNELS`` and ``lax.conv_general_dilated`` otherwise.
+    """
+    features: int
+    padding: str = "VALID"
+    dtype: Any = None
+    kernel_init: Any = he_normal
+
+    @nn.compact
+    def __call__(self, x):
+        c_in = x.shape[-1]
+        kernel = self.param("kernel", self.kernel_init, (3, 3, c_in, self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        dtype = self.dtype or jnp.result_type(x.dtype, kernel.dtype)
+        x, kernel, bias = x.astype(dtype), kernel.astype(dtype), bias.astype(dtype)
+        if self.padding == "SAME":
+            x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        y = conv3x3_shift(x, kernel) if c_in <= SHIFT_MAX_CHANNELS else _conv_valid(x, kernel)
+        return y + bias
 
 
 def center_crop_to(x: jax.Array, h: int, w: int) -> jax.Array:
@@ -228,17 +470,22 @@ def center_crop_to(x: jax.Array, h: int, w: int) -> jax.Array:
 
 
 class ConvBlock(nn.Module):
-    """Two 3x3 convolutions, each followed by optional normalisation and ReLU."""
+    """Two 3x3 convolutions, each followed by optional normalisation and ReLU (``Conv3x3`` or, with
+    ``impl='plain'``, ``nn.Conv``; both are named ``Conv_0`` and ``Conv_1``)."""
     features: int
     padding: str = "VALID"
     norm: Optional[str] = None
     dtype: Any = None
+    impl: str = "fast"
 
     @nn.compact
     def __call__(self, x, train: bool):
-        for _ in range(2):
-            x = nn.Conv(self.features, (3, 3), padding=self.padding, kernel_init=he_normal,
-                        dtype=self.dtype, param_dtype=jnp.float32)(x)
+        for i in range(2):
+            if self.impl == "fast":
+                x = Conv3x3(self.features, self.padding, dtype=self.dtype, name=f"Conv_{i}")(x)
+            else:
+                x = nn.Conv(self.features, (3, 3), padding=self.padding, kernel_init=he_normal,
+                            dtype=self.dtype, param_dtype=jnp.float32)(x)
             if self.norm == "batch":
                 x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
                                  param_dtype=jnp.float32)(x)
@@ -274,8 +521,9 @@ class UNet(nn.Module):
     dtype : dtype or None
         Compute dtype (e.g. ``jnp.bfloat16`` for mixed precision); parameters stay float32, logits are float32.
     impl : {'fast', 'plain'}
-        'fast' uses the reshape max-pool and matmul up-convolution above; 'plain' the generic flax layers
-        (``nn.max_pool``, ``nn.ConvTranspose``). Same parameters, same results (to float rounding).
+        'fast' uses the layers written for speed (``Conv3x3``, ``max_pool_2x2``, ``UpConv2x2``; see the module
+        docstring); 'plain' the generic flax layers (``nn.Conv``, ``nn.max_pool``, ``nn.ConvTranspose``). Same
+        parameters, same results (to float rounding).
 
     ``model.apply(variables, x, train=False)`` maps (N, H, W, C_in) float input to (N, H', W', num_classes)
     float32 logits, H' = ``output_size(H, depth, padding)``. With ``train=True`` pass ``rngs={'dropout': key}``
@@ -313,13 +561,14 @@ class UNet(nn.Module):
         x = x.astype(self.dtype or jnp.float32)
         skips = []
         for level in range(self.depth):
-            x = ConvBlock(self.features * 2 ** level, self.padding, self.norm, self.dtype,
+            x = ConvBlock(self.features * 2 ** level, self.padding, self.norm, self.dtype, self.impl,
                           name=f"down_{level}")(x, train)
             if level == self.depth - 1 and self.dropout_rate > 0:
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
             skips.append(x)
             x = max_pool_2x2(x) if self.impl == "fast" else nn.max_pool(x, (2, 2), strides=(2, 2))
-        x = ConvBlock(self.features * 2 ** self.depth, self.padding, self.norm, self.dtype, name="bottom")(x, train)
+        x = ConvBlock(self.features * 2 ** self.depth, self.padding, self.norm, self.dtype, self.impl,
+                      name="bottom")(x, train)
         if self.dropout_rate > 0:
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         for level in reversed(range(self.depth)):
@@ -336,7 +585,7 @@ class UNet(nn.Module):
                             name=f"upconv_{level}")(x)
             skip = center_crop_to(skips[level], x.shape[1], x.shape[2])
             x = jnp.concatenate([skip.astype(x.dtype), x], axis=-1)
-            x = ConvBlock(f, self.padding, self.norm, self.dtype, name=f"up_{level}")(x, train)
+            x = ConvBlock(f, self.padding, self.norm, self.dtype, self.impl, name=f"up_{level}")(x, train)
         x = nn.Conv(self.num_classes, (1, 1), kernel_init=he_normal, dtype=self.dtype, param_dtype=jnp.float32,
                     name="head")(x)
         return x.astype(jnp.float32)

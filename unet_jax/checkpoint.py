@@ -21,9 +21,10 @@ import json
 import logging
 import math
 import os
+import time
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Optional, Tuple
+from typing import Mapping, Optional, Tuple
 
 import jax
 import ml_collections
@@ -197,7 +198,7 @@ class Checkpoints:
             metrics = {str(k): float(v) for k, v in metrics.items()}
         self._manager.save(int(step), args=ocp.args.Composite(**{
             VARIABLES: ocp.args.StandardSave(to_host(variables)),
-            TRAIN: ocp.args.StandardSave(to_host(train))}), metrics=metrics)
+            TRAIN: ocp.args.StandardSave(to_host(train))}), metrics=metrics, force=True)
 
     def restore(self, step: int, variables=None, train=None, *, with_train: bool = True) -> dict:
         """Restore ``step``; ``variables``/``train`` are target pytrees of numpy arrays giving structure, shapes
@@ -242,6 +243,28 @@ class Checkpoints:
         """Restore the most recent step that loads (newest first, see ``restore_with_fallback``)."""
         return self.restore_with_fallback(sorted(self.all_steps(), reverse=True), variables, train,
                                           with_train=with_train)
+
+    def set_aside_after(self, step: int) -> list:
+        """Move the steps newer than ``step`` (ones that failed to restore) to ``directory/unreadable/``.
+
+        A run that resumed from an older step saves those step numbers again, which orbax refuses while the
+        unreadable ones are still there. Returns the steps moved (each logged as a warning).
+        """
+        newer = [s for s in self.all_steps() if s > step]
+        if not newer:
+            return []
+        self._manager.wait_until_finished()
+        if jax.process_index() == 0:
+            aside = self.directory / "unreadable"
+            aside.mkdir(exist_ok=True)
+            for s in newer:
+                target = aside / f"{s}.{int(time.time())}"
+                os.replace(self.directory / str(s), target)
+                logger.warning("moved unreadable checkpoint step %d to %s", s, target)
+        if jax.process_count() > 1:
+            ocp.multihost.sync_global_processes("unet_jax_checkpoint_set_aside")
+        self._manager.reload()
+        return newer
 
     def wait(self) -> None:
         """Block until pending asynchronous saves are on disk."""

@@ -46,7 +46,7 @@ _CRC32C_TABLE = _make_crc32c_table()
 
 
 def crc32c(data: bytes) -> int:
-    """CRC-32C (Castagnoli) of ``data`` as an unsigned 32-bit int (host-side; ``crc32c(b'123456789') == 0xE3069283``)."""
+    """CRC-32C (Castagnoli) of ``data``, an unsigned 32-bit int (host-side); ``crc32c(b"123456789") == 0xE3069283``."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ValueError(f"data must be bytes, got {type(data).__name__}")
     crc = 0xFFFFFFFF

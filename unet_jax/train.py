@@ -1,0 +1,847 @@
+"""Training (paper section 3): SGD on random tiles, weighted pixel-wise cross-entropy, one jit-compiled step.
+
+The whole of one optimisation step runs on the accelerator inside one ``jax.pmap``-ed function
+(``make_train_step``): tile sampling from the on-device dataset (``unet_jax.data.sampler``), augmentation
+(``unet_jax.augment``), the forward pass, the weighted loss (``unet_jax.losses``), gradients averaged over
+devices with ``lax.pmean`` and the optax update. ``train_and_evaluate(config, workdir)`` drives it in the style
+of the Flax examples: periodic validation, a tqdm progress bar, metrics to ``workdir/metrics.jsonl`` and
+TensorBoard event files, a training-curve PNG, orbax checkpoints (``unet_jax.checkpoint``) and exact resume.
+
+Randomness and device independence
+----------------------------------
+The train state holds one PRNG key that never changes. Step ``s`` (the step counter before the update) uses
+``step_key = fold_in(key, s)``; sample ``i`` of the global batch (``0 <= i < train.batch_size``) uses
+``fold_in(step_key, i)``, split into its tile-sampling, augmentation and dropout keys. Device ``d`` of ``n``
+computes the samples ``d * B/n ... (d + 1) * B/n - 1`` (``d = lax.axis_index('batch')``, global over all
+processes), so the global batch, and the result, do not depend on how it is split over devices or hosts. The loss
+is the weighted mean over the whole global batch (numerator and denominator each averaged over devices), exactly as
+on one device. With ``model.norm='batch'`` the forward pass runs over each device's part of the batch at once
+(batch statistics are per device, then averaged) and dropout uses one key per device, so only that setting
+depends on the device split. Resuming is exact because the state (step, key, parameters, optimizer state) is
+all there is.
+
+Multi-host
+----------
+``config.train.distributed=True`` calls ``jax.distributed.initialize`` (JAX's own runtime) before anything else.
+On a cluster it detects the coordinator, process count and process id itself (SLURM, Open MPI, Kubernetes/GKE,
+Cloud TPU); otherwise set ``train.coordinator_address`` ('host:port' of process 0), ``train.num_processes`` and
+``train.process_id`` (or the environment variable ``JAX_COORDINATOR_ADDRESS``). Every process runs the same
+command with the same workdir (a shared filesystem: orbax coordinates the checkpoint writes, process 0 writes
+the logs). Two processes on one machine, CPU only (JAX's gloo CPU collectives join them;
+``tests/test_train.py`` runs the same through ``train_and_evaluate``)::
+
+    unet-jax train --config=experiments/synthetic.py --workdir=/tmp/run --config.train.distributed=True \\
+        --config.train.coordinator_address=127.0.0.1:12345 --config.train.num_processes=2 \\
+        --config.train.process_id=0 &
+    unet-jax train ... the same flags ... --config.train.process_id=1
+
+``train.batch_size`` is the global batch over all devices of all processes; each process loads the whole data
+set and computes only its own devices' samples.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Sequence
+
+import flax
+import flax.jax_utils
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax import lax
+
+from unet_jax import checkpoint as ckpt_lib
+from unet_jax.logging_utils import MetricWriter, plot_training_curves
+from unet_jax.losses import center_crop, weighted_softmax_cross_entropy
+from unet_jax.model import NORMS, UNet, output_size, valid_input_size
+
+logger = logging.getLogger(__name__)
+
+AXIS = "batch"
+PARAMS_FINITE = "params_finite"
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "warmup_cosine")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+BEST_MODES = ("min", "max")
+
+__all__ = ["TrainState", "NonFiniteLossError", "create_model", "create_learning_rate_schedule", "create_optimizer",
+           "create_train_state", "make_train_step", "train_step", "replicate", "shard_state", "unshard_state",
+           "initialize_distributed", "predict_probabilities", "evaluate", "train_and_evaluate"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss, the gradient norm or the updated parameters became NaN or Inf at train step ``step``
+    (the first step where any did).
+
+    Checkpoints are only written after the steps up to them were checked, so the last checkpoint of the run is
+    from before ``step`` and stays usable.
+    """
+
+    def __init__(self, step: int, loss: float, grad_norm: float, params_finite: bool = True):
+        self.step, self.loss, self.grad_norm = int(step), float(loss), float(grad_norm)
+        self.params_finite = bool(params_finite)
+        super().__init__(f"non-finite training loss at step {self.step}: loss={self.loss}, grad_norm="
+                         f"{self.grad_norm}, updated parameters finite: {self.params_finite}; stopping (the last "
+                         f"checkpoint, from before this step, is usable). Lower optimizer.learning_rate or set "
+                         f"optimizer.grad_clip_norm.")
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a training run is, as one pytree.
+
+    Attributes
+    ----------
+    step : int32 scalar
+        Number of train steps (micro-batches) done.
+    params : pytree of float32 arrays
+        Model parameters (float32 also with ``model.dtype='bfloat16'``).
+    batch_stats : pytree
+        BatchNorm running statistics (``model.norm='batch'``), else ``{}``.
+    opt_state : pytree
+        optax state (including the gradient accumulator of ``optimizer.grad_accum_steps > 1``).
+    key : uint32 (2,)
+        The run's PRNG key; constant, each step folds in its step number (see the module docstring).
+    """
+    step: Any
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    key: Any
+
+    def variables(self) -> dict:
+        """``{'params': ..., 'batch_stats': ...}`` (the latter only when there are batch statistics)."""
+        v = {"params": self.params}
+        if self.batch_stats:
+            v["batch_stats"] = self.batch_stats
+        return v
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Config checks
+# ----------------------------------------------------------------------------------------------------------------
+
+def _int(section, name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"config.{section}.{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _float(section, name, value, minimum=0.0, maximum=math.inf, min_open=False):
+    ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value) and (value > minimum if min_open else value >= minimum) and value <= maximum
+    if not ok:
+        lo = "(" if min_open else "["
+        raise ValueError(f"config.{section}.{name} must be a number in {lo}{minimum}, {maximum}], got {value!r}")
+    return float(value)
+
+
+def _check_optimizer_config(opt, num_steps: int) -> None:
+    if opt.name not in OPTIMIZERS:
+        raise ValueError(f"config.optimizer.name must be one of {OPTIMIZERS}, got {opt.name!r}")
+    if opt.schedule not in SCHEDULES:
+        raise ValueError(f"config.optimizer.schedule must be one of {SCHEDULES}, got {opt.schedule!r}")
+    _float("optimizer", "learning_rate", opt.learning_rate, 0.0, min_open=True)
+    _float("optimizer", "momentum", opt.momentum, 0.0, 1.0)
+    _float("optimizer", "weight_decay", opt.weight_decay)
+    _float("optimizer", "grad_clip_norm", opt.grad_clip_norm)
+    accum = _int("optimizer", "grad_accum_steps", opt.grad_accum_steps, 1)
+    warmup = _int("optimizer", "warmup_steps", opt.warmup_steps, 0)
+    if not isinstance(opt.nesterov, bool):
+        raise ValueError(f"config.optimizer.nesterov must be a bool, got {opt.nesterov!r}")
+    updates = num_steps // accum
+    if opt.schedule != "constant" and updates < 1:
+        raise ValueError(f"config.optimizer.grad_accum_steps ({accum}) must be at most train.num_steps "
+                         f"({num_steps}) for schedule {opt.schedule!r}")
+    if opt.schedule == "warmup_cosine" and warmup >= updates:
+        raise ValueError(f"config.optimizer.warmup_steps must be smaller than the number of optimizer updates "
+                         f"(train.num_steps // grad_accum_steps = {updates}), got {warmup}")
+
+
+def _check_config(config) -> None:
+    """Validate the sections train_and_evaluate uses; a bad value raises ValueError naming the field."""
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ValueError(f"config must be an ml_collections.ConfigDict (experiments/*.py get_config()), got "
+                         f"{type(config).__name__}")
+    m, t = config.model, config.train
+    if m.dtype not in DTYPES:
+        raise ValueError(f"config.model.dtype must be one of {tuple(DTYPES)}, got {m.dtype!r}")
+    if (m.norm or None) not in NORMS:
+        raise ValueError(f"config.model.norm must be one of {NORMS} (or ''), got {m.norm!r}")
+    _int("model", "depth", m.depth, 1)
+    _int("model", "features", m.features, 1)
+    num_steps = _int("train", "num_steps", t.num_steps, 1)
+    _int("train", "batch_size", t.batch_size, 1)
+    _int("train", "log_every", t.log_every, 1)
+    _int("train", "eval_every", t.eval_every, 0)
+    _int("train", "checkpoint_every", t.checkpoint_every, 0)
+    _int("train", "keep_checkpoints", t.keep_checkpoints, 1)
+    if t.best_mode not in BEST_MODES:
+        raise ValueError(f"config.train.best_mode must be one of {BEST_MODES}, got {t.best_mode!r}")
+    for section, size in (("train", t.tile_size), ("eval", config.eval.tile_size)):
+        try:
+            output_size(size, m.depth, m.padding)
+        except ValueError as e:
+            raise ValueError(f"config.{section}.tile_size: {e}") from None
+    _int("eval", "batch_size", config.eval.batch_size, 1)
+    _check_optimizer_config(config.optimizer, num_steps)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model and optimizer
+# ----------------------------------------------------------------------------------------------------------------
+
+def create_model(config) -> UNet:
+    """The ``UNet`` of a config.
+
+    Parameters
+    ----------
+    config : ConfigDict
+        A full experiment config (its ``model`` section is used) or the ``model`` section itself; ``norm`` None or
+        '' means no normalisation.
+
+    Returns
+    -------
+    UNet with ``dtype`` jnp.float32 or jnp.bfloat16 (compute dtype; parameters stay float32).
+    """
+    m = config.model if "model" in config else config
+    if m.dtype not in DTYPES:
+        raise ValueError(f"config.model.dtype must be one of {tuple(DTYPES)}, got {m.dtype!r}")
+    return UNet(num_classes=int(m.num_classes), features=int(m.features), depth=int(m.depth), padding=m.padding,
+                dropout_rate=float(m.dropout_rate), norm=m.norm or None, upsample=m.upsample,
+                dtype=DTYPES[m.dtype])
+
+
+def create_learning_rate_schedule(optimizer_config, num_steps: int) -> optax.Schedule:
+    """Learning rate as a function of the optimizer update count.
+
+    Parameters
+    ----------
+    optimizer_config : ConfigDict
+        ``config.optimizer``: ``learning_rate``, ``schedule`` ('constant' | 'cosine' | 'warmup_cosine') and
+        ``warmup_steps``, ``grad_accum_steps``.
+    num_steps : int
+        ``config.train.num_steps`` (train steps). Schedules count optimizer updates, i.e.
+        ``num_steps // grad_accum_steps`` in all; ``warmup_steps`` counts updates too.
+
+    Returns
+    -------
+    optax schedule: 'constant' is ``learning_rate`` (after a linear warmup from 0 if ``warmup_steps > 0``);
+    'cosine' decays from ``learning_rate`` to 0 over all updates; 'warmup_cosine' rises linearly from 0 over
+    ``warmup_steps`` and then decays to 0 by a cosine.
+    """
+    num_steps = _int("train", "num_steps", num_steps, 1)
+    _check_optimizer_config(optimizer_config, num_steps)
+    lr = float(optimizer_config.learning_rate)
+    warmup = int(optimizer_config.warmup_steps)
+    updates = max(num_steps // int(optimizer_config.grad_accum_steps), 1)
+    if optimizer_config.schedule == "constant":
+        if warmup == 0:
+            return optax.constant_schedule(lr)
+        return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
+    if optimizer_config.schedule == "cosine":
+        return optax.cosine_decay_schedule(lr, decay_steps=updates)
+    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps=warmup, decay_steps=updates, end_value=0.0)
+
+
+def _decay_mask(params):
+    """Weight decay applies to convolution kernels only (not to biases or normalisation scales/offsets)."""
+    return jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
+
+
+def create_optimizer(optimizer_config, num_steps: int) -> optax.GradientTransformation:
+    """The optax optimizer of ``config.optimizer``.
+
+    The chain is: gradient clipping by global norm (``grad_clip_norm > 0``), then
+
+    * 'sgd': L2 weight decay added to the gradient (``weight_decay > 0``, kernels only), SGD with ``momentum``
+      (the paper: 0.99) and ``nesterov``;
+    * 'adam': the same coupled L2 weight decay, then Adam;
+    * 'adamw': Adam with decoupled weight decay (kernels only);
+
+    with the learning rate of ``create_learning_rate_schedule``. ``grad_accum_steps > 1`` wraps all of it in
+    ``optax.MultiSteps``: gradients of that many train steps are averaged and applied in one update (the other
+    steps leave the parameters unchanged).
+
+    Parameters
+    ----------
+    optimizer_config : ConfigDict
+        ``config.optimizer``.
+    num_steps : int
+        ``config.train.num_steps``, for the schedules.
+
+    Returns
+    -------
+    optax.GradientTransformation
+    """
+    schedule = create_learning_rate_schedule(optimizer_config, num_steps)
+    o = optimizer_config
+    parts = []
+    if o.grad_clip_norm > 0:
+        parts.append(optax.clip_by_global_norm(float(o.grad_clip_norm)))
+    if o.name == "adamw":
+        parts.append(optax.adamw(schedule, weight_decay=float(o.weight_decay), mask=_decay_mask))
+    else:
+        if o.weight_decay > 0:
+            parts.append(optax.add_decayed_weights(float(o.weight_decay), mask=_decay_mask))
+        if o.name == "sgd":
+            parts.append(optax.sgd(schedule, momentum=float(o.momentum) or None, nesterov=bool(o.nesterov)))
+        else:
+            parts.append(optax.adam(schedule))
+    tx = optax.chain(*parts) if len(parts) > 1 else parts[0]
+    if o.grad_accum_steps > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=int(o.grad_accum_steps))
+    return tx
+
+
+def create_train_state(key: jax.Array, config, model: UNet, input_channels: int,
+                       optimizer: Optional[optax.GradientTransformation] = None) -> TrainState:
+    """Initialise parameters (He normal, paper section 3), optimizer state and the run's key (host arrays).
+
+    Parameters
+    ----------
+    key : PRNG key
+        Split into the initialisation key and the state's training key.
+    config : ConfigDict
+        Full experiment config (``optimizer`` and ``train.num_steps`` build the optimizer unless given).
+    model : UNet
+    input_channels : int
+        Channels C of the (N, H, W, C) input images.
+    optimizer : optax.GradientTransformation or None
+        Default ``create_optimizer(config.optimizer, config.train.num_steps)``.
+
+    Returns
+    -------
+    TrainState with ``step = 0`` (unreplicated, on the default device).
+    """
+    input_channels = _int("data", "input_channels", input_channels, 1)
+    if optimizer is None:
+        optimizer = create_optimizer(config.optimizer, config.train.num_steps)
+    init_key, train_key = jax.random.split(key)
+    size = valid_input_size(1, model.depth, model.padding)   # parameters do not depend on the tile size
+    init = jax.jit(functools.partial(model.init, train=False)).lower(
+        init_key, jax.ShapeDtypeStruct((1, size, size, input_channels), jnp.float32))
+    # Initialisation runs once; on CPU, XLA's optimiser spends seconds on its random-number code (about 1 s per
+    # parameter tensor), so compile it unoptimised there. Parameters are reproducible either way.
+    options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+    variables = init.compile(options)(init_key, jnp.zeros((1, size, size, input_channels), jnp.float32))
+    params = variables["params"]
+    batch_stats = variables.get("batch_stats", {})
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                      opt_state=optimizer.init(params), key=train_key)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The train step
+# ----------------------------------------------------------------------------------------------------------------
+
+def train_step(state: TrainState, dataset, *, model: UNet, optimizer: optax.GradientTransformation,
+               sample_fn: Callable, augment_fn: Optional[Callable], global_batch: int, num_devices: int) -> tuple:
+    """One optimisation step on one device; run under ``jax.pmap(..., axis_name='batch')`` (see
+    ``make_train_step``, which binds the keyword arguments from a config). Pure jax.
+
+    Parameters
+    ----------
+    state : TrainState
+        This device's replica.
+    dataset : DeviceDataset
+        The on-device training set (``unet_jax.data.sampler.to_device_dataset``), replicated.
+    model, optimizer
+        From ``create_model`` / ``create_optimizer``.
+    sample_fn : callable
+        ``(dataset, key) -> (image (T, T, C) float32, labels (T, T) int32, weights (T, T) float32)``: one tile.
+    augment_fn : callable or None
+        ``(key, image, labels, weights) -> same``: one example's augmentation.
+    global_batch, num_devices : int
+        Global batch B (all devices of all processes) and the number of devices n; each device does B / n.
+
+    Returns
+    -------
+    (new_state, metrics): metrics are float32 scalars averaged over the global batch: 'loss' (the weighted
+    cross-entropy of ``unet_jax.losses``), 'pixel_error' (fraction of output pixels whose arg-max class is wrong,
+    unweighted), 'grad_norm' (global norm of the averaged gradient, before clipping) and 'params_finite' (1.0 if
+    every updated parameter is finite, else 0.0).
+    """
+    local_batch = global_batch // num_devices
+    device = lax.axis_index(AXIS)
+    step_key = jax.random.fold_in(state.key, state.step)
+    sample_ids = device * local_batch + jnp.arange(local_batch)
+    keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(step_key, i), 3))(sample_ids)   # (b, 3, 2)
+
+    def one_example(k_tile, k_aug):
+        image, labels, weights = sample_fn(dataset, k_tile)
+        if augment_fn is not None:
+            image, labels, weights = augment_fn(k_aug, image, labels, weights)
+        return image, labels, weights
+
+    images, labels, weights = jax.vmap(one_example)(keys[:, 0], keys[:, 1])
+    batch_norm = bool(state.batch_stats)
+
+    def loss_fn(params):
+        variables = {"params": params}
+        if batch_norm:
+            variables["batch_stats"] = state.batch_stats
+            # Batch statistics need the device's whole batch at once; dropout then gets one key per device.
+            logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"],
+                                          rngs={"dropout": jax.random.fold_in(keys[0, 2], 1 << 20)})
+            new_stats = updates["batch_stats"]
+        else:
+            # One forward pass per example (vmapped: the batch dimension is the same convolutions' N), so every
+            # example's dropout mask comes from its own key.
+            logits = jax.vmap(lambda x, k: model.apply(variables, x[None], train=True, rngs={"dropout": k})[0]
+                              )(images, keys[:, 2])
+            new_stats = {}
+        out = logits.shape[1:3]
+        local_den = center_crop(weights, out).astype(jnp.float32).sum()
+        mean_den = lax.pmean(local_den, AXIS)
+        # weighted_softmax_cross_entropy divides by this device's weight sum; rescale so that the mean over
+        # devices is sum(w * ce) / sum(w) over the global batch (the loss a single device would compute).
+        local_loss = weighted_softmax_cross_entropy(logits, labels, weights)
+        local_loss = local_loss * (local_den / jnp.where(mean_den > 0, mean_den, 1.0))
+        errors = (jnp.argmax(logits, axis=-1) != center_crop(labels, out)).astype(jnp.float32).mean()
+        return local_loss, (errors, new_stats)
+
+    (loss, (pixel_error, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = lax.pmean(grads, AXIS)
+    metrics = {"loss": lax.pmean(loss, AXIS), "pixel_error": lax.pmean(pixel_error, AXIS),
+               "grad_norm": _global_norm(grads)}
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = [jnp.all(jnp.isfinite(p)) for p in jax.tree_util.tree_leaves(params)]
+    metrics[PARAMS_FINITE] = jnp.all(jnp.stack(finite)).astype(jnp.float32)
+    if batch_norm:
+        new_stats = lax.pmean(new_stats, AXIS)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              batch_stats=new_stats if batch_norm else state.batch_stats)
+    return new_state, metrics
+
+
+def _global_norm(tree) -> jax.Array:
+    """L2 norm of all leaves of a pytree together (float32 scalar)."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree_util.tree_leaves(tree)))
+
+
+def _step_cache_key(config, num_devices: int) -> str:
+    d = config.to_dict()
+    keep = {k: d[k] for k in ("model", "optimizer", "augment")}
+    keep["train"] = {k: d["train"][k] for k in ("tile_size", "batch_size", "num_steps")}
+    keep["num_devices"] = num_devices
+    return json.dumps(keep, sort_keys=True, default=str)
+
+
+def make_train_step(config, num_devices: Optional[int] = None) -> Callable:
+    """The pmapped train step of a config: ``p_step(state, dataset) -> (state, metrics)``.
+
+    ``state`` and ``dataset`` are replicated over the local devices (``replicate``); ``metrics`` come back with a
+    leading local-device axis (all equal). The state argument is donated. Built functions are cached per (model,
+    optimizer, augment, tile/batch size, num_steps, device count), so repeated calls with an equal config reuse
+    the compiled step.
+
+    Parameters
+    ----------
+    config : ConfigDict
+        Full experiment config.
+    num_devices : int or None
+        Global device count (default ``jax.device_count()``); must divide ``train.batch_size``.
+    """
+    _check_config(config)
+    num_devices = jax.device_count() if num_devices is None else _int("train", "num_devices", num_devices, 1)
+    if config.train.batch_size % num_devices:
+        raise ValueError(f"config.train.batch_size must be a multiple of the number of devices ({num_devices}), "
+                         f"got {config.train.batch_size}")
+    key = _step_cache_key(config, num_devices)
+    if key not in _STEP_CACHE:
+        _STEP_CACHE[key] = _build_train_step(config, num_devices)
+    return _STEP_CACHE[key]
+
+
+_STEP_CACHE: Dict[str, Callable] = {}
+
+
+def _build_train_step(config, num_devices: int) -> Callable:
+    from unet_jax import augment as augment_lib
+    from unet_jax.data import sampler
+
+    model = create_model(config)
+    optimizer = create_optimizer(config.optimizer, config.train.num_steps)
+    tile = int(config.train.tile_size)
+    out = output_size(tile, model.depth, model.padding)
+    aug_config = augment_lib.read_config(config.augment)
+
+    def sample_fn(dataset, key):
+        images, labels, weights = sampler.sample_tiles(dataset, key, 1, tile, out)
+        return images[0], labels[0], weights[0]
+
+    def augment_fn(key, image, labels, weights):
+        return augment_lib.augment(key, image, labels, weights, aug_config)
+
+    step = functools.partial(train_step, model=model, optimizer=optimizer, sample_fn=sample_fn,
+                             augment_fn=augment_fn if aug_config.enabled else None,
+                             global_batch=int(config.train.batch_size), num_devices=num_devices)
+    return jax.pmap(step, axis_name=AXIS, donate_argnums=(0,))
+
+
+def replicate(tree):
+    """Replicate a pytree (a TrainState, a DeviceDataset) over the local devices: leading axis = local device count.
+
+    The arrays are sharded over a mesh whose axis is named ``'batch'``, as the pmapped step's outputs are, so
+    feeding a step's output back in does not recompile it.
+    """
+    return flax.jax_utils.replicate(tree, axis_name=AXIS)
+
+
+def shard_state(state: TrainState) -> TrainState:
+    """Replicate a host/one-device state over the local devices (``replicate``)."""
+    return replicate(state)
+
+
+def unshard_state(state: TrainState) -> TrainState:
+    """The first local replica of a replicated state (all replicas are equal)."""
+    return flax.jax_utils.unreplicate(state)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=16)
+def _probs_fn(model: UNet) -> Callable:
+    """Jitted ``(variables, tiles (B, T, T, C)) -> softmax probabilities (B, O, O, K)``; variables are an argument
+    (not constants), so one compilation serves every evaluation of a run."""
+    return jax.jit(lambda variables, x: jax.nn.softmax(model.apply(variables, x, train=False), axis=-1))
+
+
+def predict_probabilities(model: UNet, variables, image, tile_size: int, batch_size: int = 4) -> np.ndarray:
+    """Softmax probabilities (H, W, K) of one image by overlap-tile prediction (host-side driver).
+
+    Uses the tile layout of ``unet_jax.tiling`` (``tile_grid``, ``iter_tile_batches``: mirrored borders; VALID
+    tiles write their output, SAME tiles are blended with ``blend_window``) with a predictor that takes the
+    variables as an argument, so validating a changing model does not recompile. ``unet_jax.tiling.predict_tiled``
+    gives the same probabilities (it bakes ``apply_fn``'s parameters into its compiled function instead).
+
+    Parameters
+    ----------
+    model : UNet
+    variables : dict
+        ``{'params': ...[, 'batch_stats': ...]}``.
+    image : float32 array (H, W, C) or (H, W)
+    tile_size : int
+        Valid input tile side for the model.
+    batch_size : int
+        Tiles per device call.
+    """
+    from unet_jax import tiling
+
+    image = np.asarray(image, np.float32)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3:
+        raise ValueError(f"image must be (H, W) or (H, W, C), got shape {image.shape}")
+    grid = tiling.tile_grid(image.shape[:2], tile_size, depth=model.depth, padding=model.padding)
+    fn = _probs_fn(model)
+    h, w = image.shape[:2]
+    o = grid.out_size
+    out = np.zeros((h, w, model.num_classes), np.float32)
+    same = grid.padding == "SAME"
+    if same:
+        win = tiling.blend_window(grid.tile_size, grid.overlap).astype(np.float32)
+        win2 = win[:, None] * win[None, :]
+        wsum = np.zeros((h, w, 1), np.float32)
+    for batch in tiling.iter_tile_batches(image, grid, batch_size):
+        probs = np.asarray(fn(variables, batch.tiles))
+        for i in range(batch.count):
+            y0 = int(batch.origins[i, 0]) + grid.offset - grid.pad_before
+            x0 = int(batch.origins[i, 1]) + grid.offset - grid.pad_before
+            ylo, yhi, xlo, xhi = max(y0, 0), min(y0 + o, h), max(x0, 0), min(x0 + o, w)
+            if ylo >= yhi or xlo >= xhi:
+                continue
+            tile = probs[i, ylo - y0:yhi - y0, xlo - x0:xhi - x0]
+            if same:
+                wt = win2[ylo - y0:yhi - y0, xlo - x0:xhi - x0, None]
+                out[ylo:yhi, xlo:xhi] += tile * wt
+                wsum[ylo:yhi, xlo:xhi] += wt
+            else:
+                out[ylo:yhi, xlo:xhi] = tile
+    if same:
+        out /= wsum
+    return out
+
+
+def evaluate(model: UNet, variables, examples: Sequence[dict], config) -> Dict[str, float]:
+    """Validation metrics over full images (host-side driver; prediction is jitted).
+
+    Parameters
+    ----------
+    model : UNet
+    variables : dict
+        ``{'params': ...[, 'batch_stats': ...]}`` (one replica).
+    examples : list of dict
+        ``unet_jax.data.load_split`` output: 'image' float32 (H, W, C), 'instances' int32 (H, W), 'weights'
+        float32 (H, W).
+    config : ConfigDict
+        Full config; ``eval.tile_size``, ``eval.batch_size`` and ``eval.threshold`` are used.
+
+    Returns
+    -------
+    dict with
+
+    * 'loss': the weighted cross-entropy of the predicted probabilities (weights from the examples), pooled over
+      all pixels of all images (the training energy, on whole images);
+    * 'pixel_error': fraction of wrongly classified pixels (``unet_jax.metrics.pixel_error``; cell = P(cell) >
+      ``eval.threshold`` for two classes, arg-max otherwise), pooled over all images;
+    * 'rand_error' (two classes only): mean over images of the foreground-restricted Rand error of the
+      4-connected cells at ``eval.threshold`` (``unet_jax.metrics.rand_error``; no threshold sweep).
+    """
+    from unet_jax import metrics as metrics_lib
+
+    if not examples:
+        raise ValueError("examples must be a non-empty list of validation examples, got an empty list")
+    num = den = wrong = total = 0.0
+    rand = []
+    threshold = float(config.eval.threshold)
+    for ex in examples:
+        probs = predict_probabilities(model, variables, ex["image"], config.eval.tile_size, config.eval.batch_size)
+        truth = metrics_lib.truth_instances(ex["instances"])
+        labels = (truth > 0).astype(np.int64)
+        weights = np.asarray(ex["weights"], np.float64)
+        p_true = np.take_along_axis(probs, labels[..., None], axis=-1)[..., 0].astype(np.float64)
+        num += float((weights * -np.log(np.maximum(p_true, 1e-12))).sum())
+        den += float(weights.sum())
+        binary = probs.shape[-1] == 2
+        pred = probs[..., 1] > threshold if binary else probs.argmax(-1)
+        wrong += metrics_lib.pixel_error(pred, labels) * labels.size
+        total += labels.size
+        if binary:
+            rand.append(metrics_lib.rand_error(metrics_lib.label_cells(pred), truth)["rand_error"])
+    out = {"loss": num / den if den > 0 else 0.0, "pixel_error": wrong / total}
+    if rand:
+        out["rand_error"] = float(np.mean(rand))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Driver
+# ----------------------------------------------------------------------------------------------------------------
+
+def initialize_distributed(train_config) -> None:
+    """``jax.distributed.initialize`` from ``config.train`` (no-op when already initialised).
+
+    Empty ``coordinator_address``, ``num_processes <= 0`` and ``process_id < 0`` leave those to JAX's cluster
+    auto-detection (or the ``JAX_COORDINATOR_ADDRESS`` environment variable). Must run before any JAX computation.
+    """
+    if jax.distributed.is_initialized():
+        return
+    kwargs = {}
+    if train_config.get("coordinator_address"):
+        kwargs["coordinator_address"] = str(train_config.coordinator_address)
+    if train_config.get("num_processes", 0) > 0:
+        kwargs["num_processes"] = int(train_config.num_processes)
+    if train_config.get("process_id", -1) >= 0:
+        kwargs["process_id"] = int(train_config.process_id)
+    jax.distributed.initialize(**kwargs)
+    logger.info("jax.distributed initialised: process %d of %d, %d local / %d global devices",
+                jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def _check_workdir_config(config, workdir: Path) -> None:
+    """Refuse to resume a workdir whose checkpoints belong to a different model."""
+    path = workdir / ckpt_lib.CONFIG_FILE
+    if not path.exists() or not ckpt_lib.checkpoint_dir(workdir).is_dir():
+        return
+    old = ckpt_lib.load_config(workdir)
+    if old.get("model") is not None and old.model.to_dict() != config.model.to_dict():
+        raise ValueError(f"workdir {str(workdir)!r} holds checkpoints of a different model (config.json model "
+                         f"{old.model.to_dict()} vs {config.model.to_dict()}); use a new workdir")
+
+
+def _load_validation(config) -> list:
+    """The labelled validation examples, or [] (with a warning) when the data set has no validation split."""
+    from unet_jax.data import load_split
+
+    try:
+        examples = load_split(config.data, config.weights, "validation")
+    except ValueError as e:
+        if "'validation' split" not in str(e):
+            raise
+        logger.warning("no validation split (%s): training without validation; best checkpoint = latest", e)
+        return []
+    return [ex for ex in examples if ex.get("labelled", True)]
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
+                       callbacks: Sequence[Callable[[int, TrainState], None]] = ()) -> Dict[str, float]:
+    """Train a U-Net as ``config`` says, validating and checkpointing into ``workdir``; resume if it has
+    checkpoints. Host-side driver of the jit-compiled ``make_train_step``.
+
+    Writes ``workdir/config.json`` (the resolved config; ``unet_jax.checkpoint.load_config``),
+    ``workdir/metrics.jsonl`` (records ``{"step", "split": "train" | "validation", ...}``), TensorBoard event
+    files in ``workdir/tensorboard/``, ``workdir/training_curves.png`` and ``workdir/checkpoints/<step>/``.
+
+    Every ``train.log_every`` steps (and before every checkpoint) the metrics of the steps since the last check are
+    fetched: a NaN or Inf loss or gradient norm raises ``NonFiniteLossError`` naming the first bad step. A
+    checkpoint is saved every ``train.checkpoint_every`` steps, at every validation (every ``train.eval_every``
+    steps) and at the end; the latest ``train.keep_checkpoints`` and the best by validation
+    ``train.best_metric`` are kept. Restarting the same command continues from the newest readable checkpoint
+    (a corrupt one is skipped with a warning) and ends bitwise identical to an uninterrupted run on CPU.
+
+    Parameters
+    ----------
+    config : ConfigDict
+        Full experiment config (``experiments/base.py`` schema).
+    workdir : str or Path
+        Output directory (created).
+    callbacks : sequence of callables
+        Each is called as ``cb(step, state)`` on the host after every train step (``state`` replicated, on
+        device, valid until the next step, which donates its buffers); for monitoring and tests.
+
+    Returns
+    -------
+    dict of the final metrics: 'step', 'train_loss', 'train_pixel_error', 'train_grad_norm' (means over the last
+    logging window; absent when the run was already complete) and 'validation_<name>' for each validation metric
+    of the final step.
+    """
+    _check_config(config)
+    for cb in callbacks:
+        if not callable(cb):
+            raise ValueError(f"callbacks must be callables, got {cb!r}")
+    if config.train.distributed:
+        initialize_distributed(config.train)
+    from unet_jax.data import load_split, sampler
+
+    workdir = Path(workdir).resolve()
+    is_main = jax.process_index() == 0
+    tcfg = config.train
+    num_devices = jax.device_count()
+    if tcfg.batch_size % num_devices:
+        raise ValueError(f"config.train.batch_size must be a multiple of the number of devices ({num_devices}), "
+                         f"got {tcfg.batch_size}")
+    model = create_model(config)
+    tile = int(tcfg.tile_size)
+    out = output_size(tile, model.depth, model.padding)
+
+    train_examples = load_split(config.data, config.weights, "train")
+    val_examples = _load_validation(config)
+    if not train_examples:
+        raise ValueError(f"data {config.data.name!r} has no training examples")
+    channels = int(np.asarray(train_examples[0]["image"]).shape[-1])
+    if not sampler.fits_on_device(train_examples, tile_size=tile, out_size=out):
+        logger.warning("the training set (%.0f MB padded) may not fit on the device next to the model; the train "
+                       "step samples tiles from an on-device copy", sampler.device_dataset_nbytes(
+                           train_examples, tile, out) / 2 ** 20)
+    dataset = sampler.to_device_dataset(train_examples, tile, out)
+
+    optimizer = create_optimizer(config.optimizer, tcfg.num_steps)
+    schedule = create_learning_rate_schedule(config.optimizer, tcfg.num_steps)
+    state = jax.device_get(create_train_state(jax.random.PRNGKey(config.seed), config, model, channels, optimizer))
+
+    if is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        _check_workdir_config(config, workdir)
+    ckpts = ckpt_lib.Checkpoints(ckpt_lib.checkpoint_dir(workdir), keep=int(tcfg.keep_checkpoints),
+                                 best_metric=tcfg.best_metric or None, best_mode=tcfg.best_mode)
+    step0, restored = ckpts.restore_latest(state.variables(), _train_part(state))
+    if restored is not None:
+        v, t = restored[ckpt_lib.VARIABLES], restored[ckpt_lib.TRAIN]
+        state = state.replace(params=v["params"], batch_stats=v.get("batch_stats", {}), step=t["step"],
+                              key=t["key"], opt_state=t["opt_state"])
+        if int(state.step) != step0:
+            raise ValueError(f"checkpoint step {step0} holds state.step {int(state.step)}")
+        ckpts.set_aside_after(step0)   # newer steps failed to restore (warned); this run saves them again
+        logger.info("resuming from checkpoint step %d in %s", step0, ckpts.directory)
+    start = int(state.step)
+    if is_main:
+        ckpt_lib.save_config(config, workdir)
+    writer = MetricWriter(workdir, enabled=is_main)
+    writer.truncate_after(start)
+
+    p_step = make_train_step(config, num_devices)
+    r_state = shard_state(state)
+    r_data = replicate(dataset)
+    del state, dataset
+
+    num_steps = int(tcfg.num_steps)
+    accum = int(config.optimizer.grad_accum_steps)
+    pending = []
+    last_train: Dict[str, float] = {}
+    last_eval: Dict[str, float] = {}
+    last_eval_step = None
+    window_start = time.perf_counter()
+    bar = _progress_bar(num_steps, start, enabled=is_main)
+
+    def flush(step):
+        nonlocal pending, window_start, last_train
+        if not pending:
+            return
+        host = jax.device_get([m for _, m in pending])
+        rows = [{k: float(np.asarray(v).reshape(-1)[0]) for k, v in h.items()} for h in host]
+        for (s, _), r in zip(pending, rows):
+            finite = r.pop(PARAMS_FINITE) == 1.0
+            if not (math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) and finite):
+                raise NonFiniteLossError(s, r["loss"], r["grad_norm"], finite)
+        elapsed = time.perf_counter() - window_start
+        last_train = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+        last_train["learning_rate"] = float(schedule((step - 1) // accum))
+        last_train["tiles_per_second"] = len(rows) * int(tcfg.batch_size) / max(elapsed, 1e-9)
+        writer.write_scalars(step, last_train, "train")
+        bar.set_postfix(loss=f"{last_train['loss']:.4f}", tiles_s=f"{last_train['tiles_per_second']:.1f}")
+        pending = []
+        window_start = time.perf_counter()
+
+    try:
+        for step in range(start + 1, num_steps + 1):
+            r_state, metrics = p_step(r_state, r_data)
+            pending.append((step, metrics))
+            bar.update(1)
+            for cb in callbacks:
+                cb(step, r_state)
+            is_last = step == num_steps
+            do_eval = is_last or (tcfg.eval_every > 0 and step % tcfg.eval_every == 0)
+            do_ckpt = do_eval or is_last or (tcfg.checkpoint_every > 0 and step % tcfg.checkpoint_every == 0)
+            if do_ckpt or step % tcfg.log_every == 0 or step == start + 1:
+                flush(step)   # after the first step too: the compilation stays out of the tiles/s of the log
+            if do_eval:
+                if val_examples:
+                    last_eval = evaluate(model, unshard_state(r_state).variables(), val_examples, config)
+                    writer.write_scalars(step, last_eval, "validation")
+                    logger.info("step %d validation %s", step, last_eval)
+                last_eval_step = step
+            if do_ckpt:
+                host = unshard_state(r_state)
+                ckpts.save(step, host.variables(), _train_part(host),
+                           metrics=last_eval if (do_eval and last_eval) else None)
+            if do_eval or do_ckpt:
+                window_start = time.perf_counter()   # tiles/s counts train steps only
+        if last_eval_step != num_steps and val_examples:   # resumed a finished run: validate the final state
+            last_eval = evaluate(model, unshard_state(r_state).variables(), val_examples, config)
+    finally:
+        bar.close()
+        ckpts.close()
+        writer.close()
+        if is_main:
+            try:
+                plot_training_curves(writer.jsonl_path, workdir / "training_curves.png")
+            except Exception as e:  # noqa: BLE001 - a plotting failure must not hide the run's outcome
+                logger.warning("could not plot training curves: %s", e)
+    result = {"step": num_steps}
+    result.update({f"train_{k}": v for k, v in last_train.items()})
+    result.update({f"validation_{k}": v for k, v in last_eval.items()})
+    return result
+
+
+def _train_part(state: TrainState) -> dict:
+    return {"step": state.step, "key": state.key, "opt_state": state.opt_state}
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+    # disable is passed only to switch the bar off, so tqdm's TQDM_DISABLE=1 environment override still works.
+    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr,
+                **({} if enabled else {"disable": True}))

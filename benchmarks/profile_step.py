@@ -22,7 +22,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_step import (add_common_args, loadavg, machine, make_jax_step, parse_config, set_threads,  # noqa: E402

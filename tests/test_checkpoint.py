@@ -63,19 +63,19 @@ def test_keeps_latest_k_and_the_best(tmp_path, mode):
     variables, train = _toy()
     values = {1: 0.5, 2: 0.1, 3: 0.9, 4: 0.3, 5: 0.4}          # best: step 2 (min) or 3 (max)
     best = 2 if mode == "min" else 3
-    with ck.Checkpoints(tmp_path / mode, keep=2, best_metric="pixel_error", best_mode=mode) as c:
+    with ck.Checkpoints(tmp_path / mode, keep=2, best_metric="pixel_mismatch", best_mode=mode) as c:
         for s, v in values.items():
-            c.save(s, variables, train, metrics={"pixel_error": v, "loss": 1.0})
+            c.save(s, variables, train, metrics={"pixel_mismatch": v, "loss": 1.0})
         c.wait()
         assert c.all_steps() == sorted({best, 4, 5})
         assert c.best_step() == best
-        assert c.metrics(best)["pixel_error"] == pytest.approx(values[best])
+        assert c.metrics(best)["pixel_mismatch"] == pytest.approx(values[best])
 
 
 def test_steps_without_metrics_only_kept_while_latest(tmp_path):
     variables, train = _toy()
-    with ck.Checkpoints(tmp_path / "c", keep=1, best_metric="pixel_error") as c:
-        c.save(1, variables, train, metrics={"pixel_error": 0.2})
+    with ck.Checkpoints(tmp_path / "c", keep=1, best_metric="pixel_mismatch") as c:
+        c.save(1, variables, train, metrics={"pixel_mismatch": 0.2})
         for s in (2, 3, 4):
             c.save(s, variables, train)
         c.wait()
@@ -130,15 +130,15 @@ def test_unfinished_save_directory_is_ignored(tmp_path):
 
 
 def _workdir(tmp_path, best_mode="min"):
-    config = ml_collections.ConfigDict({"model": {"features": 4}, "train": {"best_metric": "pixel_error",
+    config = ml_collections.ConfigDict({"model": {"features": 4}, "train": {"best_metric": "pixel_mismatch",
                                                                             "best_mode": best_mode}})
     ck.save_config(config, tmp_path)
     saved = {}
-    with ck.Checkpoints(ck.checkpoint_dir(tmp_path), keep=3, best_metric="pixel_error", best_mode=best_mode) as c:
+    with ck.Checkpoints(ck.checkpoint_dir(tmp_path), keep=3, best_metric="pixel_mismatch", best_mode=best_mode) as c:
         for s, pe in ((1, 0.3), (2, 0.1), (3, 0.2)):
             v, t = _toy(s)
             v["batch_stats"] = {"mean": np.full((4,), s, np.float32)}
-            c.save(s, v, t, metrics={"pixel_error": pe})
+            c.save(s, v, t, metrics={"pixel_mismatch": pe})
             saved[s] = v
     return config, saved
 
@@ -172,8 +172,8 @@ def test_restore_params_bad_workdir(tmp_path):
 
 
 def test_config_round_trip(tmp_path):
-    import experiments.base as base
-    config = base.get_config()
+    from unet_jax.config import base_config
+    config = base_config()
     config.model.features = 8
     ck.save_config(config, tmp_path)
     assert ck.load_config(tmp_path).to_dict() == config.to_dict()

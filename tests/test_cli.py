@@ -5,8 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,11 +74,11 @@ def trained(tiny):
 
 def test_train_writes_run(trained):
     workdir, r = trained
-    assert "final:" in r.stdout and "pixel_error=" in r.stdout
+    assert "final:" in r.stdout and "pixel_mismatch=" in r.stdout
     config = json.loads((workdir / "config.json").read_text())
     assert config["optimizer"]["learning_rate"] == 0.005   # the override reached the run
     lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines() if l.strip()]
-    assert lines and any("pixel_error" in json.dumps(l) for l in lines)
+    assert lines and any("pixel_mismatch" in json.dumps(l) for l in lines)
     assert list(workdir.glob("*.png")), "training curve PNG missing"
     assert (workdir / "checkpoints").is_dir()
 

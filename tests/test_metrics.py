@@ -87,7 +87,7 @@ def test_one_pixel_break_is_one_merger():
 def test_shifted_boundary_is_no_warping_error():
     truth = two_cells(col=7)
     pred = two_cells(col=8)                 # same topology, boundary one pixel to the right
-    assert M.pixel_error(pred, truth) > 0
+    assert M.pixel_mismatch(pred, truth) > 0
     w = M.warping_error(pred, truth, return_warped=True)
     assert w["warping_error"] == 0.0
     np.testing.assert_array_equal(w["warped"], truth)
@@ -127,7 +127,7 @@ def test_warping_on_isbi_slice_runs_to_a_topological_residue(isbi_dir):
     pred = prob > 0.5
     w = M.warping_error(pred, labels, priority=np.abs(prob - labels), return_warped=True)
     assert topology(w["warped"]) == topology(pred)
-    assert 0 < w["warping_error"] < M.pixel_error(pred, labels)
+    assert 0 < w["warping_error"] < M.pixel_mismatch(pred, labels)
     assert w["mergers"] + w["splits"] > 0
 
 
@@ -190,7 +190,7 @@ def test_pixel_error_and_sweep():
     pred = truth.copy()
     pred[3, 3] = False
     pred[5, 7] = True
-    assert M.pixel_error(pred, truth) == pytest.approx(2 / truth.size)
+    assert M.pixel_mismatch(pred, truth) == pytest.approx(2 / truth.size)
     tp = truth.sum() - 1
     assert M.pixel_fscore(pred, truth) == pytest.approx(2 * tp / (2 * tp + 2))
     # Right only for thresholds in [0.3, 0.9): the sweep finds it and F = 1.
@@ -242,7 +242,7 @@ def test_metrics_reject_bad_arguments():
     with pytest.raises(ValueError, match="thresholds"):
         M.pixel_error_sweep(np.zeros((4, 4)), np.ones((4, 4), int), thresholds=())
     with pytest.raises(ValueError, match="pred_binary"):
-        M.pixel_error(np.zeros((2, 2, 2)), np.zeros((2, 2)))
+        M.pixel_mismatch(np.zeros((2, 2, 2)), np.zeros((2, 2)))
     with pytest.raises(ValueError, match="truth_instances"):
         M.seg_measure(np.zeros((2, 2), int), -np.ones((2, 2), int))
     with pytest.raises(ValueError, match="levels"):

@@ -4,7 +4,6 @@ Runs a tiny U-Net (features 4, depth 2, 60-pixel tiles) on tiny synthetic data w
 model modules. Subprocesses cover what needs a fresh process: 2 simulated devices, 2 processes joined by
 jax.distributed, and SIGKILL + restart.
 """
-import importlib.util
 import json
 import math
 import os
@@ -26,6 +25,7 @@ import pytest
 from unet_jax import checkpoint as ck
 from unet_jax import logging_utils as lu
 from unet_jax import train
+from unet_jax.config import base_config
 from unet_jax.model import output_size
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,15 +35,8 @@ NUM_STEPS = 30
 FAST_COMPILE = "--xla_backend_optimization_level=0"
 
 
-def _base_config():
-    spec = importlib.util.spec_from_file_location("unet_jax_test_base_config", REPO / "experiments" / "base.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
 def tiny_config(data_dir) -> ml_collections.ConfigDict:
-    c = _base_config()
+    c = base_config()
     c.model.features, c.model.depth, c.model.dropout_rate = 4, 2, 0.5   # dropout on: per-sample keys are tested
     c.data.update(num_train=4, num_validation=2, image_size=64, data_dir=str(data_dir))
     c.train.update(tile_size=60, batch_size=2, num_steps=NUM_STEPS, log_every=5, eval_every=10,
@@ -71,6 +64,7 @@ SCRIPT = r"""
 import json, sys, time
 import ml_collections
 from unet_jax import train
+from unet_jax.config import base_config
 workdir, config_path, sleep = sys.argv[1], sys.argv[2], float(sys.argv[3])
 config = ml_collections.ConfigDict(json.load(open(config_path)))
 seen = []
@@ -123,7 +117,7 @@ def _records(workdir, split):
 # ----------------------------------------------------------------------------------------------------------------
 
 def _opt_config(**kw):
-    c = _base_config().optimizer
+    c = base_config().optimizer
     c.update(kw)
     return c
 
@@ -218,7 +212,7 @@ def test_bad_train_config(tmp_path):
 
 
 def test_create_model_dtype_and_norm():
-    c = _base_config()
+    c = base_config()
     c.model.dtype = "bfloat16"
     c.model.norm = ""
     m = train.create_model(c)
@@ -232,11 +226,11 @@ def test_create_model_dtype_and_norm():
 def test_crc32c_and_event_file_round_trip(tmp_path):
     assert lu.crc32c(b"123456789") == 0xE3069283           # the CRC-32C check value
     with lu.MetricWriter(tmp_path) as w:
-        w.write_scalars(3, {"loss": 0.25, "pixel_error": 0.125})
+        w.write_scalars(3, {"loss": 0.25, "pixel_mismatch": 0.125})
         w.write_scalars(7, {"loss": float("nan")}, "validation")
     (events,) = (tmp_path / "tensorboard").iterdir()
     got = [(e["step"], e["tag"], e["value"]) for e in lu.read_event_scalars(events)]
-    assert got[:2] == [(3, "train/loss", 0.25), (3, "train/pixel_error", 0.125)]
+    assert got[:2] == [(3, "train/loss", 0.25), (3, "train/pixel_mismatch", 0.125)]
     assert got[2][:2] == (7, "validation/loss") and math.isnan(got[2][2])
     records = lu.read_jsonl(tmp_path / "metrics.jsonl")
     assert [(r["step"], r["split"]) for r in records] == [(3, "train"), (7, "validation")]
@@ -287,9 +281,9 @@ def test_loss_falls_and_outputs_are_written(reference, data_dir):
     va = _records(ref_dir, "validation")
     assert [r["step"] for r in va] == [10, 20, 30]
     assert va[-1]["loss"] < va[0]["loss"]
-    assert 0.0 <= va[-1]["pixel_error"] < 0.5 and 0.0 <= va[-1]["rand_error"] <= 1.0
+    assert 0.0 <= va[-1]["pixel_mismatch"] < 0.5 and 0.0 <= va[-1]["rand_error"] <= 1.0
     assert tr[-1]["tiles_per_second"] > 0 and tr[-1]["learning_rate"] == pytest.approx(1e-2)
-    assert all(0.0 <= r["pixel_error"] <= 1.0 and r["grad_norm"] > 0 for r in tr)
+    assert all(0.0 <= r["pixel_mismatch"] <= 1.0 and r["grad_norm"] > 0 for r in tr)
 
     # Written: config, curves, TensorBoard events, checkpoints (the latest 5; the best is among them).
     assert ck.load_config(ref_dir).to_dict() == config.to_dict()
@@ -297,11 +291,11 @@ def test_loss_falls_and_outputs_are_written(reference, data_dir):
     (events,) = (ref_dir / "tensorboard").iterdir()
     tb = [(e["step"], e["value"]) for e in lu.read_event_scalars(events) if e["tag"] == "train/loss"]
     assert tb == [(r["step"], pytest.approx(r["loss"])) for r in tr]
-    best = min(va, key=lambda r: r["pixel_error"])["step"]
+    best = min(va, key=lambda r: r["pixel_mismatch"])["step"]
     with ck.Checkpoints(ck.checkpoint_dir(ref_dir), read_only=True) as c:
         assert c.all_steps() == [10, 15, 20, 25, 30]
         assert c.best_step() == best
-        assert c.metrics(best)["pixel_error"] == pytest.approx(min(r["pixel_error"] for r in va))
+        assert c.metrics(best)["pixel_mismatch"] == pytest.approx(min(r["pixel_mismatch"] for r in va))
 
 
 # Runs that differ by float rounding only are compared over their first 10 steps: training amplifies rounding
@@ -456,7 +450,7 @@ def test_predict_probabilities_matches_tiling(padding, tile):
     """The validation predictor (parameters as an argument) equals unet_jax.tiling.predict_tiled."""
     import functools
     from unet_jax import tiling
-    c = _base_config()
+    c = base_config()
     c.model.update(features=4, depth=2, padding=padding, dropout_rate=0.0)
     model = train.create_model(c)
     state = train.create_train_state(jax.random.PRNGKey(0), c, model, 1)

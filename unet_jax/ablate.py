@@ -25,7 +25,7 @@ from unet_jax.evaluate import atomic_write
 
 log = logging.getLogger(__name__)
 
-DEFAULT_METRICS = ("pixel_error", "rand_error", "warping_error", "loss")
+DEFAULT_METRICS = ("pixel_mismatch", "rand_error", "loss")
 
 
 def load_sweep(path):
@@ -102,7 +102,7 @@ def summarize(results: dict, workdir, sweep_name: str = "sweep") -> dict:
                 std = float(vals.std(ddof=1)) if vals.size > 1 else 0.0
                 table[name][m] = (float(vals.mean()), std, int(vals.size))
     shown = [m for m in metrics if m in DEFAULT_METRICS] or metrics[:4]
-    lines = [f"| variant | seeds | " + " | ".join(shown) + " |", "|---|---|" + "---|" * len(shown)]
+    lines = ["| variant | seeds | " + " | ".join(shown) + " |", "|---|---|" + "---|" * len(shown)]
     for name, row in table.items():
         n = max((v[2] for v in row.values()), default=0)
         cells = [f"{row[m][0]:.4f} ± {row[m][1]:.4f}" if m in row else "" for m in shown]

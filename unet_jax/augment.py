@@ -6,7 +6,7 @@ coarse 3x3 grid drawn from a Gaussian with 10 pixels standard deviation and per-
 interpolation.
 
 Everything here runs inside ``jax.jit`` (and ``jax.vmap``): the train step calls ``augment_batch``. The config
-values (the ``augment`` section of ``experiments/base.py``) are static Python values read at trace time, so a part
+values (the ``augment`` section of ``unet_jax.config.base_config()``) are static Python values read at trace time, so a part
 that is switched off costs nothing.
 
 Geometry, one resampling
@@ -70,7 +70,7 @@ CONFIG_FIELDS = ("enabled", "elastic", "elastic_grid", "elastic_sigma", "rotate"
 # ----------------------------------------------------------------------------------------------------------------
 
 class AugmentConfig(NamedTuple):
-    """Validated static augmentation settings (the fields of ``experiments/base.py``'s ``augment`` section)."""
+    """Validated static augmentation settings (the fields of ``unet_jax.config.base_config()``'s ``augment`` section)."""
     enabled: bool
     elastic: bool
     elastic_grid: int
@@ -121,7 +121,7 @@ def read_config(config) -> AugmentConfig:
     Parameters
     ----------
     config : ml_collections.ConfigDict or Mapping
-        The ``augment`` section of ``experiments/base.py`` (a whole experiment config with an ``augment``
+        The ``augment`` section of ``unet_jax.config.base_config()`` (a whole experiment config with an ``augment``
         section is accepted too), or an ``AugmentConfig``.
 
     Returns
@@ -585,7 +585,7 @@ def augment(key: jax.Array, image: jax.Array, labels: Optional[jax.Array], weigh
     weights : float32 (H, W) or None
         Weight map, linearly interpolated.
     config : ConfigDict, Mapping or AugmentConfig
-        The ``augment`` section of ``experiments/base.py`` (static values, read at trace time); ``enabled=False``
+        The ``augment`` section of ``unet_jax.config.base_config()`` (static values, read at trace time); ``enabled=False``
         returns the inputs. See ``random_coordinate_map`` and ``gray_value_augment`` for each part.
 
     Returns

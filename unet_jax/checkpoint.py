@@ -132,7 +132,7 @@ class Checkpoints:
     coordinates; the primary process writes).
     """
 
-    def __init__(self, directory, *, keep: int = 3, best_metric: Optional[str] = "pixel_error",
+    def __init__(self, directory, *, keep: int = 3, best_metric: Optional[str] = "pixel_mismatch",
                  best_mode: str = "min", async_save: bool = True, read_only: bool = False):
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
             raise ValueError(f"keep must be a positive integer, got {keep!r}")

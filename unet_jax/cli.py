@@ -12,7 +12,6 @@ import argparse
 import ast
 import importlib.util
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple

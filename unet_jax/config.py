@@ -32,7 +32,8 @@ def base_config() -> ml_collections.ConfigDict:
         data_dir="",                # where TFDS writes prepared data ('' = ~/.cache/unet_jax/tfds)
         validation_slices=5,        # isbi2012: the last N of the 30 training slices are validation
         validation_fraction=0.2,    # ctc / folder: fraction of examples held out for validation
-        num_train=24, num_validation=6, image_size=256))   # synthetic_cells (its seed is config.seed)
+        mask_type="auto",           # folder: 'auto' | 'binary' | 'instance' (unet_jax.data.io.mask_to_instances)
+        num_train=24, num_validation=6, image_size=256, seed=0))   # synthetic_cells: size and generator seed
 
     # unet_jax.weights.unet_weight_map (precomputed per example when the data set is prepared).
     c.weights = ml_collections.ConfigDict(dict(w0=10.0, sigma=5.0, class_weights="balanced"))
@@ -58,14 +59,15 @@ def base_config() -> ml_collections.ConfigDict:
         warmup_steps=0, grad_accum_steps=1, grad_clip_norm=0.0))
 
     # unet_jax.train.train_and_evaluate. eval_every / checkpoint_every 0 = only at the end (the last step is always
-    # validated and saved). keep_checkpoints latest steps are kept plus the best by best_metric.
+    # validated and saved; every validation step is saved too). keep_checkpoints latest steps are kept plus the
+    # best by the validation metric best_metric ('pixel_mismatch', 'loss', 'rand_error'; '' = latest only).
     # distributed=True calls jax.distributed.initialize; coordinator_address ('host:port' of process 0),
     # num_processes and process_id may stay ''/0/-1 where JAX detects the cluster (SLURM, Open MPI, TPU, ...).
     c.train = ml_collections.ConfigDict(dict(
         tile_size=572,               # input tile; the output (and the labels used) is output_size(tile_size)
         batch_size=1,                # global batch, split over all devices (of all processes)
         num_steps=10000, log_every=50, eval_every=1000, checkpoint_every=1000, keep_checkpoints=3,
-        best_metric="pixel_error", best_mode="min",
+        best_metric="pixel_mismatch", best_mode="min",
         distributed=False, coordinator_address="", num_processes=0, process_id=-1))
 
     # Overlap-tile inference for validation, evaluate and predict.

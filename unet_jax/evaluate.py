@@ -19,7 +19,6 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
-import jax
 import numpy as np
 
 log = logging.getLogger(__name__)

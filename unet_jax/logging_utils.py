@@ -332,7 +332,7 @@ def plot_training_curves(jsonl_path, png_path, metrics: Optional[Dict[str, List[
 
     if metrics is None:
         metrics = {"loss": ["train/loss", "validation/loss"],
-                   "error": ["train/pixel_error", "validation/pixel_error", "validation/rand_error"]}
+                   "error": ["train/pixel_mismatch", "validation/pixel_mismatch", "validation/rand_error"]}
     if not isinstance(metrics, Mapping) or not metrics:
         raise ValueError(f"metrics must be a non-empty mapping of panel -> series, got {metrics!r}")
     records = read_jsonl(jsonl_path)

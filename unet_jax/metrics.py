@@ -19,7 +19,7 @@ Conventions
 
 Metrics (all errors: lower is better)
 -------------------------------------
-* pixel error: ``pixel_error`` is the fraction of wrongly classified pixels (the squared Euclidean distance of the
+* pixel error: ``pixel_mismatch`` is the fraction of wrongly classified pixels (the squared Euclidean distance of the
   binary maps, normalised); ``pixel_error_sweep`` is the challenge's "1 - maximal F-score of pixel similarity",
   the F-score of the cell class.
 * Rand error: 1 - the maximal foreground-restricted Rand F-score (``skimage.metrics.adapted_rand_error``, ground
@@ -38,7 +38,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.metrics import adapted_rand_error, contingency_table, variation_of_information
 
-__all__ = ["DEFAULT_THRESHOLDS", "truth_instances", "label_cells", "pixel_error", "pixel_fscore",
+__all__ = ["DEFAULT_THRESHOLDS", "truth_instances", "label_cells", "pixel_mismatch", "pixel_fscore",
            "pixel_error_sweep", "rand_error", "rand_error_sweep", "vi", "vi_sweep", "simple_point_lut",
            "warp_to_truth", "warping_error", "iou", "seg_measure", "evaluate_slice"]
 
@@ -122,7 +122,7 @@ def label_cells(cell_mask) -> np.ndarray:
 # Pixel error
 # ----------------------------------------------------------------------------------------------------------------
 
-def pixel_error(pred_binary, truth_binary) -> float:
+def pixel_mismatch(pred_binary, truth_binary) -> float:
     """Fraction of pixels whose class differs (host-side).
 
     Parameters
@@ -547,7 +547,7 @@ def evaluate_slice(cell_prob, truth, thresholds: Sequence[float] = DEFAULT_THRES
 
     px = pixel_error_sweep(p, tbin, ths)
     out.update(pixel_error=px["pixel_error"], pixel_error_threshold=px["threshold"],
-               pixel_mismatch=pixel_error(p > threshold, tbin))
+               pixel_mismatch=pixel_mismatch(p > threshold, tbin))
 
     rand, vis = _segmentation_sweep(p, inst, ths)
     b = int(np.argmin(rand[:, 0]))

@@ -56,7 +56,7 @@ def augment_preview(images, labels, config, path, n: int = 8, seed: int = 0, til
     labels : int array (N, H, W) or a sequence of (H, W) arrays (each its image's size)
         Class or instance labels (e.g. ISBI: 1 = cell, 0 = membrane).
     config : ConfigDict or Mapping
-        The ``augment`` section of ``experiments/base.py`` (see ``unet_jax.augment.augment``).
+        The ``augment`` section of ``unet_jax.config.base_config()`` (see ``unet_jax.augment.augment``).
     path : str or Path
         Output PNG file; parent directories are created.
     n : int

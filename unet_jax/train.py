@@ -366,7 +366,7 @@ def train_step(state: TrainState, dataset, *, model: UNet, optimizer: optax.Grad
     Returns
     -------
     (new_state, metrics): metrics are float32 scalars averaged over the global batch: 'loss' (the weighted
-    cross-entropy of ``unet_jax.losses``), 'pixel_error' (fraction of output pixels whose arg-max class is wrong,
+    cross-entropy of ``unet_jax.losses``), 'pixel_mismatch' (fraction of output pixels whose arg-max class is wrong,
     unweighted), 'grad_norm' (global norm of the averaged gradient, before clipping) and 'params_finite' (1.0 if
     every updated parameter is finite, else 0.0).
     """
@@ -409,9 +409,9 @@ def train_step(state: TrainState, dataset, *, model: UNet, optimizer: optax.Grad
         errors = (jnp.argmax(logits, axis=-1) != center_crop(labels, out)).astype(jnp.float32).mean()
         return local_loss, (errors, new_stats)
 
-    (loss, (pixel_error, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (pixel_mismatch, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grads = lax.pmean(grads, AXIS)
-    metrics = {"loss": lax.pmean(loss, AXIS), "pixel_error": lax.pmean(pixel_error, AXIS),
+    metrics = {"loss": lax.pmean(loss, AXIS), "pixel_mismatch": lax.pmean(pixel_mismatch, AXIS),
                "grad_norm": _global_norm(grads)}
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -513,19 +513,17 @@ def unshard_state(state: TrainState) -> TrainState:
 # ----------------------------------------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=16)
-def _probs_fn(model: UNet) -> Callable:
-    """Jitted ``(variables, tiles (B, T, T, C)) -> softmax probabilities (B, O, O, K)``; variables are an argument
-    (not constants), so one compilation serves every evaluation of a run."""
-    return jax.jit(lambda variables, x: jax.nn.softmax(model.apply(variables, x, train=False), axis=-1))
+def _apply_fn(model: UNet) -> Callable:
+    """``(variables, tiles) -> logits`` in inference mode, one function object per model, so the compilations
+    ``unet_jax.tiling`` caches per function object serve every validation of a run."""
+    return lambda variables, x: model.apply(variables, x, train=False)
 
 
 def predict_probabilities(model: UNet, variables, image, tile_size: int, batch_size: int = 4) -> np.ndarray:
     """Softmax probabilities (H, W, K) of one image by overlap-tile prediction (host-side driver).
 
-    Uses the tile layout of ``unet_jax.tiling`` (``tile_grid``, ``iter_tile_batches``: mirrored borders; VALID
-    tiles write their output, SAME tiles are blended with ``blend_window``) with a predictor that takes the
-    variables as an argument, so validating a changing model does not recompile. ``unet_jax.tiling.predict_tiled``
-    gives the same probabilities (it bakes ``apply_fn``'s parameters into its compiled function instead).
+    ``unet_jax.tiling.predict_tiled`` with the variables passed as an argument of the compiled function, so
+    validating a changing model does not recompile.
 
     Parameters
     ----------
@@ -540,39 +538,8 @@ def predict_probabilities(model: UNet, variables, image, tile_size: int, batch_s
     """
     from unet_jax import tiling
 
-    image = np.asarray(image, np.float32)
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.ndim != 3:
-        raise ValueError(f"image must be (H, W) or (H, W, C), got shape {image.shape}")
-    grid = tiling.tile_grid(image.shape[:2], tile_size, depth=model.depth, padding=model.padding)
-    fn = _probs_fn(model)
-    h, w = image.shape[:2]
-    o = grid.out_size
-    out = np.zeros((h, w, model.num_classes), np.float32)
-    same = grid.padding == "SAME"
-    if same:
-        win = tiling.blend_window(grid.tile_size, grid.overlap).astype(np.float32)
-        win2 = win[:, None] * win[None, :]
-        wsum = np.zeros((h, w, 1), np.float32)
-    for batch in tiling.iter_tile_batches(image, grid, batch_size):
-        probs = np.asarray(fn(variables, batch.tiles))
-        for i in range(batch.count):
-            y0 = int(batch.origins[i, 0]) + grid.offset - grid.pad_before
-            x0 = int(batch.origins[i, 1]) + grid.offset - grid.pad_before
-            ylo, yhi, xlo, xhi = max(y0, 0), min(y0 + o, h), max(x0, 0), min(x0 + o, w)
-            if ylo >= yhi or xlo >= xhi:
-                continue
-            tile = probs[i, ylo - y0:yhi - y0, xlo - x0:xhi - x0]
-            if same:
-                wt = win2[ylo - y0:yhi - y0, xlo - x0:xhi - x0, None]
-                out[ylo:yhi, xlo:xhi] += tile * wt
-                wsum[ylo:yhi, xlo:xhi] += wt
-            else:
-                out[ylo:yhi, xlo:xhi] = tile
-    if same:
-        out /= wsum
-    return out
+    return tiling.predict_tiled(_apply_fn(model), image, tile_size, depth=model.depth, padding=model.padding,
+                                batch_size=batch_size, num_classes=model.num_classes, variables=variables)
 
 
 def evaluate(model: UNet, variables, examples: Sequence[dict], config) -> Dict[str, float]:
@@ -595,7 +562,7 @@ def evaluate(model: UNet, variables, examples: Sequence[dict], config) -> Dict[s
 
     * 'loss': the weighted cross-entropy of the predicted probabilities (weights from the examples), pooled over
       all pixels of all images (the training energy, on whole images);
-    * 'pixel_error': fraction of wrongly classified pixels (``unet_jax.metrics.pixel_error``; cell = P(cell) >
+    * 'pixel_mismatch': fraction of wrongly classified pixels (``unet_jax.metrics.pixel_mismatch``; cell = P(cell) >
       ``eval.threshold`` for two classes, arg-max otherwise), pooled over all images;
     * 'rand_error' (two classes only): mean over images of the foreground-restricted Rand error of the
       4-connected cells at ``eval.threshold`` (``unet_jax.metrics.rand_error``; no threshold sweep).
@@ -617,11 +584,11 @@ def evaluate(model: UNet, variables, examples: Sequence[dict], config) -> Dict[s
         den += float(weights.sum())
         binary = probs.shape[-1] == 2
         pred = probs[..., 1] > threshold if binary else probs.argmax(-1)
-        wrong += metrics_lib.pixel_error(pred, labels) * labels.size
+        wrong += metrics_lib.pixel_mismatch(pred, labels) * labels.size
         total += labels.size
         if binary:
             rand.append(metrics_lib.rand_error(metrics_lib.label_cells(pred), truth)["rand_error"])
-    out = {"loss": num / den if den > 0 else 0.0, "pixel_error": wrong / total}
+    out = {"loss": num / den if den > 0 else 0.0, "pixel_mismatch": wrong / total}
     if rand:
         out["rand_error"] = float(np.mean(rand))
     return out
@@ -695,7 +662,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
     Parameters
     ----------
     config : ConfigDict
-        Full experiment config (``experiments/base.py`` schema).
+        Full experiment config (``unet_jax.config.base_config()`` schema).
     workdir : str or Path
         Output directory (created).
     callbacks : sequence of callables
@@ -704,7 +671,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
 
     Returns
     -------
-    dict of the final metrics: 'step', 'train_loss', 'train_pixel_error', 'train_grad_norm' (means over the last
+    dict of the final metrics: 'step', 'train_loss', 'train_pixel_mismatch', 'train_grad_norm' (means over the last
     logging window; absent when the run was already complete) and 'validation_<name>' for each validation metric
     of the final step.
     """

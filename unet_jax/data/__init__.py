@@ -51,7 +51,7 @@ def make_builder(data_config, weights_config=None):
     Parameters
     ----------
     data_config : ml_collections.ConfigDict or mapping
-        The ``data`` section of ``experiments/base.py``: ``name``, ``builder_config``, ``root``, ``data_dir``,
+        The ``data`` section of ``unet_jax.config.base_config()``: ``name``, ``builder_config``, ``root``, ``data_dir``,
         ``validation_slices`` (isbi2012), ``validation_fraction`` (ctc, folder), ``mask_type`` (folder),
         ``num_train``, ``num_validation``, ``image_size``, ``seed`` (synthetic_cells).
     weights_config : ConfigDict or mapping, optional

@@ -99,6 +99,8 @@ def test_evaluate_writes_metrics_and_images(trained):
     assert len(probs) == 2 and len(list(out.glob("*_overlay.png"))) == 2
     p = tifffile.imread(probs[0])
     assert p.shape == (64, 64) and p.dtype == np.float32 and 0 <= p.min() and p.max() <= 1
+    saved = sorted(int(d.name) for d in (workdir / "checkpoints").iterdir() if d.name.isdigit())
+    assert json.loads((out / "metrics.json").read_text())["step"] in saved     # which checkpoint was evaluated
 
 
 def test_predict_file_and_stack(trained, tmp_path):

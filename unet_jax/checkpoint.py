@@ -286,7 +286,7 @@ class Checkpoints:
 # Evaluation entry point
 # ----------------------------------------------------------------------------------------------------------------
 
-def restore_params(workdir, step: Optional[int] = None) -> Tuple[dict, ml_collections.ConfigDict]:
+def restore_params(workdir, step: Optional[int] = None, *, with_step: bool = False):
     """Load the model variables of a training run, without optimizer state. Host-side.
 
     Parameters
@@ -305,6 +305,8 @@ def restore_params(workdir, step: Optional[int] = None) -> Tuple[dict, ml_collec
         ``unet_jax.train.create_model(config).apply(variables, x)``.
     config : ConfigDict
         The run's resolved config (``workdir/config.json``).
+    step : int
+        Only with ``with_step=True``: the step that was restored.
 
     Raises
     ------
@@ -335,4 +337,6 @@ def restore_params(workdir, step: Optional[int] = None) -> Tuple[dict, ml_collec
     finally:
         ckpt.close()
     logger.info("restored variables of step %d from %s", step, directory)
+    if with_step:
+        return dict(restored[VARIABLES]), config, int(step)
     return dict(restored[VARIABLES]), config

@@ -162,7 +162,7 @@ def _cmd_evaluate(args, overrides):
     from unet_jax.evaluate import evaluate
     result = evaluate(args.workdir, split=args.split, tta=args.tta, step=args.step, output_dir=args.output,
                       overrides=overrides, write_images=not args.no_images)
-    _print_metrics(f"{args.split} mean", result["mean"])
+    _print_metrics(f"{args.split} mean (checkpoint step {result['step']})", result["mean"])
     print(f"per-image metrics: {result['csv']}")
 
 

@@ -51,7 +51,7 @@ def write_tiff(path, array):
 
 def write_png(path, rgb_uint8):
     import skimage.io
-    return atomic_write(path, lambda p: skimage.io.imsave(p, rgb_uint8, check_contrast=False, extension=".png"))
+    return atomic_write(path, lambda p: skimage.io.imsave(p, rgb_uint8, check_contrast=False))
 
 
 def overlay(image, cell_prob, threshold=0.5, truth_instances=None) -> np.ndarray:
@@ -72,11 +72,12 @@ def overlay(image, cell_prob, threshold=0.5, truth_instances=None) -> np.ndarray
     return (rgb * 255 + 0.5).astype(np.uint8)
 
 
-def load_model(workdir, step: Optional[int] = None, overrides: Sequence[Tuple[str, str]] = ()):
+def load_model(workdir, step: Optional[int] = None, overrides: Sequence[Tuple[str, str]] = (), with_step=False):
     """Restore a workdir's variables and config (host-side) and return (``model.apply``, config, variables).
 
     ``overrides`` ("eval.tile_size", "380") may change the eval/data sections (e.g. a moved data root); model
-    fields cannot be overridden since they must match the checkpoint.
+    fields cannot be overridden since they must match the checkpoint. ``with_step=True`` appends the restored
+    step to the returned tuple.
     """
     from unet_jax.checkpoint import restore_params
     from unet_jax.train import create_model
@@ -87,7 +88,7 @@ def load_model(workdir, step: Optional[int] = None, overrides: Sequence[Tuple[st
     if not (workdir / "config.json").exists():
         raise FileNotFoundError(f"workdir {str(workdir)!r} holds no training run (no config.json); train first "
                                 f"with `unet-jax train --workdir {workdir}`")
-    variables, config = restore_params(workdir, step)
+    variables, config, step = restore_params(workdir, step, with_step=True)
     if overrides:
         from unet_jax.cli import UsageError, apply_overrides
         bad = [k for k, _ in overrides if k.split(".")[0] == "model"]
@@ -97,7 +98,7 @@ def load_model(workdir, step: Optional[int] = None, overrides: Sequence[Tuple[st
     from unet_jax.model import output_size
     output_size(int(config.eval.tile_size), int(config.model.depth), config.model.padding)
     model = create_model(config)
-    return model.apply, config, variables
+    return (model.apply, config, variables, step) if with_step else (model.apply, config, variables)
 
 
 def predict_image(apply_fn, config, image, variables, tta=False, progress=False) -> np.ndarray:
@@ -127,7 +128,7 @@ def evaluate(workdir, split: str = "validation", tta: bool = False, step: Option
     from unet_jax.metrics import evaluate_slice
     if split not in ("train", "validation", "test"):
         raise ValueError(f"split must be 'train', 'validation' or 'test', got {split!r}")
-    apply_fn, config, variables = load_model(workdir, step, overrides)
+    apply_fn, config, variables, step = load_model(workdir, step, overrides, with_step=True)
     out = Path(output_dir) if output_dir else Path(workdir) / f"eval_{split}"
     examples = load_split(config.data, config.weights, split)
     if not examples:

@@ -243,6 +243,9 @@ def test_ctc_second_config_uses_its_own_folder(tmp_path):
     np.testing.assert_array_equal(direct[3]["image"], train[3]["image"])
     with pytest.raises(ValueError, match="builder_config"):
         load_split(_ctc_cfg(tmp_path / "ctc", tmp_path / "tfds", ""), WEIGHTS, "train")
+    # The other data set's folder as root is refused (it would train U373 under the HeLa name).
+    with pytest.raises(ValueError, match="PhC-C2DH-U373 folder"):
+        load_split(_ctc_cfg(tmp_path / "ctc" / "PhC-C2DH-U373", tmp_path / "tfds3", "dic_c2dh_hela"), WEIGHTS, "train")
 
 
 def test_ctc_bad_inputs(tmp_path):

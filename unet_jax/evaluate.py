@@ -145,7 +145,7 @@ def evaluate(workdir, split: str = "validation", tta: bool = False, step: Option
                         if np.isscalar(v)})
         rows.append(row)
         if write_images:
-            stem = Path(str(ex["name"])).stem
+            stem = Path(str(ex["name"]).replace("/", "_")).stem     # CTC names are 'SEQ/tNNN'
             write_tiff(out / f"{stem}_prob.tif", cell_prob.astype(np.float32))
             write_png(out / f"{stem}_overlay.png",
                       overlay(ex["image"], cell_prob, threshold, ex["instances"] if labelled else None))

@@ -106,8 +106,16 @@ class Ctc(UNetBuilder):
                 f"the Cell Tracking Challenge training data of {d})")
 
     def _dataset_dir(self, root: Path) -> Path:
+        """``root/<dataset>`` if present, else ``root`` itself, unless that is the other data set's folder."""
         sub = root / self.builder_config.dataset
-        return sub if sub.is_dir() else root
+        if sub.is_dir():
+            return sub
+        others = [name for name in DATASETS.values() if name != self.builder_config.dataset]
+        if root.name in others:
+            raise ValueError(f"data.root {str(root)!r} is the {root.name} folder, but data.builder_config asks "
+                             f"for {self.builder_config.dataset}; point data.root at the {self.builder_config.dataset}"
+                             f" folder or use the matching experiment config")
+        return root
 
     def _split_generators(self, dl_manager):
         root = self._dataset_dir(self.manual_root(dl_manager))

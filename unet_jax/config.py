@@ -60,7 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     # unet_jax.train.train_and_evaluate. eval_every / checkpoint_every 0 = only at the end (the last step is always
     # validated and saved; every validation step is saved too). keep_checkpoints latest steps are kept plus the
-    # best by the validation metric best_metric ('pixel_mismatch', 'loss', 'rand_error'; '' = latest only).
+    # best by the validation metric best_metric ('pixel_mismatch', 'loss', 'rand_error', 'iou'; '' = latest only).
     # distributed=True calls jax.distributed.initialize; coordinator_address ('host:port' of process 0),
     # num_processes and process_id may stay ''/0/-1 where JAX detects the cluster (SLURM, Open MPI, TPU, ...).
     c.train = ml_collections.ConfigDict(dict(

@@ -565,14 +565,16 @@ def evaluate(model: UNet, variables, examples: Sequence[dict], config) -> Dict[s
     * 'pixel_mismatch': fraction of wrongly classified pixels (``unet_jax.metrics.pixel_mismatch``; cell = P(cell) >
       ``eval.threshold`` for two classes, arg-max otherwise), pooled over all images;
     * 'rand_error' (two classes only): mean over images of the foreground-restricted Rand error of the
-      4-connected cells at ``eval.threshold`` (``unet_jax.metrics.rand_error``; no threshold sweep).
+      4-connected cells at ``eval.threshold`` (``unet_jax.metrics.rand_error``; no threshold sweep);
+    * 'iou' (two classes only): mean over images of the cell-class intersection over union at ``eval.threshold``
+      (the paper's measure on the cell tracking data).
     """
     from unet_jax import metrics as metrics_lib
 
     if not examples:
         raise ValueError("examples must be a non-empty list of validation examples, got an empty list")
     num = den = wrong = total = 0.0
-    rand = []
+    rand, ious = [], []
     threshold = float(config.eval.threshold)
     for ex in examples:
         probs = predict_probabilities(model, variables, ex["image"], config.eval.tile_size, config.eval.batch_size)
@@ -588,9 +590,11 @@ def evaluate(model: UNet, variables, examples: Sequence[dict], config) -> Dict[s
         total += labels.size
         if binary:
             rand.append(metrics_lib.rand_error(metrics_lib.label_cells(pred), truth)["rand_error"])
+            ious.append(metrics_lib.iou(pred, labels))
     out = {"loss": num / den if den > 0 else 0.0, "pixel_mismatch": wrong / total}
     if rand:
         out["rand_error"] = float(np.mean(rand))
+        out["iou"] = float(np.mean(ious))
     return out
 
 

@@ -129,6 +129,10 @@ def test_ablate_two_variants_and_resume(tiny):
     assert (workdir / "results.png").stat().st_size > 1000
     md = (workdir / "results.md").read_text()
     assert "w0_10" in md and "no_border" in md and "±" in md
+    # The table shows the challenge metrics of the validation split and the last validation of training.
+    for key in ("pixel_error", "rand_error", "warping_error", "validation_pixel_mismatch"):
+        values = [float(row["mean"]) for row in rows if row["metric"] == key]
+        assert key in md and len(values) == 2 and all(0.0 <= v <= 1.0 for v in values)
     done = workdir / "no_border" / "seed_0" / "final_metrics.json"
     assert done.exists()
     # Resuming skips finished runs: a second call trains nothing and gives the same table.

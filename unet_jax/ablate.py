@@ -25,7 +25,10 @@ from unet_jax.evaluate import atomic_write
 
 log = logging.getLogger(__name__)
 
-DEFAULT_METRICS = ("pixel_mismatch", "rand_error", "loss")
+# Shown in results.md / results.png (all metrics go to results.csv): the challenge metrics of ``unet-jax evaluate``
+# on the validation split (no TTA) and the fraction of wrong pixels from training's last validation.
+DEFAULT_METRICS = ("pixel_error", "rand_error", "warping_error", "iou", "validation_pixel_mismatch")
+EVAL_METRICS = ("pixel_error", "rand_error", "warping_error", "vi", "iou", "seg")
 
 
 def load_sweep(path):
@@ -78,9 +81,26 @@ def run_sweep(sweep_path, workdir, overrides: Sequence[Tuple[str, str]] = (), se
             print(f"[ablate] {name} seed {seed} -> {run_dir}", flush=True)
             metrics = {k: float(v) for k, v in train_and_evaluate(config, str(run_dir)).items()
                        if isinstance(v, (int, float, np.floating, np.integer))}
+        if "pixel_error" not in metrics and "eval_skipped" not in metrics:
+            metrics.update(_evaluate_run(run_dir))
+            atomic_write(done, lambda p: Path(p).write_text(json.dumps(metrics, indent=1)))
+        elif not done.exists():
             atomic_write(done, lambda p: Path(p).write_text(json.dumps(metrics, indent=1)))
         results.setdefault(name, []).append(metrics)
     return summarize(results, workdir, sweep_name=Path(sweep_path).stem)
+
+
+def _evaluate_run(run_dir: Path) -> dict:
+    """The challenge metrics (``EVAL_METRICS``) of a finished run on its validation split, without TTA (host-side;
+    ``unet-jax evaluate --no-images``). An unlabelled or empty validation split gives ``{'eval_skipped': 1.0}``."""
+    from unet_jax.evaluate import evaluate
+    try:
+        mean = evaluate(run_dir, split="validation", write_images=False)["mean"]
+    except ValueError as e:        # e.g. a data set without a validation split
+        log.warning("%s: not evaluated (%s)", run_dir, e)
+        mean = {}
+    out = {k: float(mean[k]) for k in EVAL_METRICS if k in mean}
+    return out or {"eval_skipped": 1.0}
 
 
 def summarize(results: dict, workdir, sweep_name: str = "sweep") -> dict:
@@ -105,9 +125,12 @@ def summarize(results: dict, workdir, sweep_name: str = "sweep") -> dict:
     lines = ["| variant | seeds | " + " | ".join(shown) + " |", "|---|---|" + "---|" * len(shown)]
     for name, row in table.items():
         n = max((v[2] for v in row.values()), default=0)
-        cells = [f"{row[m][0]:.4f} ± {row[m][1]:.4f}" if m in row else "" for m in shown]
+        cells = [f"{row[m][0]:.4g} ± {row[m][1]:.2g}" if m in row else "" for m in shown]
         lines.append(f"| {name} | {n} | " + " | ".join(cells) + " |")
-    markdown = f"Sweep {sweep_name}: mean ± std over seeds (validation split)\n\n" + "\n".join(lines) + "\n"
+    markdown = (f"Sweep {sweep_name}: mean ± std over seeds on the validation split. pixel_error, rand_error, "
+                f"warping_error, iou: `unet-jax evaluate` of the best checkpoint (thresholds swept, no TTA); "
+                f"validation_pixel_mismatch: wrong pixels at the last validation of training.\n\n"
+                + "\n".join(lines) + "\n")
     md_path = atomic_write(workdir / "results.md", lambda p: Path(p).write_text(markdown))
 
     def _csv(p):

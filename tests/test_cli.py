@@ -201,3 +201,20 @@ def test_error_exit_code_from_console_script(tmp_path):
     r = run_cli("train", "--config", str(tmp_path / "missing.py"), "--workdir", str(tmp_path / "w"))
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "missing.py" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_atomic_write_permissions_and_no_partial_file(tmp_path):
+    from unet_jax.evaluate import atomic_write
+    umask = os.umask(0o022)
+    try:
+        path = atomic_write(tmp_path / "out" / "a.txt", lambda p: open(p, "w").write("x"))
+    finally:
+        os.umask(umask)
+    assert path.read_text() == "x" and (path.stat().st_mode & 0o777) == 0o644
+
+    def fail(p):
+        open(p, "w").write("half")
+        raise OSError("disk full")
+    with pytest.raises(OSError):
+        atomic_write(tmp_path / "out" / "b.txt", fail)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.txt"]

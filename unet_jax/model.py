@@ -33,8 +33,9 @@ XLA:CPU flags
 Importing this module (and so ``unet_jax``) appends ``XLA_CPU_FLAGS`` to the ``XLA_FLAGS`` environment variable
 when JAX has not started a backend yet. ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`` leaves
 convolutions to Eigen instead of YNNPACK (the default in jaxlib 0.10): per layer, YNNPACK's float32 3x3
-convolutions and kernel-gradient convolutions ran 1.5-3x slower than Eigen's (train step at features 64: ~2.3x
-faster without them; at 16: ~1.4x); YNNPACK keeps the matrix products, where it is a little faster than Eigen.
+convolutions and kernel-gradient convolutions ran 1.5-3x slower than Eigen's (train step at features 64: 1.9x
+faster without them; at 16: 1.5x; see BENCHMARKS.md); YNNPACK keeps the matrix products, where it is a little
+faster than Eigen.
 The flag only affects XLA:CPU. It is not set when ``UNET_JAX_XLA_CPU_FLAGS=0`` (opt-out), when ``XLA_FLAGS``
 already names ``xla_cpu_experimental_ynn_fusion_type`` (yours wins), or for jaxlib < 0.10 (flag unknown; an unknown
 XLA flag aborts the process). ``xla_cpu_flags_applied()`` tells whether it is in effect.
@@ -102,7 +103,7 @@ def _apply_xla_cpu_flags() -> None:
         if jax.default_backend() == "cpu":
             warnings.warn(
                 "unet_jax was imported after JAX started its CPU backend, so its XLA flag "
-                f"{' '.join(XLA_CPU_FLAGS)} (2-3x faster CPU convolutions) is not in effect; import unet_jax "
+                f"{' '.join(XLA_CPU_FLAGS)} (1.5-2x faster CPU train steps) is not in effect; import unet_jax "
                 f"before running JAX code, or set it in XLA_FLAGS yourself (silence: {XLA_CPU_FLAGS_ENV}=0)",
                 stacklevel=3)
         return

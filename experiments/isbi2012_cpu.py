@@ -20,10 +20,10 @@ def get_config():
     c.optimizer.warmup_steps = 100
     c.train.tile_size = 316          # -> 132x132 output
     c.train.batch_size = 2
-    c.train.num_steps = 3000
+    c.train.num_steps = 10000
     c.train.log_every = 50
-    c.train.eval_every = 500
-    c.train.checkpoint_every = 500
+    c.train.eval_every = 1000
+    c.train.checkpoint_every = 1000
     c.eval.tile_size = 572
     c.eval.batch_size = 2
     return c

@@ -483,3 +483,17 @@ def test_load_split_bad_arguments(tmp_path):
     builder, root = make_builder(base, WEIGHTS)
     assert root is None and builder.name == "synthetic_cells"
     assert builder.builder_config.w0 == 10.0 and builder.builder_config.class_weights == "balanced"
+
+
+def test_class_weights_from_config_forms():
+    import ml_collections
+    from unet_jax.data.common import class_weights_arg, normalize_class_weights
+    assert normalize_class_weights("balanced") == "balanced"
+    assert normalize_class_weights(None) is None and normalize_class_weights("None") is None
+    assert normalize_class_weights([1, 3]) == (1.0, 3.0)
+    assert normalize_class_weights({"0": 1, "1": 2.5}) == (1.0, 2.5)               # JSON keys
+    assert normalize_class_weights(ml_collections.ConfigDict({"0": 1.0, "1": 4})) == (1.0, 4.0)
+    assert class_weights_arg((1.0, 2.0)) == {0: 1.0, 1: 2.0}
+    for bad in ("inverse", (1.0,), {"0": 1.0}, {"0": 1.0, "1": -2.0}, (1.0, float("nan"))):
+        with pytest.raises(ValueError, match="class_weights"):
+            normalize_class_weights(bad)

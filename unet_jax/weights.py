@@ -66,8 +66,9 @@ def _check_positive_float(name: str, value, allow_zero: bool) -> float:
     return value
 
 
-def _check_class_weights(class_weights):
-    """Validate ``class_weights``; return 'balanced', None or a (wb, wf) float tuple."""
+def check_class_weights(class_weights):
+    """Validate ``class_weights`` ('balanced', None or {0: wb, 1: wf}); return 'balanced', None or a (wb, wf)
+    float tuple. Raises ValueError naming ``class_weights`` for anything else (host-side)."""
     if class_weights is None:
         return None
     if isinstance(class_weights, str):
@@ -93,7 +94,7 @@ def _check_class_weights(class_weights):
 
 def _check_all(instances, w0, sigma, class_weights):
     return (_check_instances(instances), _check_positive_float("w0", w0, allow_zero=True),
-            _check_positive_float("sigma", sigma, allow_zero=False), _check_class_weights(class_weights))
+            _check_positive_float("sigma", sigma, allow_zero=False), check_class_weights(class_weights))
 
 
 # ----------------------------------------------------------------------------------------------------------------

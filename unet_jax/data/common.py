@@ -24,8 +24,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
-import numbers
 from collections.abc import Mapping
 from typing import Any, Optional
 
@@ -52,28 +50,20 @@ def normalize_class_weights(class_weights):
     Host-side. The result is JSON-friendly (for config hashing); ``class_weights_arg`` turns it back into what
     ``unet_jax.weights.unet_weight_map`` takes. Raises ValueError naming ``class_weights`` for anything else.
     """
-    if class_weights is None or (isinstance(class_weights, str) and class_weights.lower() == "none"):
-        return None
-    if isinstance(class_weights, str):
-        if class_weights != "balanced":
-            raise ValueError(f"class_weights must be 'balanced', None or (w_background, w_cell), got "
-                             f"{class_weights!r}")
-        return "balanced"
+    from unet_jax.weights import check_class_weights
+
+    if isinstance(class_weights, str) and class_weights.lower() == "none":
+        class_weights = None
     if hasattr(class_weights, "to_dict"):  # ml_collections.ConfigDict
         class_weights = class_weights.to_dict()
-    if isinstance(class_weights, Mapping):
-        keys = {str(k) for k in class_weights}
-        if keys != {"0", "1"}:
-            raise ValueError(f"class_weights mapping must have the keys 0 (background) and 1 (cell), got "
-                             f"{sorted(keys)}")
-        lookup = {str(k): v for k, v in class_weights.items()}
-        class_weights = (lookup["0"], lookup["1"])
-    if isinstance(class_weights, (tuple, list)) and len(class_weights) == 2 and all(
-            isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
-            for v in class_weights):
-        return (float(class_weights[0]), float(class_weights[1]))
-    raise ValueError(f"class_weights must be 'balanced', None or (w_background, w_cell) with finite values >= 0, "
-                     f"got {class_weights!r}")
+    if isinstance(class_weights, Mapping):   # JSON and ConfigDict keys are strings
+        class_weights = {int(k) if str(k) in ("0", "1") else k: v for k, v in class_weights.items()}
+    elif isinstance(class_weights, (tuple, list)):
+        if len(class_weights) != 2:
+            raise ValueError(f"class_weights must be 'balanced', None or (w_background, w_cell), got "
+                             f"{class_weights!r}")
+        class_weights = {0: class_weights[0], 1: class_weights[1]}
+    return check_class_weights(class_weights)
 
 
 def class_weights_arg(class_weights):

@@ -9,7 +9,7 @@ the SAME variant trains on 128-pixel tiles (128x128 output, the same labelled ar
     unet-jax ablate --config experiments/ablations/isbi2012.py --workdir runs/ablate_isbi \
         --config.data.root=/path/to/isbi2012
 
-On an accelerator, restore the CPU recipe's budget with --config.model.features=16 --config.train.num_steps=3000
+On an accelerator, restore the CPU recipe's budget with --config.model.features=16 --config.train.num_steps=8000
 (or the paper's with features 64).
 """
 import os

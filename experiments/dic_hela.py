@@ -5,18 +5,8 @@ holds 01/, 01_GT/SEG/, 02/, 02_GT/SEG/. The paper reports IOU 0.7756 on the chal
 
     unet-jax train --config experiments/dic_hela.py --config.data.root=/path/to/DIC-C2DH-HeLa --workdir runs/hela
 """
-from unet_jax.config import base_config
+from unet_jax.config import ctc_config
 
 
 def get_config():
-    c = base_config()
-    c.data.name = "ctc"
-    c.data.builder_config = "dic_c2dh_hela"
-    c.data.root = ""
-    c.data.validation_fraction = 0.2
-    c.weights.w0 = 10.0
-    c.weights.sigma = 5.0
-    c.train.num_steps = 20000
-    c.train.best_metric = "iou"      # the paper's measure on these data sets: keep the highest
-    c.train.best_mode = "max"
-    return c
+    return ctc_config("dic_c2dh_hela")       # weights w0=10, sigma=5 and the rest: the paper's (base_config)

@@ -9,12 +9,9 @@ from unet_jax.config import base_config
 def get_config():
     c = base_config()
     c.data.name = "folder"
-    c.data.root = ""
-    c.data.validation_fraction = 0.2
     c.model.features = 16
     c.optimizer.name = "adam"
     c.optimizer.learning_rate = 1e-3
-    c.optimizer.momentum = 0.9
     c.train.tile_size = 316
     c.train.batch_size = 2
     c.train.num_steps = 3000

@@ -10,23 +10,9 @@ from unet_jax.config import base_config
 
 
 def get_config():
+    # base_config() holds the paper's settings (network, weights, augmentation, SGD, 572 tiles, batch 1).
     c = base_config()
-    c.data.name = "isbi2012"
-    c.data.root = ""                 # the folder with train-volume.tif, train-labels.tif, test-volume.tif
-    c.data.validation_slices = 5
-    c.weights.w0 = 10.0
-    c.weights.sigma = 5.0
-    c.augment.elastic_grid = 3
-    c.augment.elastic_sigma = 10.0
-    c.optimizer.name = "sgd"
-    c.optimizer.learning_rate = 0.01
-    c.optimizer.momentum = 0.99
-    c.train.tile_size = 572
-    c.train.batch_size = 1
+    c.data.name = "isbi2012"         # data.root: the folder with train-volume.tif, train-labels.tif, test-volume.tif
     c.train.num_steps = 20000
     c.train.log_every = 100
-    c.train.eval_every = 1000
-    c.train.checkpoint_every = 1000
-    c.eval.tile_size = 572
-    c.eval.batch_size = 4
     return c

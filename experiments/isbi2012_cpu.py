@@ -10,21 +10,14 @@ from unet_jax.config import base_config
 def get_config():
     c = base_config()
     c.data.name = "isbi2012"
-    c.data.root = ""
-    c.data.validation_slices = 5
     c.model.features = 16
     c.model.dropout_rate = 0.2
     c.optimizer.name = "adam"
     c.optimizer.learning_rate = 1e-3
-    c.optimizer.momentum = 0.9
     c.optimizer.schedule = "warmup_cosine"
     c.optimizer.warmup_steps = 100
     c.train.tile_size = 316          # -> 132x132 output
     c.train.batch_size = 2
     c.train.num_steps = 8000
-    c.train.log_every = 50
-    c.train.eval_every = 1000
-    c.train.checkpoint_every = 1000
-    c.eval.tile_size = 572
     c.eval.batch_size = 2
     return c

@@ -33,12 +33,9 @@ EVAL_METRICS = ("pixel_error", "rand_error", "warping_error", "vi", "iou", "seg"
 
 def load_sweep(path):
     """(base config, {variant: overrides}, seeds) from a sweep file. Host-side."""
-    from unet_jax.cli import UsageError, load_config_file
-    import importlib.util
-    config = load_config_file(path)
-    spec = importlib.util.spec_from_file_location("unet_jax_sweep", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from unet_jax.cli import UsageError, load_config_module
+    module = load_config_module(path)
+    config = module.get_config()
     if not hasattr(module, "get_sweep"):
         raise UsageError(f"sweep file {str(path)!r} has no get_sweep() returning {{variant: overrides}}")
     sweep = module.get_sweep()

@@ -27,8 +27,9 @@ class UsageError(ValueError):
 # Configs
 # ------------------------------------------------------------------------------------------------------------
 
-def load_config_file(path):
-    """Load ``get_config()`` from a Python config file (host-side). Raises UsageError if missing or broken."""
+def load_config_module(path):
+    """Execute a Python config file (with its own directory importable) and return it as a module, checked to
+    have ``get_config()`` (host-side). Raises UsageError if missing or broken."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"config file {str(path)!r} not found (expected a Python file with get_config(), "
@@ -42,7 +43,12 @@ def load_config_file(path):
         sys.path.pop(0)
     if not hasattr(module, "get_config"):
         raise UsageError(f"config file {str(path)!r} has no get_config() function")
-    return module.get_config()
+    return module
+
+
+def load_config_file(path):
+    """Load ``get_config()`` from a Python config file (host-side). Raises UsageError if missing or broken."""
+    return load_config_module(path).get_config()
 
 
 def _parse_value(text: str, current):

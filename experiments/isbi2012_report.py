@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from unet_jax.logging_utils import plot_training_curves
+
 # The paper's ISBI 2012 figures (test set, secret labels; unet-paper.md).
 PAPER = {"warping_error": 0.000353, "rand_error": 0.0382, "pixel_error": 0.0611}
 ROWS = (("pixel_error", "pixel error (1 - max pixel F)"), ("rand_error", "Rand error (1 - max foreground Rand F)"),
@@ -53,31 +55,6 @@ def write_table(result: dict, config: dict, out: Path, name: str, command: str) 
         for row in result["per_image"] + [dict(mean, name="mean")]:
             w.writerow([row["name"]] + [row.get(k, "") for k, _ in ROWS])
     return text
-
-
-def plot_curves(workdir: Path, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    train = [r for r in rows if r.get("split") == "train"]
-    val = [r for r in rows if r.get("split") == "validation"]
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax[0].plot([r["step"] for r in train], [r["loss"] for r in train], label="train (tiles)")
-    ax[0].plot([r["step"] for r in val], [r["loss"] for r in val], "o-", label="validation (whole slices)")
-    ax[0].set(xlabel="step", ylabel="weighted cross-entropy", title="loss")
-    ax[0].legend()
-    for key, label in (("pixel_mismatch", "wrong pixels"), ("rand_error", "Rand error")):
-        # runs logged before the rename (2026-11-24) called the fraction of wrong pixels 'pixel_error'
-        pts = [(r["step"], r.get(key, r.get("pixel_error") if key == "pixel_mismatch" else None)) for r in val]
-        pts = [(s, v) for s, v in pts if v is not None]
-        if pts:
-            ax[1].plot(*zip(*pts), "o-", label=label)
-    ax[1].set(xlabel="step", ylabel="error", title="validation errors (threshold 0.5)")
-    ax[1].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def plot_heldout(workdir: Path, data_root: Path, index: int, path: Path) -> None:
@@ -119,7 +96,9 @@ def main(argv=None) -> int:
     config = json.loads((a.workdir / "config.json").read_text())
     a.out.mkdir(parents=True, exist_ok=True)
     print(write_table(result, config, a.out, a.name, a.command or f"unet-jax train --workdir {a.workdir} ..."))
-    plot_curves(a.workdir, a.out / f"{a.name}_curves.png")
+    plot_training_curves(a.workdir / "metrics.jsonl", a.out / f"{a.name}_curves.png", metrics={
+        "weighted cross-entropy": ["train/loss", "validation/loss"],
+        "validation (threshold 0.5)": ["validation/pixel_mismatch", "validation/rand_error", "validation/iou"]})
     plot_heldout(a.workdir, a.data_root, a.slice, a.out / f"{a.name}_heldout.png")
     return 0
 

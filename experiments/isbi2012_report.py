@@ -8,7 +8,8 @@ curves and a held-out slice (image, prediction, truth, errors).
 reads WORKDIR/eval_validation/ (metrics.json and the *_prob.tif written by ``unet-jax evaluate``),
 WORKDIR/metrics.jsonl and the labels, and writes into --out (small files only; no checkpoints):
 
-    NAME.md / NAME.csv     validation mean of pixel, Rand and warping error and V_info next to the paper's figures
+    NAME.md / NAME.csv     the ISBI 2012 measures of the validation slices as one stack (pixel, Rand and warping
+                           error, V_Rand and V_Info after thinning) next to the paper's figures
     NAME_curves.png        training loss and validation errors against the step
     NAME_heldout.png       one held-out slice: image, P(cell), truth, errors (red: missed cell, blue: missed membrane)
 """
@@ -25,8 +26,8 @@ from unet_jax.logging_utils import plot_training_curves
 # The paper's ISBI 2012 figures (test set, secret labels; unet-paper.md).
 PAPER = {"warping_error": 0.000353, "rand_error": 0.0382, "pixel_error": 0.0611}
 ROWS = (("pixel_error", "pixel error (1 - max pixel F)"), ("rand_error", "Rand error (1 - max foreground Rand F)"),
-        ("warping_error", "warping error"), ("vi", "V_info (split + merge, nats)"),
-        ("pixel_mismatch", "wrong pixels at P(cell) > 0.5"))
+        ("warping_error", "warping error (splits and mergers)"), ("vrand_thinned", "V_Rand after thinning"),
+        ("vinfo_thinned", "V_Info after thinning"), ("pixel_mismatch", "wrong pixels at P(cell) > 0.5"))
 
 
 def _load_eval(workdir: Path) -> dict:
@@ -37,7 +38,7 @@ def _load_eval(workdir: Path) -> dict:
 
 
 def write_table(result: dict, config: dict, out: Path, name: str, command: str) -> str:
-    mean = result["mean"]
+    mean = {**result["mean"], **result.get("stack", {})}     # the ISBI measures of the slices as one stack
     lines = [f"ISBI 2012, validation slices 25-29 (held out), checkpoint step {result.get('step')}, "
              f"TTA {'8-fold' if result.get('tta') else 'off'}; features {config['model']['features']}, "
              f"{config['train']['num_steps']} steps. Paper: test set (secret labels), features 64.", "",
@@ -52,7 +53,7 @@ def write_table(result: dict, config: dict, out: Path, name: str, command: str) 
     with open(out / f"{name}.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["image"] + [k for k, _ in ROWS])
-        for row in result["per_image"] + [dict(mean, name="mean")]:
+        for row in result["per_image"] + [dict(mean, name="stack")]:
             w.writerow([row["name"]] + [row.get(k, "") for k, _ in ROWS])
     return text
 

@@ -89,11 +89,11 @@ def test_evaluate_writes_metrics_and_images(trained):
     assert r.returncode == 0, r.stderr[-3000:]
     out = workdir / "eval_validation"
     rows = list(csv.DictReader(open(out / "metrics.csv")))
-    assert [row["name"] for row in rows][-1] == "mean" and len(rows) == 3    # 2 images + mean
-    for key in ("pixel_error", "rand_error", "warping_error"):
+    assert [row["name"] for row in rows][-2:] == ["mean", "stack"] and len(rows) == 4    # 2 images, mean, stack
+    for key in ("pixel_error", "rand_error", "warping_error", "vrand_thinned", "vinfo_thinned"):
         values = [float(row[key]) for row in rows]
         assert all(0.0 <= v <= 1.0 for v in values)
-        assert abs(values[-1] - np.mean(values[:-1])) < 1e-9
+        assert abs(values[-2] - np.mean(values[:-2])) < 1e-9
         assert f"{key}=" in r.stdout
     probs = sorted(out.glob("*_prob.tif"))
     assert len(probs) == 2 and len(list(out.glob("*_overlay.png"))) == 2

@@ -64,10 +64,11 @@ def test_config_trains_and_evaluates_on_standin(runs, short):
     # Training validated on the held-out frames.
     records = [json.loads(line) for line in (r["workdir"] / "metrics.jsonl").read_text().splitlines() if line]
     assert sorted(rec["step"] for rec in records if rec.get("split") == "validation") == [3, 6]
-    # evaluate: one row per validation frame (the last annotated frame, t003, of each sequence) and the mean.
+    # evaluate: one row per validation frame (the last annotated frame, t003, of each sequence), the mean, and
+    # the challenge measures of all frames pooled as a stack.
     rows = list(csv.DictReader(open(r["workdir"] / "eval_validation" / "metrics.csv")))
-    assert [row["name"] for row in rows] == ["01/t003", "02/t003", "mean"]
-    iou = [float(row["iou"]) for row in rows]
+    assert [row["name"] for row in rows] == ["01/t003", "02/t003", "mean", "stack"]
+    iou = [float(row["iou"]) for row in rows[:3]]
     assert all(0.0 <= v <= 1.0 for v in iou)
     assert iou[-1] == pytest.approx(np.mean(iou[:-1]), abs=1e-9)
     # Same frame number in both sequences: one probability map each, not one overwriting the other.

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 # Shown in results.md / results.png (all metrics go to results.csv): the challenge metrics of ``unet-jax evaluate``
 # on the validation split (no TTA) and the fraction of wrong pixels from training's last validation.
 DEFAULT_METRICS = ("pixel_error", "rand_error", "warping_error", "iou", "validation_pixel_mismatch")
-EVAL_METRICS = ("pixel_error", "rand_error", "warping_error", "vi", "iou", "seg")
+EVAL_METRICS = ("pixel_error", "rand_error", "warping_error", "vrand_thinned", "vinfo_thinned", "iou", "seg")
 
 
 def load_sweep(path):
@@ -89,10 +89,12 @@ def run_sweep(sweep_path, workdir, overrides: Sequence[Tuple[str, str]] = (), se
 
 def _evaluate_run(run_dir: Path) -> dict:
     """The challenge metrics (``EVAL_METRICS``) of a finished run on its validation split, without TTA (host-side;
-    ``unet-jax evaluate --no-images``). An unlabelled or empty validation split gives ``{'eval_skipped': 1.0}``."""
+    ``unet-jax evaluate --no-images``): the ISBI 2012 measures of the split as one stack, IoU and SEG averaged over
+    its images. An unlabelled or empty validation split gives ``{'eval_skipped': 1.0}``."""
     from unet_jax.evaluate import evaluate
     try:
-        mean = evaluate(run_dir, split="validation", write_images=False)["mean"]
+        result = evaluate(run_dir, split="validation", write_images=False)
+        mean = {**result["mean"], **result["stack"]}
     except ValueError as e:        # e.g. a data set without a validation split
         log.warning("%s: not evaluated (%s)", run_dir, e)
         mean = {}
@@ -125,7 +127,8 @@ def summarize(results: dict, workdir, sweep_name: str = "sweep") -> dict:
         cells = [f"{row[m][0]:.4g} ± {row[m][1]:.2g}" if m in row else "" for m in shown]
         lines.append(f"| {name} | {n} | " + " | ".join(cells) + " |")
     markdown = (f"Sweep {sweep_name}: mean ± std over seeds on the validation split. pixel_error, rand_error, "
-                f"warping_error, iou: `unet-jax evaluate` of the best checkpoint (thresholds swept, no TTA); "
+                f"warping_error (ISBI 2012 definitions, the split as one stack), iou: `unet-jax evaluate` of the "
+                f"best checkpoint (thresholds swept, no TTA); "
                 f"validation_pixel_mismatch: wrong pixels at the last validation of training.\n\n"
                 + "\n".join(lines) + "\n")
     md_path = atomic_write(workdir / "results.md", lambda p: Path(p).write_text(markdown))

@@ -3,8 +3,10 @@ image and their mean, probability TIFFs and overlay PNGs. Host-side driver; the 
 
 ``evaluate(workdir, split='validation', tta=False)`` writes to ``WORKDIR/eval_SPLIT/`` (or ``output_dir``)::
 
-    metrics.csv            one row per image (name, every metric), and a last row 'mean'
-    metrics.json           {'per_image': [...], 'mean': {...}, 'step': ..., 'tta': ...}
+    metrics.csv            one row per image (name, every metric), a row 'mean' (mean over the images) and a
+                           last row 'stack': the ISBI 2012 measures of all labelled images as one stack, the way
+                           the challenge scores a stack (statistics pooled over the slices at each threshold)
+    metrics.json           {'per_image': [...], 'mean': {...}, 'stack': {...}, 'step': ..., 'tta': ...}
     NAME_prob.tif          float32 (H, W) cell probability P(class 1)
     NAME_overlay.png       the image with the predicted cell borders (green) and, with labels, wrong pixels
                            (red: predicted membrane inside a cell; blue: predicted cell on a membrane)
@@ -122,13 +124,18 @@ def evaluate(workdir, split: str = "validation", tta: bool = False, step: Option
 
     Returns
     -------
-    dict with 'per_image' (list of {'name', metric: value}), 'mean' ({metric: value}), 'csv' and 'json' (paths
-    written), 'output_dir'. For the unlabelled 'test' split only the predictions are written and 'mean' is empty.
+    dict with 'per_image' (list of {'name', metric: value}), 'mean' ({metric: value}, the mean over the images),
+    'stack' (``unet_jax.metrics.isbi2012`` of all labelled images pooled as one stack: the figures to compare with
+    the challenge's), 'csv' and 'json' (paths written), 'output_dir'. Per image: the ISBI 2012 measures at their
+    best thresholds (``isbi2012``: ``pixel_error``, ``rand_error``, ``warping_error``, ``vrand_thinned``,
+    ``vinfo_thinned``, ... and each ``*_threshold``) and, at ``eval.threshold``, ``threshold_metrics``
+    (``pixel_mismatch``, ``iou``, ``seg``, ``adapted_rand_error``). For the unlabelled 'test' split only the
+    predictions are written and 'mean' and 'stack' are empty.
     """
     from tqdm.auto import tqdm
 
     from unet_jax.data import load_split
-    from unet_jax.metrics import evaluate_slice
+    from unet_jax.metrics import isbi2012_stats, isbi2012_summary, threshold_metrics
     if split not in ("train", "validation", "test"):
         raise ValueError(f"split must be 'train', 'validation' or 'test', got {split!r}")
     apply_fn, config, variables, step = load_model(workdir, step, overrides, with_step=True)
@@ -137,15 +144,16 @@ def evaluate(workdir, split: str = "validation", tta: bool = False, step: Option
     if not examples:
         raise ValueError(f"split {split!r} of data set {config.data.name!r} is empty")
     threshold = float(config.eval.get("threshold", 0.5))
-    rows = []
+    rows, stats = [], []
     for ex in tqdm(examples, desc=f"evaluate {split}", unit="image"):
         probs = predict_image(apply_fn, config, ex["image"], variables, tta=tta)
         cell_prob = probs[..., 1]
         labelled = ex.get("labelled", True) and np.any(ex["instances"])
         row = {"name": ex["name"]}
         if labelled and split != "test":
-            row.update({k: float(v) for k, v in evaluate_slice(cell_prob, ex["instances"]).items()
-                        if np.isscalar(v)})
+            stats.append(isbi2012_stats(cell_prob, ex["instances"]))
+            row.update(isbi2012_summary(stats[-1:]))
+            row.update(threshold_metrics(cell_prob, ex["instances"], threshold))
         rows.append(row)
         if write_images:
             stem = Path(str(ex["name"]).replace("/", "_")).stem     # CTC names are 'SEQ/tNNN'
@@ -154,6 +162,7 @@ def evaluate(workdir, split: str = "validation", tta: bool = False, step: Option
                       overlay(ex["image"], cell_prob, threshold, ex["instances"] if labelled else None))
     keys = sorted({k for r in rows for k in r if k != "name"})
     mean = {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
+    stack = isbi2012_summary(stats) if stats else {}
     out.mkdir(parents=True, exist_ok=True)
 
     def _csv(p):
@@ -164,8 +173,10 @@ def evaluate(workdir, split: str = "validation", tta: bool = False, step: Option
                 w.writerow(r)
             if keys:
                 w.writerow(dict(mean, name="mean"))
+            if stack:
+                w.writerow(dict(stack, name="stack"))
     csv_path = atomic_write(out / "metrics.csv", _csv)
-    result = {"per_image": rows, "mean": mean, "split": split, "tta": tta, "step": step}
+    result = {"per_image": rows, "mean": mean, "stack": stack, "split": split, "tta": tta, "step": step}
     json_path = atomic_write(out / "metrics.json", lambda p: Path(p).write_text(json.dumps(result, indent=1)))
     result.update(csv=str(csv_path), json=str(json_path), output_dir=str(out))
     return result

@@ -5,47 +5,56 @@ Host-side (numpy, scipy, scikit-image); nothing here runs inside jit.
 Conventions
 -----------
 * Predictions are ``cell_prob``: float (H, W) in [0, 1], the softmax probability of class 1 = cell (channel 1 of
-  ``unet_jax.tiling.predict_tiled``'s output). The membrane (boundary) probability is ``1 - cell_prob``; a
-  threshold t on ``cell_prob`` is the threshold 1 - t on the membrane probability the challenge thresholds.
-* A thresholded prediction is the boolean cell mask ``cell_prob > t``; its instances are the 4-connected
-  components of that mask (membranes, label 0, are 8-connected: the (4, 8) connectivity pair of digital topology,
-  so a one-pixel-wide diagonal membrane separates two cells).
+  ``unet_jax.tiling.predict_tiled``'s output). This is the map the ISBI 2012 challenge asks for (1 = cell,
+  0 = membrane); a threshold t gives the cell mask ``cell_prob > t``.
 * Ground truth ``truth`` is int (H, W) with cells > 0 and membranes/background 0: either instance labels
   (1..K, e.g. Cell Tracking Challenge masks) or a binary mask (bool, or a single non-zero value, e.g. the ISBI
   2012 labels 255 = cell, 0 = membrane), which ``truth_instances`` turns into 4-connected components.
-* Where the challenge takes an optimum over thresholds (``*_sweep`` functions), the sweep runs over
-  ``thresholds`` of ``cell_prob`` (default ``DEFAULT_THRESHOLDS`` = 0.1, 0.2, ..., 0.9) and returns the best
-  value and its threshold.
+* Segments of a binary mask are its 4-connected components; membranes are 8-connected (the (4, 8) pair of
+  digital topology, so a one-pixel-wide diagonal membrane separates two cells).
 
-Metrics (all errors: lower is better)
--------------------------------------
-* pixel error: ``pixel_mismatch`` is the fraction of wrongly classified pixels (the squared Euclidean distance of the
-  binary maps, normalised); ``pixel_error_sweep`` is the challenge's "1 - maximal F-score of pixel similarity",
-  the F-score of the cell class.
-* Rand error: 1 - the maximal foreground-restricted Rand F-score (``skimage.metrics.adapted_rand_error``, ground
-  truth label 0 ignored; predicted membrane pixels inside true cells count as one more predicted segment).
-* variation of information (``skimage.metrics.variation_of_information``, foreground-restricted the same way):
-  split part H(pred | truth) (over-segmentation), merge part H(truth | pred) (under-segmentation), in bits.
-* warping error (Jain et al. 2010): the thresholded prediction is warped toward the truth by flipping simple
-  points only; what still differs is a topological error (``warping_error``).
-* IoU of the cell class and the Cell Tracking Challenge SEG measure (``seg_measure``).
+Metrics (errors: lower is better; scores: higher is better)
+-----------------------------------------------------------
+* ``isbi2012``: the ISBI 2012 challenge's measures exactly as its reference code computes them (Fiji's
+  Trainable_Segmentation, package ``trainableSegmentation.metrics``; see the section "ISBI 2012 challenge"): pixel
+  error, Rand error, warping error and the two measures the challenge ranks by today, V_Rand and V_Info after
+  border thinning, each at its best threshold, with a stack's statistics pooled over its slices.
+* ``pixel_mismatch`` (fraction of wrong pixels at one threshold), ``iou`` of the cell class and the Cell Tracking
+  Challenge ``seg_measure``; ``threshold_metrics`` gives these for one slice at one threshold.
+* ``adapted_rand_error``: the SNEMI3D / scikit-image adapted Rand error (not the ISBI 2012 convention).
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.metrics import adapted_rand_error, contingency_table, variation_of_information
+from skimage.metrics import contingency_table
 
-__all__ = ["DEFAULT_THRESHOLDS", "truth_instances", "label_cells", "pixel_mismatch", "pixel_fscore",
-           "pixel_error_sweep", "rand_error", "rand_error_sweep", "vi", "vi_sweep", "simple_point_lut",
-           "warp_to_truth", "warping_error", "iou", "seg_measure", "evaluate_slice"]
+__all__ = ["DEFAULT_THRESHOLDS", "ISBI_THRESHOLDS", "truth_instances", "label_cells", "pixel_mismatch",
+           "pixel_fscore", "pixel_error_sweep", "adapted_rand_error", "simple_point_lut", "isbi2012",
+           "isbi2012_stats", "isbi2012_summary", "iou", "seg_measure", "threshold_metrics"]
 
-DEFAULT_THRESHOLDS = tuple(round(0.1 * k, 1) for k in range(1, 10))
+DEFAULT_THRESHOLDS = tuple(round(0.1 * k, 1) for k in range(1, 10))       # pixel_error_sweep's
+
+
+def _java_range(start: float, stop: float, step: float) -> tuple:
+    """``for (double th = start; th <= stop; th += step)``: the thresholds of the reference code, accumulated in
+    double precision exactly as Java does (so 0.30000000000000004, ..., 0.9999999999999999)."""
+    out, th = [], start
+    while th <= stop:
+        out.append(th)
+        th += step
+    return tuple(out)
+
+
+# The thresholds of the challenge's evaluation script ("Segmentation evaluation after border thinning", the
+# official ISBI 2012 script: getMaximalVRandAfterThinning(0.0, 1.0, 0.1, true) etc.): 0.0, 0.1, ..., 11 values,
+# the last 0.9999999999999999.
+ISBI_THRESHOLDS = _java_range(0.0, 1.0, 0.1)
 
 _FOUR = ndi.generate_binary_structure(2, 1)
-_EIGHT = ndi.generate_binary_structure(2, 2)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -175,102 +184,45 @@ def pixel_error_sweep(cell_prob, truth_binary, thresholds: Sequence[float] = DEF
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Rand error and variation of information
+# Adapted Rand error (SNEMI3D / scikit-image convention; not the ISBI 2012 one)
 # ----------------------------------------------------------------------------------------------------------------
 
-def _table(truth_inst, pred_inst):
-    return contingency_table(truth_inst, pred_inst, ignore_labels=[0], sparse_type="array")
+def adapted_rand_error(pred_instances, truth_instances_) -> dict:
+    """The SNEMI3D adapted Rand error of one segmentation (``skimage.metrics.adapted_rand_error``) (host-side).
 
-
-def rand_error(pred_instances, truth_instances_) -> dict:
-    """Foreground-restricted adapted Rand error of one segmentation (host-side).
+    Not the ISBI 2012 Rand error (see ``isbi2012``): pairs of distinct pixels (n(n-1) normalisation) over the
+    truth foreground, and predicted label 0 is one more segment rather than singletons.
 
     Parameters
     ----------
     pred_instances : int array (H, W)
-        Predicted segments (0 = membrane; it counts as one more segment where the truth is a cell).
+        Predicted segments (0 = membrane, counted as one segment where the truth is a cell).
     truth_instances_ : int array (H, W)
-        True instances; pixels with truth 0 are ignored.
+        True segments; pixels with truth 0 are ignored.
 
     Returns
     -------
-    dict with ``rand_error`` = 1 - Rand F-score, ``precision`` and ``recall`` as returned by
-    ``skimage.metrics.adapted_rand_error``.
+    dict with ``adapted_rand_error`` = 1 - F, ``adapted_rand_precision`` (pairs joined in both / pairs joined in
+    the prediction) and ``adapted_rand_recall`` (pairs joined in both / pairs joined in the truth). scikit-image
+    returns the last two in the opposite order.
     """
     pred = _check_labels("pred_instances", pred_instances).astype(np.int64)
     truth = _check_labels("truth_instances", truth_instances_, pred.shape).astype(np.int64)
-    err, prec, rec = adapted_rand_error(truth, pred, ignore_labels=(0,))
-    return dict(rand_error=float(err), precision=float(prec), recall=float(rec))
-
-
-def vi(pred_instances, truth_instances_) -> dict:
-    """Foreground-restricted variation of information, in bits (host-side).
-
-    Returns
-    -------
-    dict with ``vi`` = ``vi_split`` + ``vi_merge``; ``vi_split`` = H(pred | truth) (false splits),
-    ``vi_merge`` = H(truth | pred) (false merges), from ``skimage.metrics.variation_of_information`` with truth
-    label 0 ignored.
-    """
-    pred = _check_labels("pred_instances", pred_instances).astype(np.int64)
-    truth = _check_labels("truth_instances", truth_instances_, pred.shape).astype(np.int64)
-    split, merge = variation_of_information(truth, pred, ignore_labels=(0,))
-    return dict(vi=float(split + merge), vi_split=float(split), vi_merge=float(merge))
-
-
-def _segmentation_sweep(p, truth_inst, ths):
-    """Rand (error, precision, recall) and VI (split, merge) per threshold, sharing one contingency table."""
-    truth = truth_inst.astype(np.int64)
-    rand, vis = [], []
-    for th in ths:
-        pred = label_cells(p > th).astype(np.int64)
-        table = _table(truth, pred)
-        rand.append(adapted_rand_error(table=table))
-        total = table.sum()
-        if total > 0:
-            vis.append(variation_of_information(truth, pred, table=table / total))
-        else:
-            vis.append(np.zeros(2))
-    return np.asarray(rand, np.float64), np.asarray(vis, np.float64)
-
-
-def rand_error_sweep(cell_prob, truth, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> dict:
-    """The ISBI 2012 Rand error: 1 - the maximal foreground-restricted Rand F-score over thresholds (host-side).
-
-    Each thresholded prediction ``cell_prob > t`` is segmented into 4-connected cells (``label_cells``) and
-    compared with ``truth_instances(truth)`` by ``skimage.metrics.adapted_rand_error``.
-
-    Returns
-    -------
-    dict with ``rand_error`` (minimum over thresholds), ``threshold``, ``precision``, ``recall`` (at that
-    threshold) and ``errors`` (float64 array, per threshold).
-    """
-    p = _check_prob(cell_prob)
-    inst = truth_instances(_check_labels("truth", truth, p.shape))
-    ths = _check_thresholds(thresholds)
-    rand, _ = _segmentation_sweep(p, inst, ths)
-    best = int(np.argmin(rand[:, 0]))
-    return dict(rand_error=float(rand[best, 0]), threshold=float(ths[best]), precision=float(rand[best, 1]),
-                recall=float(rand[best, 2]), errors=rand[:, 0].copy())
-
-
-def vi_sweep(cell_prob, truth, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> dict:
-    """Minimal foreground-restricted variation of information over thresholds, with its split/merge parts.
-
-    Host-side. Returns dict with ``vi``, ``vi_split``, ``vi_merge`` (at the best threshold), ``threshold`` and
-    ``values`` (float64 array (len(thresholds), 2) of (split, merge) per threshold).
-    """
-    p = _check_prob(cell_prob)
-    inst = truth_instances(_check_labels("truth", truth, p.shape))
-    ths = _check_thresholds(thresholds)
-    _, vis = _segmentation_sweep(p, inst, ths)
-    best = int(np.argmin(vis.sum(axis=1)))
-    return dict(vi=float(vis[best].sum()), vi_split=float(vis[best, 0]), vi_merge=float(vis[best, 1]),
-                threshold=float(ths[best]), values=vis)
+    table = contingency_table(truth, pred, ignore_labels=[0], sparse_type="array")
+    pairs = lambda v: float(np.sum(v * (v - 1.0)))                             # noqa: E731
+    joint = pairs(np.asarray(table.data, np.float64))
+    in_truth = pairs(np.asarray(table.sum(axis=1), np.float64).ravel())
+    in_pred = pairs(np.asarray(table.sum(axis=0), np.float64).ravel())
+    if in_truth + in_pred == 0:
+        return dict(adapted_rand_error=0.0, adapted_rand_precision=1.0, adapted_rand_recall=1.0)
+    precision = joint / in_pred if in_pred else 1.0
+    recall = joint / in_truth if in_truth else 1.0
+    return dict(adapted_rand_error=1.0 - 2.0 * joint / (in_truth + in_pred), adapted_rand_precision=precision,
+                adapted_rand_recall=recall)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Warping error (Jain et al. 2010)
+# Simple points (digital topology)
 # ----------------------------------------------------------------------------------------------------------------
 
 # The 8 neighbours, clockwise from north; bit k of a neighbourhood code is neighbour k.
@@ -306,6 +258,11 @@ def simple_point_lut() -> np.ndarray:
     components of membrane neighbours (Bertrand's topological numbers). The test does not depend on the pixel's
     own value, so it holds for flips either way.
 
+    This is also the ISBI 2012 reference's test (WarpingError.simple2DBertrand(patch, 4): the 3x3 patch as the
+    middle slice of a 3x3x3 cube between two empty slices, tested as a 3-D (6, 26) simple point): the empty
+    slices join all membrane neighbours, which leaves T4 = 1 and "some neighbour is membrane", and in 2-D that is
+    the same as T4 = 1 and T8' = 1.
+
     Returns
     -------
     bool array (256,)
@@ -325,140 +282,390 @@ def simple_point_lut() -> np.ndarray:
 _SIMPLE = simple_point_lut()
 
 
-def warp_to_truth(pred_binary, truth_binary, priority=None, levels: int = 8) -> np.ndarray:
-    """Warp a binary prediction toward the truth by flipping simple points only (host-side).
+# ----------------------------------------------------------------------------------------------------------------
+# ISBI 2012 challenge: the reference definitions
+# ----------------------------------------------------------------------------------------------------------------
+#
+# Each function follows a method of Fiji's Trainable_Segmentation, package trainableSegmentation.metrics (classes
+# PixelError, RandError, VariationOfInformation, WarpingError, ClassificationStatistics) and
+# trainableSegmentation.utils.WatershedTransform2D, the code that scores the ISBI 2012 challenge. Common to all:
+# the proposal is read as float32 (the challenge reads a 32-bit TIFF) and binarised as ``proposal > th`` (float32
+# value compared in double precision); segments are 4-connected components of the pixels above the threshold
+# (Utils.connectedComponents(..., 4)), 0 = membrane.
 
-    Pixels where the prediction differs from the truth are flipped while the flip is topology-preserving (a
-    simple point, see ``simple_point_lut``), until no differing pixel can be flipped. Outside the image counts as
-    membrane. Flips are done in parallel on one of the four (row parity, column parity) sub-lattices at a time:
-    pixels of one sub-lattice are never 8-neighbours, so each parallel step equals a sequence of single simple
-    flips. Only pixels next to a flip are re-tested, so the cost follows the moving front.
+def _rand_counts(gt, seg):
+    """Foreground-restricted pair counts with N^2 normalisation (RandError.getForegroundRestrictedRandIndexStatsN2).
 
-    Parameters
-    ----------
-    pred_binary, truth_binary : bool or int arrays (H, W)
-        Cells non-zero.
-    priority : float array (H, W) or None
-        Flip order: differing pixels are handled in ``levels`` bands of decreasing priority (e.g. how wrong the
-        prediction is, ``|cell_prob - truth|``); a band joins once the previous bands have no flippable pixel
-        left. None: one band.
-    levels : int
-        Number of priority bands (>= 1).
-
-    Returns
-    -------
-    bool array (H, W)
-        The warped prediction: a topology-preserving deformation of ``pred_binary``.
+    ``gt``: truth segments (0 = background, pruned out), ``seg``: proposed segments (0 = membrane). Over the n
+    truth-foreground pixels, ordered pairs (a pixel paired with itself included) of the same truth segment and the
+    same proposed segment; a proposed membrane pixel is a segment of its own (a singleton). Returns float64
+    (tp, fp, fn): tp = sum_ij c_ij^2 + c_0, fp = sum_j b_j^2 - sum_ij c_ij^2, fn = sum_i a_i^2 - tp, with c_ij the
+    overlap of truth segment i and proposed segment j >= 1, c_0 the truth pixels on proposed membrane, a_i and b_j
+    the truth and proposed segment sizes inside the truth foreground. NaN when the truth has no foreground (the
+    reference divides by n = 0).
     """
-    pred = _check_labels("pred_binary", pred_binary) > 0
-    truth = _check_labels("truth_binary", truth_binary, pred.shape) > 0
-    if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 1:
-        raise ValueError(f"levels must be a positive integer, got {levels!r}")
-    h, w = pred.shape
+    fg = gt > 0
+    a, b = gt[fg].astype(np.int64), seg[fg].astype(np.int64)
+    if a.size == 0:
+        return np.full(3, np.nan)
+    sizes_a = np.bincount(a).astype(np.float64)
+    sizes_b = np.bincount(b[b > 0]).astype(np.float64)
+    _, c = np.unique(a[b > 0] * (int(b.max()) + 1) + b[b > 0], return_counts=True)
+    sum_c2, c0 = float(c.astype(np.float64) @ c), float(np.count_nonzero(b == 0))
+    tp = sum_c2 + c0
+    return np.array([tp, sizes_b @ sizes_b - sum_c2, sizes_a @ sizes_a - tp])
+
+
+def _fscore(tp, fp, fn) -> float:
+    """F-score of classification counts as ClassificationStatistics computes it: precision (recall) is 1 without
+    false positives (negatives), F = 0 when precision + recall is not > 0 (NaN counts included)."""
+    precision = 1.0 if fp == 0 else tp / (tp + fp)
+    recall = 1.0 if fn == 0 else tp / (tp + fn)
+    return 2.0 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+
+
+def _info_fscore(gt, seg) -> float:
+    """V_Info of one slice: VariationOfInformation.foregroundRestrictedFscore.
+
+    Over the n truth-foreground pixels (p_ij = c_ij / n; proposed membrane pixels are singletons, each of
+    probability 1/n): H(A) truth and H(B) proposal entropies, I = H(A) - H(A|B) = H(B) - H(B|A) their mutual
+    information (natural log); precision I / H(A), recall I / H(B) (precision 0, recall 1 when H(A) = 0; precision 1,
+    recall 0 when H(B) = 0); returns their harmonic mean (NaN for an empty truth or precision + recall = 0).
+    """
+    fg = gt > 0
+    n = int(np.count_nonzero(fg))
+    if n == 0:
+        return math.nan
+    a, b = gt[fg].astype(np.int64), seg[fg].astype(np.int64)
+    xlogx = lambda v: float(np.sum(v * np.log(v)))                              # noqa: E731
+    pa = np.bincount(a)[1:] / n
+    pb = np.bincount(b[b > 0])[1:] / n
+    _, c = np.unique(a[b > 0] * (int(b.max()) + 1) + b[b > 0], return_counts=True)
+    singletons = np.count_nonzero(b == 0) / n * math.log(n)
+    sum_a, sum_b, sum_ab = xlogx(pa[pa > 0]), xlogx(pb[pb > 0]) - singletons, xlogx(c / n) - singletons
+    ha, hb, ha_b, hb_a = -sum_a, -sum_b, sum_b - sum_ab, sum_a - sum_ab
+    precision, recall = ((ha - ha_b) / ha if ha else 0.0), ((hb - hb_a) / hb if hb else 0.0)
+    if ha == 0:
+        precision, recall = 0.0, 1.0
+    if hb == 0:
+        precision, recall = 1.0, 0.0
+    return 2.0 * precision * recall / (precision + recall) if precision + recall != 0 else math.nan
+
+
+# Watershed state of a pixel while it is labelled (WatershedTransform2D.apply, Vincent & Soille 1991): still in the
+# queue, a dam that a later basin neighbour may still claim (the algorithm's flag set), a final dam.
+_INQUEUE, _SOFT_DAM, _DAM = -3, -4, -5
+_C4_OFFSETS = ((0, -1), (-1, 0), (0, 1), (1, 0))        # the reference's 4-neighbour order: W, N, E, S
+
+
+def _label_layer(status):
+    """Labels of one flooding layer from its neighbours' statuses (int (L, 4) in W, N, E, S order: > 0 a basin,
+    0 a dam, -1 not labelled yet), by the per-pixel rule of the reference's flooding queue; 0 = dam."""
+    s = np.full(status.shape[0], _INQUEUE)
+    for v in status.T:
+        basin = v > 0
+        take = basin & ((s == _INQUEUE) | (s == _SOFT_DAM))
+        clash = basin & (s > 0) & (s != v)
+        s = np.where(take, v, np.where(clash, _DAM, s))
+        s = np.where((v == 0) & (s == _INQUEUE), _SOFT_DAM, s)
+    return np.where(s > 0, s, 0)
+
+
+def _thin_membranes(cells):
+    """The proposal after border thinning: membranes (value 255) flooded from the cell segments (value 0) by the
+    classic watershed with 4-connectivity, WatershedTransform2D(binary, 4).apply() as called by
+    RandError/VariationOfInformation.get...AfterThinning...N2. Returns int64 (H, W): > 0 the basin of each
+    4-connected cell segment grown over the membranes, 0 the one-pixel dams where two basins meet.
+
+    Exact emulation of the reference's FIFO flooding: membrane pixels at city-block distance d from the cells are
+    popped as layer d, layer 1 in column-major order, layer d + 1 in the order its pixels are first reached from
+    layer d (in W, N, E, S order). A pixel takes the labels of its already popped neighbours in W, N, E, S order
+    (``_label_layer``); inside a layer these are the earlier popped ones, solved by iterating to the fixed point.
+    """
+    basins, n_basins = ndi.label(cells, _FOUR)
+    if n_basins == 0:                        # no cell: the whole membrane is one new minimum at level 255
+        return ndi.label(~cells, _FOUR)[0].astype(np.int64)
+    h, w = cells.shape
     hp, wp = h + 2, w + 2
-    lab = np.zeros((hp, wp), np.uint8)
-    lab[1:-1, 1:-1] = pred
-    tru = np.zeros((hp, wp), bool)
-    tru[1:-1, 1:-1] = truth
-    lab, tru = lab.ravel(), tru.ravel()
-    diff = lab.astype(bool) != tru
-    offsets = np.array([dy * wp + dx for dy, dx in _NEIGHBOURS], np.int64)
-    weights = (1 << np.arange(8)).astype(np.uint8)
-    yy, xx = np.divmod(np.arange(hp * wp), wp)
-    parity = [((yy % 2) == a) & ((xx % 2) == b) for a in (0, 1) for b in (0, 1)]
-
-    if priority is None:
-        band = np.zeros(hp * wp, np.int64)
-        levels = 1
-    else:
-        pr = _check_2d("priority", priority, pred.shape).astype(np.float64)
-        sel = pr[pred != truth]
-        lo, hi = (float(sel.min()), float(sel.max())) if sel.size else (0.0, 0.0)
-        scaled = (hi - pr) / (hi - lo) if hi > lo else np.zeros_like(pr)       # 0 = highest priority
-        inner = np.clip(np.floor(np.nan_to_num(scaled) * levels), 0, levels - 1).astype(np.int64)
-        band = np.zeros((hp, wp), np.int64)
-        band[1:-1, 1:-1] = inner
-        band = band.ravel()
-
-    dirty = np.zeros(hp * wp, bool)
-    for level in range(levels):
-        active = band <= level
-        dirty |= diff & (band == level)
-        idle, p = 0, 0
-        while idle < 4:
-            cand = np.flatnonzero(dirty & diff & active & parity[p])
-            p = (p + 1) % 4
-            if cand.size == 0:
-                idle += 1
-                continue
-            dirty[cand] = False
-            code = (lab[cand[:, None] + offsets[None, :]] * weights[None, :]).sum(axis=1, dtype=np.int64)
-            flip = cand[_SIMPLE[code]]
-            if flip.size == 0:
-                idle += 1
-                continue
-            lab[flip] ^= 1
-            diff[flip] = False
-            dirty[(flip[:, None] + offsets[None, :]).ravel()] = True
-            idle = 0
-    return lab.reshape(hp, wp)[1:-1, 1:-1].astype(bool)
+    dist = np.full((hp, wp), -1, np.int64)
+    dist[1:-1, 1:-1] = ndi.distance_transform_cdt(~cells, metric="taxicab")
+    dist = dist.ravel()
+    lab = np.full(hp * wp, -1, np.int64)
+    lab.reshape(hp, wp)[1:-1, 1:-1][cells] = basins[cells]
+    pos = np.zeros(hp * wp, np.int64)
+    offsets = np.array([dy * wp + dx for dy, dx in _C4_OFFSETS])
+    layer = np.flatnonzero(dist == 1)
+    layer = layer[np.lexsort((layer // wp, layer % wp))]               # column-major: x, then y
+    d = 1
+    while layer.size:
+        pos[layer] = np.arange(layer.size)
+        nbr = layer[:, None] + offsets[None, :]
+        lower = dist[nbr] == d - 1
+        same = (dist[nbr] == d) & (pos[nbr] < pos[layer][:, None])
+        while True:
+            status = np.where(lower | same, lab[nbr], -1)
+            new = _label_layer(status)
+            if np.array_equal(new, lab[layer]):
+                break
+            lab[layer] = new
+        d += 1
+        nxt = np.flatnonzero(dist == d)
+        if nxt.size:
+            src = nxt[:, None] - offsets[None, :]                      # the layer-d pixel reaching it via k
+            key = np.where(dist[src] == d - 1, pos[src] * 4 + np.arange(4)[None, :], np.iinfo(np.int64).max)
+            nxt = nxt[np.argsort(key.min(axis=1))]
+        layer = nxt
+    return lab.reshape(hp, wp)[1:-1, 1:-1].copy()
 
 
-def _adjacent_counts(comp_labels, n_comp, other_labels):
-    """For components 1..n of ``comp_labels``, the number of distinct labels > 0 of ``other_labels`` 4-adjacent."""
-    a, b = comp_labels, other_labels
-    shifted = ((a[:-1], b[1:]), (a[1:], b[:-1]), (a[:, :-1], b[:, 1:]), (a[:, 1:], b[:, :-1]))
-    pairs = [np.stack([x[(x > 0) & (y > 0)], y[(x > 0) & (y > 0)]], axis=1) for x, y in shifted]
-    pairs = np.unique(np.concatenate(pairs).astype(np.int64), axis=0)
-    return np.bincount(pairs[:, 0], minlength=n_comp + 1)[1:] if pairs.size else np.zeros(n_comp, np.int64)
+def _warp_labels(truth_cells, prob32, th):
+    """Warp the truth onto the thresholded proposal by simple-point flips: WarpingError.simplePointWarp2d.
+
+    Outside the image is membrane. The pixels where truth and ``prob32 > th`` differ are visited in the order of
+    decreasing ``|prob - th|`` (as float32; ties in column-major order); each one that is a simple point of the
+    current warped truth (``simple_point_lut``, cells 4-connected: the reference's 3-D (6, 26) test of the slice
+    between two empty ones) is flipped at once. Sweeps repeat over the remaining mismatches until one flips none.
+    A mismatch whose 8 neighbours did not change since its last test is skipped (its test would repeat).
+
+    Returns (warped truth bool (H, W), row and column indices of the mismatches left).
+    """
+    h, w = truth_cells.shape
+    wp = w + 2
+    target = prob32.astype(np.float64) > th
+    ys, xs = np.nonzero(truth_cells != target)
+    z = np.abs(prob32[ys, xs].astype(np.float64) - th).astype(np.float32)
+    order = np.lexsort((ys, xs, -z))
+    todo = ((ys[order] + 1) * wp + xs[order] + 1).tolist()
+    state = bytearray(np.pad(truth_cells, 1).astype(np.uint8).ravel().tobytes())
+    dirty = bytearray(b"\x01") * len(state)
+    lut = bytes(_SIMPLE.astype(np.uint8))
+    n, ne, e, se, s, sw, w_, nw = (dy * wp + dx for dy, dx in _NEIGHBOURS)
+    flipped = True
+    while flipped and todo:
+        flipped, left = False, []
+        for i in todo:
+            if dirty[i]:
+                dirty[i] = 0
+                code = (state[i + n] | state[i + ne] << 1 | state[i + e] << 2 | state[i + se] << 3
+                        | state[i + s] << 4 | state[i + sw] << 5 | state[i + w_] << 6 | state[i + nw] << 7)
+                if lut[code]:
+                    state[i] ^= 1
+                    flipped = True
+                    for j in (i + n, i + ne, i + e, i + se, i + s, i + sw, i + w_, i + nw):
+                        dirty[j] = 1
+                    continue
+            left.append(i)
+        todo = left
+    warped = np.frombuffer(bytes(state), np.uint8).reshape(h + 2, wp)[1:-1, 1:-1].astype(bool)
+    left = np.asarray(todo, np.int64)
+    return warped, left // wp - 1, left % wp - 1
 
 
-def warping_error(pred_binary, truth_binary, priority=None, levels: int = 8, return_warped: bool = False) -> dict:
-    """Warping error of Jain et al. (2010): the topological disagreement of a binary prediction (host-side).
+def _distinct(rows):
+    """Number of distinct values >= 0 in each row of an int array."""
+    srt = np.sort(rows, axis=1)
+    first = np.concatenate([np.ones((srt.shape[0], 1), bool), srt[:, 1:] != srt[:, :-1]], axis=1)
+    return np.count_nonzero(first & (srt >= 0), axis=1)
 
-    The prediction is warped toward the truth by simple-point flips (``warp_to_truth``); the pixels that still
-    differ are errors no topology-preserving deformation removes. Their 8-connected components are classified by
-    the 4-connected cell components of the warped prediction next to them:
 
-    * a component where the prediction has a cell but the truth a membrane joins k cells: k >= 2 is a **merger**,
-      k = 0 an **addition** (a spurious object), k = 1 other (e.g. a filled hole);
-    * a component where the prediction has membrane but the truth a cell borders k cells: k >= 2 is a **split**,
-      k = 0 a **deletion** (a missed object), k = 1 other (e.g. a hole in a cell).
+def _splits_and_mergers(warped, ys, xs):
+    """Splits and mergers among the mismatches left by the warping: WarpingError.classifyMismatches2d (radius -1,
+    whole image) and clusterMismatchesByType, counted per pixel.
+
+    With the set U of 4-connected segment ids (0 = membrane) of the mismatch's 8 neighbours inside the image: a
+    membrane pixel is a merger when |U| >= 3 (or U is empty); a cell pixel is a split when |U| >= 3 (or U is
+    empty), or when |U| = 2 and turning it into membrane leaves its neighbours in more than 2 segments of the whole
+    image. Other mismatches (object or hole additions and deletions) are not counted.
+    """
+    seg = ndi.label(warped, _FOUR)[0]
+    h, w = seg.shape
+    nb = np.full((ys.size, 8), -1, np.int64)
+    for k, (dy, dx) in enumerate(_NEIGHBOURS):
+        yy, xx = ys + dy, xs + dx
+        inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+        nb[inside, k] = seg[yy[inside], xx[inside]]
+    n_ids, cell = _distinct(nb), warped[ys, xs]
+    many = (n_ids >= 3) | (n_ids == 0)
+    mergers, splits = int(np.count_nonzero(~cell & many)), int(np.count_nonzero(cell & many))
+    # |U| = 2 at a cell pixel: only when its own segment's neighbours form several runs around it (consecutive
+    # ring neighbours are 4-adjacent) can removing it split them; then relabel that segment without it.
+    cand = cell & (n_ids == 2)
+    ys, xs, nb = ys[cand], xs[cand], nb[cand]
+    own = nb == seg[ys, xs][:, None]
+    several = np.count_nonzero(own & ~np.roll(own, 1, axis=1), axis=1) >= 2
+    boxes = ndi.find_objects(seg) if np.any(several) else None
+    for y, x, ids, mine in zip(ys[several], xs[several], nb[several], own[several]):
+        box = boxes[seg[y, x] - 1]
+        y0, x0 = box[0].start, box[1].start
+        rest = seg[box] == seg[y, x]
+        rest[y - y0, x - x0] = False
+        pieces = ndi.label(rest, _FOUR)[0]
+        new = {int(pieces[y + dy - y0, x + dx - x0]) for (dy, dx), m in zip(_NEIGHBOURS, mine) if m}
+        splits += int(len(set(ids[(ids >= 0) & ~mine].tolist())) + len(new) > 2)
+    return splits, mergers
+
+
+def _check_isbi_inputs(cell_prob, truth):
+    p = np.asarray(cell_prob)
+    if p.ndim not in (2, 3) or p.size == 0:
+        raise ValueError(f"cell_prob must be a non-empty (H, W) or (N, H, W) array, got shape {p.shape}")
+    if not np.issubdtype(p.dtype, np.floating):
+        raise ValueError(f"cell_prob must be a float array of probabilities in [0, 1], got dtype {p.dtype}")
+    if not (np.all(np.isfinite(p)) and p.min() >= 0.0 and p.max() <= 1.0):
+        raise ValueError(f"cell_prob must hold probabilities in [0, 1], got values in [{p.min()}, {p.max()}]")
+    t = np.asarray(truth)
+    if t.shape != p.shape:
+        raise ValueError(f"truth must have the shape of cell_prob {p.shape}, got {t.shape}")
+    if not (t.dtype == bool or np.issubdtype(t.dtype, np.integer) or np.issubdtype(t.dtype, np.floating)):
+        raise ValueError(f"truth must be a boolean or numeric label image, got dtype {t.dtype}")
+    if t.min() < 0:
+        raise ValueError(f"truth must be non-negative (0 = membrane, > 0 = cell), got min {t.min()}")
+    return p, t
+
+
+def _check_isbi_thresholds(thresholds):
+    ths = ISBI_THRESHOLDS if thresholds is None else tuple(float(t) for t in np.ravel(thresholds))
+    if not ths or not all(0.0 <= t <= 1.0 for t in ths):
+        raise ValueError(f"thresholds must be a non-empty sequence of values in [0, 1], got {thresholds!r}")
+    return ths
+
+
+def isbi2012_stats(cell_prob, truth, thresholds: Optional[Sequence[float]] = None) -> dict:
+    """Per-threshold statistics of one slice for ``isbi2012_summary`` (host-side).
 
     Parameters
     ----------
-    pred_binary, truth_binary : bool or int arrays (H, W)
-        Cells non-zero.
-    priority, levels
-        Flip order, see ``warp_to_truth``.
-    return_warped : bool
-        Also return the warped prediction under ``'warped'``.
+    cell_prob : float array (H, W) in [0, 1]
+        P(cell); read as float32.
+    truth : bool, int or float array (H, W)
+        Cells > 0, membranes 0 (instance labels are merged where they touch, as the reference binarises them).
+    thresholds : sequence of float in [0, 1], or None for ``ISBI_THRESHOLDS``
 
     Returns
     -------
-    dict
-        ``warping_error`` (float: remaining differing pixels / H W), ``splits``, ``mergers``, ``additions``,
-        ``deletions``, ``other`` (int counts of error components).
+    dict of float64 arrays over the thresholds: 'thresholds'; 'pixel' (T, 3) and 'rand', 'rand_thinned' (T, 3):
+    (tp, fp, fn) of the pixel classification (PixelError.precisionRecallStats: truth > 0 against
+    ``prob > th``) and of the foreground-restricted N^2 pair counts (``_rand_counts``) of the 4-connected truth
+    segments of ``truth > th`` against the proposal's segments, before and after border thinning
+    (``_thin_membranes``); 'vinfo_thinned' (T,): V_Info after thinning (``_info_fscore``); 'splits', 'mergers'
+    (T,): warping mismatches (``_warp_labels``, ``_splits_and_mergers``); and 'pixels': H * W.
     """
-    pred = _check_labels("pred_binary", pred_binary) > 0
-    truth = _check_labels("truth_binary", truth_binary, pred.shape) > 0
-    warped = warp_to_truth(pred, truth, priority=priority, levels=levels)
-    extra = warped & ~truth
-    missing = ~warped & truth
-    result = dict(warping_error=float(np.count_nonzero(extra | missing) / pred.size))
+    p, t = _check_isbi_inputs(cell_prob, truth)
+    if p.ndim != 2:
+        raise ValueError(f"isbi2012_stats takes one (H, W) slice, got shape {p.shape}")
+    ths = _check_isbi_thresholds(thresholds)
+    p32 = p.astype(np.float32)
+    p64, t64 = p32.astype(np.float64), t.astype(np.float32).astype(np.float64)
+    truth_cells = t64 > 0
+    out = {k: [] for k in ("pixel", "rand", "rand_thinned", "vinfo_thinned", "splits", "mergers")}
+    gt_mask, gt = None, None
+    for th in ths:
+        cells = p64 > th
+        out["pixel"].append([np.count_nonzero(cells & truth_cells), np.count_nonzero(cells & ~truth_cells),
+                             np.count_nonzero(~cells & truth_cells)])
+        mask = t64 > th
+        if gt_mask is None or not np.array_equal(mask, gt_mask):
+            gt_mask, gt = mask, ndi.label(mask, _FOUR)[0]
+        thinned = _thin_membranes(cells)
+        out["rand"].append(_rand_counts(gt, ndi.label(cells, _FOUR)[0]))
+        out["rand_thinned"].append(_rand_counts(gt, thinned))
+        out["vinfo_thinned"].append(_info_fscore(gt, thinned))
+        splits, mergers = _splits_and_mergers(*_warp_labels(truth_cells, p32, th))
+        out["splits"].append(splits)
+        out["mergers"].append(mergers)
+    out = {k: np.asarray(v, np.float64) for k, v in out.items()}
+    out.update(thresholds=np.asarray(ths), pixels=float(p.size))
+    return out
 
-    extra_lab, n_extra = ndi.label(extra, structure=_EIGHT)
-    cells_wo_extra = ndi.label(warped & ~extra, structure=_FOUR)[0]
-    k_extra = _adjacent_counts(extra_lab, n_extra, cells_wo_extra)
-    missing_lab, n_missing = ndi.label(missing, structure=_EIGHT)
-    cells = ndi.label(warped, structure=_FOUR)[0]
-    k_missing = _adjacent_counts(missing_lab, n_missing, cells)
-    result.update(mergers=int(np.sum(k_extra >= 2)), additions=int(np.sum(k_extra == 0)),
-                  splits=int(np.sum(k_missing >= 2)), deletions=int(np.sum(k_missing == 0)),
-                  other=int(np.sum(k_extra == 1) + np.sum(k_missing == 1)))
-    if return_warped:
-        result["warped"] = warped
-    return result
+
+def _best(values, thresholds, larger: bool):
+    """(best value, its threshold) as the reference scans thresholds: the first strict improvement on 0 (scores)
+    or on +inf (errors); NaN never improves, and the first threshold is kept when nothing does."""
+    best, at = (0.0, thresholds[0]) if larger else (math.inf, thresholds[0])
+    for v, th in zip(values, thresholds):
+        if (v > best) if larger else (v < best):
+            best, at = float(v), float(th)
+    return best, float(at)
+
+
+def isbi2012_summary(stats: Sequence[dict]) -> dict:
+    """The ISBI 2012 measures of a stack from its slices' ``isbi2012_stats`` (host-side).
+
+    At each threshold, pixel and Rand statistics are summed over the slices before the F-score (micro average, as
+    PixelError.getPrecisionRecallStats and RandError.getForegroundRestrictedRandIndexStats do), warping mismatches
+    are summed and divided by all pixels, and V_Rand / V_Info after thinning are the per-slice scores averaged
+    (as the challenge script calls getMaximalVRandAfterThinning(..., perSliceAverage=true) and
+    getMaximalVInfoAfterThinning); then the best threshold is taken. See ``isbi2012`` for the keys.
+    """
+    if not stats:
+        raise ValueError("stats must hold the isbi2012_stats of at least one slice")
+    ths = stats[0]["thresholds"]
+    if any(s["thresholds"].shape != ths.shape or np.any(s["thresholds"] != ths) for s in stats):
+        raise ValueError("all slices' isbi2012_stats must use the same thresholds")
+    total = {k: sum(s[k] for s in stats) for k in ("pixel", "rand", "rand_thinned", "splits", "mergers", "pixels")}
+    per_slice_vrand = np.mean([[_fscore(*c) for c in s["rand_thinned"]] for s in stats], axis=0)
+    per_slice_vinfo = np.mean([s["vinfo_thinned"] for s in stats], axis=0)
+    candidates = {
+        "pixel_error": ([_fscore(*c) for c in total["pixel"]], True),
+        "rand_error": ([_fscore(*c) for c in total["rand"]], True),
+        "warping_error": ((total["splits"] + total["mergers"]) / total["pixels"], False),
+        "vrand_thinned": (per_slice_vrand, True),
+        "vinfo_thinned": (per_slice_vinfo, True),
+        "vrand_thinned_micro": ([_fscore(*c) for c in total["rand_thinned"]], True),
+    }
+    out = {}
+    for key, (values, larger) in candidates.items():
+        best, at = _best(values, ths, larger)
+        out[key] = 1.0 - best if key in ("pixel_error", "rand_error") else best
+        out[f"{key}_threshold"] = at
+    i = int(np.flatnonzero(ths == out["warping_error_threshold"])[0])
+    out.update(warping_splits=float(total["splits"][i]), warping_mergers=float(total["mergers"][i]))
+    return out
+
+
+def isbi2012(cell_prob, truth, thresholds: Optional[Sequence[float]] = None) -> dict:
+    """The ISBI 2012 challenge measures, as the challenge's reference code computes them (host-side).
+
+    The reference is Fiji's Trainable_Segmentation (trainableSegmentation.metrics); the proposal is binarised at
+    each threshold as ``cell_prob > th`` (float32), its segments are 4-connected cells, the truth's are the
+    4-connected components of ``truth > th`` (``truth > 0`` for the pixel and warping errors).
+
+    Parameters
+    ----------
+    cell_prob : float array (H, W) or (N, H, W) in [0, 1]
+        P(cell) of one slice or a stack.
+    truth : bool, int or float array of the same shape
+        Cells > 0, membranes 0.
+    thresholds : sequence of float in [0, 1], or None
+        Default ``ISBI_THRESHOLDS``, those of the challenge's evaluation script: 0.0 to 1.0 in steps of 0.1
+        accumulated in double precision (11 values, the last 0.9999999999999999).
+
+    Returns
+    -------
+    dict of float, each measure at its best threshold with that threshold under ``<key>_threshold``:
+
+    * ``pixel_error``: 1 - the maximal F-score of pixel similarity (PixelError.getPixelErrorMaximalFScore; cell =
+      positive class);
+    * ``rand_error``: 1 - the maximal foreground-restricted Rand F-score, N^2 normalisation, proposed membrane
+      pixels as singletons (RandError.getForegroundRestrictedRandIndexMaximalFScore);
+    * ``warping_error``: the minimal number of split and merger pixels left after warping the truth onto the
+      thresholded proposal, divided by the number of pixels (WarpingError.getMinimumSplitsAndMergersErrorValue,
+      clusterByError false); ``warping_splits`` and ``warping_mergers`` count them at the best threshold;
+    * ``vrand_thinned`` (score, higher is better): the maximal foreground-restricted Rand F-score after thinning
+      the proposal's membranes to one-pixel dams with a 4-connected watershed (RandError.getMaximalVRandAfterThinning
+      with perSliceAverage true, as the challenge script calls it: per-slice scores averaged over a stack);
+      ``vrand_thinned_micro`` pools the pair counts of a stack instead (perSliceAverage false);
+    * ``vinfo_thinned`` (score): the information-theoretic counterpart, the harmonic mean of I/H(truth) and
+      I/H(proposal) after thinning (VariationOfInformation.getMaximalVInfoAfterThinning, per-slice average).
+
+    A stack's pixel, Rand and warping statistics are pooled over its slices at each threshold before the best
+    threshold is taken. As in the reference, a slice whose truth has no cell above a threshold makes the Rand
+    statistics there NaN (F-score 0) and its V_Info NaN (that threshold is skipped).
+    """
+    p, t = _check_isbi_inputs(cell_prob, truth)
+    ths = _check_isbi_thresholds(thresholds)
+    slices = [(p, t)] if p.ndim == 2 else zip(p, t)
+    return isbi2012_summary([isbi2012_stats(ps, ts, ths) for ps, ts in slices])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -506,67 +713,32 @@ def seg_measure(pred_instances, truth_instances_) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Everything for one slice
+# Fixed-threshold measures of one slice
 # ----------------------------------------------------------------------------------------------------------------
 
-def evaluate_slice(cell_prob, truth, thresholds: Sequence[float] = DEFAULT_THRESHOLDS, threshold: float = 0.5,
-                   warping_thresholds: Optional[Sequence[float]] = None) -> dict:
-    """Every metric of one 2-D slice (host-side; what the ``evaluate`` command calls).
+def threshold_metrics(cell_prob, truth, threshold: float = 0.5) -> dict:
+    """The measures of one 2-D slice at one threshold, beside ``isbi2012`` (host-side; ``unet-jax evaluate``).
 
     Parameters
     ----------
     cell_prob : float array (H, W) in [0, 1]
-        P(cell).
+        P(cell); cells are ``cell_prob > threshold`` and their 4-connected components (``label_cells``).
     truth : int or bool array (H, W)
         Instances or a binary mask, cells > 0 (see ``truth_instances``).
-    thresholds : sequence of float in [0, 1)
-        Sweep of the challenge metrics (pixel error, Rand error, VI).
     threshold : float in [0, 1)
-        Fixed threshold for ``pixel_mismatch``, ``iou`` and ``seg`` (``config.eval.threshold``).
-    warping_thresholds : sequence of float or None
-        Thresholds for the warping error (the minimum is reported); None = ``(threshold,)``. The warping error is
-        the slowest metric (well under a second per threshold on 512 x 512).
+        ``config.eval.threshold``.
 
     Returns
     -------
-    dict of str -> float
-        ``pixel_error`` (1 - max pixel F-score), ``pixel_error_threshold``, ``pixel_mismatch`` (fraction of wrong
-        pixels at ``threshold``), ``rand_error``, ``rand_precision``, ``rand_recall``, ``rand_threshold``,
-        ``vi``, ``vi_split``, ``vi_merge``, ``vi_threshold``, ``warping_error``, ``warping_threshold``,
-        ``warping_splits``, ``warping_mergers``, ``warping_additions``, ``warping_deletions``,
-        ``warping_other``, ``iou``, ``seg``.
+    dict of str -> float: ``pixel_mismatch`` (fraction of wrong pixels), ``iou`` (cell class), ``seg`` (Cell
+    Tracking Challenge SEG) and the SNEMI3D ``adapted_rand_error`` with its ``adapted_rand_precision`` and
+    ``adapted_rand_recall``.
     """
     p = _check_prob(cell_prob)
     truth = _check_labels("truth", truth, p.shape)
-    ths = _check_thresholds(thresholds)
     threshold = float(_check_thresholds([threshold])[0])
-    wths = (threshold,) if warping_thresholds is None else tuple(_check_thresholds(warping_thresholds))
     inst = truth_instances(truth)
-    tbin = inst > 0
-    out = {}
-
-    px = pixel_error_sweep(p, tbin, ths)
-    out.update(pixel_error=px["pixel_error"], pixel_error_threshold=px["threshold"],
-               pixel_mismatch=pixel_mismatch(p > threshold, tbin))
-
-    rand, vis = _segmentation_sweep(p, inst, ths)
-    b = int(np.argmin(rand[:, 0]))
-    out.update(rand_error=float(rand[b, 0]), rand_precision=float(rand[b, 1]), rand_recall=float(rand[b, 2]),
-               rand_threshold=float(ths[b]))
-    b = int(np.argmin(vis.sum(axis=1)))
-    out.update(vi=float(vis[b].sum()), vi_split=float(vis[b, 0]), vi_merge=float(vis[b, 1]),
-               vi_threshold=float(ths[b]))
-
-    wrongness = np.abs(p - tbin)
-    best = None
-    for th in wths:
-        we = warping_error(p > th, tbin, priority=wrongness)
-        if best is None or we["warping_error"] < best[1]["warping_error"]:
-            best = (th, we)
-    th, we = best
-    out.update(warping_error=we["warping_error"], warping_threshold=float(th),
-               **{f"warping_{k}": float(we[k]) for k in ("splits", "mergers", "additions", "deletions", "other")})
-
-    pred_bin = p > threshold
-    out.update(iou=iou(pred_bin, tbin), seg=seg_measure(label_cells(pred_bin), inst))
-    return out
+    pred = p > threshold
+    pred_inst = label_cells(pred)
+    return dict(pixel_mismatch=pixel_mismatch(pred, inst > 0), iou=iou(pred, inst > 0),
+                seg=seg_measure(pred_inst, inst), **adapted_rand_error(pred_inst, inst))

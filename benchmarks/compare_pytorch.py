@@ -4,12 +4,13 @@
 
 PyTorch is needed only here (``pip install torch``), never by the package. Both steps: forward in train mode
 (drop-out on), pixel-weighted softmax cross-entropy, backward, SGD with momentum 0.99; ``--dtype bfloat16`` runs
-PyTorch's forward under CPU autocast and unet-jax with ``UNet(dtype=bfloat16)`` (parameters float32 in both).
+PyTorch's forward under autocast and unet-jax with ``UNet(dtype=bfloat16)`` (parameters float32 in both).
 ``--impl`` (repeatable, default 'fast') takes the configurations of ``train_step.py`` ('IMPL[:XLA]'). The steps
 are timed interleaved (torch, then each jax configuration, per round); ``--threads N`` pins the process to N CPUs
 and sets PyTorch's thread count to N (default: all allowed CPUs). Prints one JSON object with median seconds per
 step of each (and minimum and process CPU time) and ratio = jax / torch (<= 1: unet-jax at least as fast);
-``jax_median_s`` and ``ratio_jax_over_torch`` refer to the first ``--impl``.
+``jax_median_s`` and ``ratio_jax_over_torch`` refer to the first ``--impl``. PyTorch runs on the GPU when it sees
+one (``--device``; JAX uses its default backend), ``--torch-compile`` times ``torch.compile`` instead of eager.
 """
 import argparse
 import json
@@ -24,9 +25,30 @@ from train_step import (add_common_args, loadavg, machine, make_jax_step, parse_
 from unet_jax.model import output_size, unet_flops  # noqa: E402
 
 
-def make_torch_step(features, depth, tile, batch, dtype="float32"):
+def torch_device(device="auto"):
+    """'auto' -> 'cuda' when PyTorch sees a GPU, else 'cpu'; other names pass through."""
+    import torch
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def make_torch_step(features, depth, tile, batch, dtype="float32", device="cpu", compile=False):
+    """A PyTorch SGD step of the same network on fixed random data; returns (``step(i) -> loss float``, torch).
+
+    ``device`` 'cpu', 'cuda' or 'auto' (``torch_device``). On a GPU the network and input are channels-last, cuDNN
+    picks its algorithms by benchmarking and float32 convolutions and matrix products use TF32 tensor cores (as
+    JAX does by default on GPUs); bfloat16 is autocast. ``compile=True`` wraps forward and loss in
+    ``torch.compile`` (the backward is compiled with it; the optimizer step stays eager).
+    """
     import torch
     from torch import nn
+    device = torch.device(torch_device(device))
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = True
 
     def block(cin, cout):
         return nn.Sequential(nn.Conv2d(cin, cout, 3), nn.ReLU(inplace=True), nn.Conv2d(cout, cout, 3),
@@ -61,20 +83,29 @@ def make_torch_step(features, depth, tile, batch, dtype="float32"):
             return self.head(x)
 
     torch.manual_seed(0)
-    net = TorchUNet().train()
+    net = TorchUNet().to(device).train()
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.99)
     out = output_size(tile, depth)
-    x = torch.rand(batch, 1, tile, tile)
-    y = torch.randint(0, 2, (batch, out, out))
-    w = torch.rand(batch, out, out) * 1.5 + 0.5
+    x = torch.rand(batch, 1, tile, tile, device=device)
+    y = torch.randint(0, 2, (batch, out, out), device=device)
+    w = torch.rand(batch, out, out, device=device) * 1.5 + 0.5
+    if cuda:
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     autocast = dtype == "bfloat16"
+
+    def forward_loss(x, y, w):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = net(x)
+        ce = nn.functional.cross_entropy(logits.float(), y, reduction="none")
+        return (ce * w).sum() / w.sum()
+
+    if compile:
+        forward_loss = torch.compile(forward_loss)
 
     def step(i):
         opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            logits = net(x)
-        ce = nn.functional.cross_entropy(logits.float(), y, reduction="none")
-        loss = (ce * w).sum() / w.sum()
+        loss = forward_loss(x, y, w)
         loss.backward()
         opt.step()
         return loss.item()
@@ -86,11 +117,14 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common_args(p)
     p.add_argument("--impl", action="append", help="IMPL[:XLA] (see train_step.py), repeatable; default 'fast'")
+    p.add_argument("--device", default="auto", help="PyTorch device: auto (cuda if available), cpu or cuda")
+    p.add_argument("--torch-compile", action="store_true", help="torch.compile the PyTorch forward and loss")
     a = p.parse_args(argv)
     set_threads(a.threads)
     specs = a.impl or ["fast"]
     configs = {s: parse_config(s) for s in specs}
-    tstep, torch = make_torch_step(a.features, a.depth, a.tile, a.batch, a.dtype)
+    tstep, torch = make_torch_step(a.features, a.depth, a.tile, a.batch, a.dtype, device=a.device,
+                                   compile=a.torch_compile)
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     load_before = loadavg()
     fns = {"torch": tstep}

@@ -12,7 +12,8 @@ from unet_jax.config import base_config
 def get_config():
     # base_config() holds the paper's settings (network, weights, augmentation, SGD, 572 tiles, batch 1).
     c = base_config()
-    c.data.name = "isbi2012"         # data.root: the folder with train-volume.tif, train-labels.tif, test-volume.tif
+    c.data.name = "isbi2012"
+    c.train.best_metric = "vrand_thinned"   # the challenge's ranking measure (higher is better)         # data.root: the folder with train-volume.tif, train-labels.tif, test-volume.tif
     c.train.num_steps = 20000
     c.train.log_every = 100
     return c

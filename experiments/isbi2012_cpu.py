@@ -10,6 +10,7 @@ from unet_jax.config import base_config
 def get_config():
     c = base_config()
     c.data.name = "isbi2012"
+    c.train.best_metric = "vrand_thinned"   # the challenge's ranking measure (higher is better)
     c.model.features = 16
     c.model.dropout_rate = 0.2
     c.optimizer.name = "adam"

@@ -497,3 +497,75 @@ def test_class_weights_from_config_forms():
     for bad in ("inverse", (1.0,), {"0": 1.0}, {"0": 1.0, "1": -2.0}, (1.0, float("nan"))):
         with pytest.raises(ValueError, match="class_weights"):
             normalize_class_weights(bad)
+
+
+@pytest.mark.parametrize("compression", ["lzw", "zlib", "zstd", "jpeg"])
+def test_compressed_tiffs_read(tmp_path, compression):
+    """LZW, deflate, zstd and JPEG TIFFs (slide scanners, Fiji) read through imagecodecs, a dependency."""
+    from unet_jax.data.io import read_image
+    image = np.tile(np.arange(64, dtype=np.uint8)[None] * 4, (48, 1))
+    path = tmp_path / f"x_{compression}.tif"
+    tifffile.imwrite(path, image, compression=compression)
+    with tifffile.TiffFile(path) as f:
+        assert f.pages[0].compression != 1                      # really compressed
+    out = read_image(path)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    if compression == "jpeg":
+        assert np.abs(out.astype(int) - image).mean() < 3        # lossy
+    else:
+        np.testing.assert_array_equal(out, image)
+
+
+def _soft(small, how):
+    """A binary mask drawn softly at 8x the size of ``small``: upscaled bilinearly, or drawn sharply and blurred
+    (edge bands of 4-8 pixels). Returns (soft mask, the sharp 8x mask)."""
+    from skimage.transform import resize
+    sharp = np.kron(small, np.ones((8, 8), bool))
+    if how == "upscaled":
+        return (resize(small.astype(float), sharp.shape, order=1) * 255).astype(np.uint8), sharp
+    return (ndi.gaussian_filter(sharp.astype(float), 2.0) * 255).astype(np.uint8), sharp
+
+
+@pytest.mark.parametrize("how", ["upscaled", "blurred"])
+def test_soft_binary_masks_are_binary_not_instances(how):
+    """Masks with wide anti-aliased bands are thresholded at half the maximum (foreground within a band's width
+    of the drawn one), not taken as one 'cell' per grey level."""
+    from unet_jax.data.io import mask_to_instances
+    yy, xx = np.mgrid[:16, :16]
+    small = ((yy // 4 + xx // 4) % 2 == 0) & (yy % 4 > 0) & (xx % 4 > 0)   # 8 blocks, well apart
+    soft, drawn = _soft(small, how)
+    assert len(np.unique(soft)) > 20
+    report = {}
+    inst = mask_to_instances(soft, "m.png", report=report)
+    assert report["kind"] == "soft binary"
+    assert abs((inst > 0).mean() - drawn.mean()) < 0.05
+    assert inst.max() <= 16                                     # objects, not grey levels
+
+
+def test_instance_masks_with_small_touching_objects_stay_instances():
+    """Instance labels (plateaus of ids, objects touching each other) are kept, however many ids there are."""
+    from unet_jax.data.io import mask_to_instances
+    inst = np.zeros((64, 64), np.uint16)
+    k = 0
+    for y in range(4, 60, 7):
+        for x in range(4, 60, 6):
+            k += 1
+            inst[y:y + 6, x:x + 6] = k                           # 6x6 objects, horizontally touching
+    report = {}
+    np.testing.assert_array_equal(mask_to_instances(inst, "i.tif", report=report), inst.astype(np.int32))
+    assert report["kind"] == "instance"
+
+
+def test_folder_logs_mask_kinds_and_warns_on_empty_masks(tmp_path, caplog):
+    root = tmp_path / "mine"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for name, mask in (("a", np.pad(np.full((8, 8), 255, np.uint8), 12)), ("b", np.zeros((32, 32), np.uint8))):
+        iio.imwrite(root / "images" / f"{name}.png", rng.integers(0, 256, (32, 32), np.uint8))
+        iio.imwrite(root / "masks" / f"{name}.png", mask)
+    cfg = dict(name="folder", root=str(root), data_dir=str(tmp_path / "tfds"), validation_fraction=0.0)
+    with caplog.at_level(logging.INFO):
+        load_split(cfg, WEIGHTS, "train")
+    assert "2 masks read as 2 binary" in caplog.text
+    assert "1 of 2 masks have no foreground (all background): b.png" in caplog.text

@@ -162,6 +162,25 @@ def _cmd_train(args, overrides):
     from unet_jax.train import train_and_evaluate
     metrics = train_and_evaluate(config, args.workdir)
     _print_metrics("final", metrics)
+    _print_train_summary(config, args.workdir, metrics)
+
+
+def _print_train_summary(config, workdir, metrics):
+    """What a user needs after training: the kept step, its validation measures, a verdict and the next command."""
+    best, kept = metrics.get("best_step"), metrics.get("best_validation") or {}
+    if best is not None and kept:
+        _print_metrics(f"kept checkpoint: step {best} (best validation {config.train.best_metric}, "
+                       f"{'higher' if config.train.best_mode == 'max' else 'lower'} is better)", kept)
+    else:
+        print(f"kept checkpoint: the latest, step {metrics['step']} (no validation measure to choose by)")
+    if metrics.get("rollbacks"):
+        print(f"note: the loss diverged {metrics['rollbacks']} time(s); training went back and continued with a "
+              f"lower learning rate (see {workdir}/guard.json)")
+    if "iou" in kept and "trivial_iou" in kept and kept["iou"] <= kept["trivial_iou"] + 0.01:
+        print(f"WARNING: the kept model (validation IoU {kept['iou']:.3f}) does not beat a trivial all-background "
+              f"or all-foreground prediction (IoU {kept['trivial_iou']:.3f}): it has learned nothing useful. Train "
+              f"longer (--config.train.num_steps), check the masks, or start from experiments/folder.py.")
+    print(f"next: unet-jax predict --workdir {workdir} --input YOUR_IMAGES --output predictions/")
 
 
 def _cmd_evaluate(args, overrides):
@@ -267,6 +286,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = parser.parse_args(rest)
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                             format="%(levelname)s %(name)s: %(message)s")
+        logging.getLogger("unet_jax.summary").setLevel(logging.INFO)   # what was done to the user's data
         if args.command is None:
             parser.print_help()
             return EXIT_USAGE

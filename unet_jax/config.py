@@ -38,6 +38,10 @@ def base_config() -> ml_collections.ConfigDict:
     # unet_jax.weights.unet_weight_map (precomputed per example when the data set is prepared).
     c.weights = ml_collections.ConfigDict(dict(w0=10.0, sigma=5.0, class_weights="balanced"))
 
+    # unet_jax.losses, in the train step: the weighted cross-entropy (the paper's energy) plus dice_weight times
+    # the soft Dice loss of the foreground (unet_jax.losses.soft_dice_loss; 0 = the paper's loss alone).
+    c.loss = ml_collections.ConfigDict(dict(dice_weight=0.0))
+
     # unet_jax.augment.augment, inside the train step.
     c.augment = ml_collections.ConfigDict(dict(
         enabled=True,
@@ -60,14 +64,21 @@ def base_config() -> ml_collections.ConfigDict:
 
     # unet_jax.train.train_and_evaluate. eval_every / checkpoint_every 0 = only at the end (the last step is always
     # validated and saved; every validation step is saved too). keep_checkpoints latest steps are kept plus the
-    # best by the validation metric best_metric ('pixel_mismatch', 'loss', 'rand_error', 'iou'; '' = latest only).
+    # best by the validation metric best_metric, best_mode 'max' or 'min' ('' = latest only): 'iou' (foreground IoU,
+    # the default: an all-background or all-foreground prediction cannot win it), 'loss', 'pixel_mismatch', or
+    # one of the ISBI measures 'pixel_error', 'rand_error', 'warping_error', 'vrand_thinned', 'vinfo_thinned'.
     # distributed=True calls jax.distributed.initialize; coordinator_address ('host:port' of process 0),
     # num_processes and process_id may stay ''/0/-1 where JAX detects the cluster (SLURM, Open MPI, TPU, ...).
+    # max_rollbacks: how often a diverging loss (a spike or NaN, unet_jax.guard) may send the run back to its last
+    # healthy state with half the learning rate before it stops (0 = stop at once).
+    # time_limit > 0 (seconds since training started, data loading and compilation included) ends the run early:
+    # the step where it passes is validated and checkpointed like a last step; the same command resumes it.
     c.train = ml_collections.ConfigDict(dict(
         tile_size=572,               # input tile; the output (and the labels used) is output_size(tile_size)
         batch_size=1,                # global batch, split over all devices (of all processes)
+        foreground_fraction=0.0,     # share of tiles centred on a foreground pixel (the rest uniform; paper 0)
         num_steps=10000, log_every=50, eval_every=1000, checkpoint_every=1000, keep_checkpoints=3,
-        best_metric="pixel_mismatch", best_mode="min",
+        best_metric="iou", best_mode="max", time_limit=0.0, max_rollbacks=3,
         distributed=False, coordinator_address="", num_processes=0, process_id=-1))
 
     # Overlap-tile inference for validation, evaluate and predict.

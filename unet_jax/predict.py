@@ -82,6 +82,10 @@ def predict_paths(workdir, inputs, output_dir, tta: bool = False, step: Optional
         stack = image if is_stack else image[None]
         probs = np.stack([predict_image(apply_fn, config, s, variables, tta=tta)[..., 1] for s in stack])
         labels = np.stack([ndi.label(p > threshold)[0].astype(np.int32) for p in probs])
+        if not labels.any():
+            log.warning("%s: no foreground predicted (no pixel with probability above %g, maximum %.3f); if the "
+                        "image does hold objects, the model did not learn them or the image differs from the "
+                        "training images (brightness, scale, modality)", path, threshold, float(probs.max()))
         stem = path.stem
         written.append(write_tiff(out / f"{stem}_prob.tif", probs if is_stack else probs[0]))
         written.append(write_tiff(out / f"{stem}_labels.tif", labels if is_stack else labels[0]))

@@ -59,8 +59,9 @@ import optax
 from jax import lax
 
 from unet_jax import checkpoint as ckpt_lib
+from unet_jax.guard import GUARD_FILE, DivergenceGuard
 from unet_jax.logging_utils import MetricWriter, plot_training_curves
-from unet_jax.losses import center_crop, weighted_softmax_cross_entropy
+from unet_jax.losses import center_crop, soft_dice_loss, weighted_softmax_cross_entropy
 from unet_jax.model import NORMS, UNet, output_size, valid_input_size
 
 logger = logging.getLogger(__name__)
@@ -71,10 +72,25 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 BEST_MODES = ("min", "max")
+ISBI_METRICS = ("pixel_error", "rand_error", "warping_error", "vrand_thinned", "vinfo_thinned")
+BEST_METRICS = ("iou", "loss", "pixel_mismatch") + ISBI_METRICS
+TRIVIAL_MARGIN = 0.01    # validation IoU must beat the trivial predictions' by this much not to be warned about
 
-__all__ = ["TrainState", "NonFiniteLossError", "create_model", "create_learning_rate_schedule", "create_optimizer",
+__all__ = ["TrainState", "NonFiniteLossError", "DivergenceError", "create_model", "create_learning_rate_schedule", "create_optimizer",
            "create_train_state", "make_train_step", "train_step", "replicate", "shard_state", "unshard_state",
            "initialize_distributed", "predict_probabilities", "evaluate", "train_and_evaluate"]
+
+
+class DivergenceError(FloatingPointError):
+    """The training loss spiked (``unet_jax.guard``) more often than ``train.max_rollbacks`` allows."""
+
+
+class _Diverged(Exception):
+    """A logging window diverged (raised inside the train loop, handled by going back; never escapes)."""
+
+    def __init__(self, step: int, reason: str, error: Optional[Exception] = None):
+        super().__init__(reason)
+        self.step, self.reason, self.error = step, reason, error
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -184,6 +200,13 @@ def _check_config(config) -> None:
     _int("train", "eval_every", t.eval_every, 0)
     _int("train", "checkpoint_every", t.checkpoint_every, 0)
     _int("train", "keep_checkpoints", t.keep_checkpoints, 1)
+    _int("train", "max_rollbacks", t.max_rollbacks, 0)
+    _float("train", "time_limit", t.get("time_limit", 0.0))
+    _float("train", "foreground_fraction", t.foreground_fraction, 0.0, 1.0)
+    _float("loss", "dice_weight", config.loss.dice_weight)
+    if t.best_metric and t.best_metric not in BEST_METRICS:
+        raise ValueError(f"config.train.best_metric must be one of {BEST_METRICS} or '' (keep the latest), got "
+                         f"{t.best_metric!r}")
     if t.best_mode not in BEST_MODES:
         raise ValueError(f"config.train.best_mode must be one of {BEST_MODES}, got {t.best_mode!r}")
     for section, size in (("train", t.tile_size), ("eval", config.eval.tile_size)):
@@ -344,7 +367,8 @@ def create_train_state(key: jax.Array, config, model: UNet, input_channels: int,
 # ----------------------------------------------------------------------------------------------------------------
 
 def train_step(state: TrainState, dataset, *, model: UNet, optimizer: optax.GradientTransformation,
-               sample_fn: Callable, augment_fn: Optional[Callable], global_batch: int, num_devices: int) -> tuple:
+               sample_fn: Callable, augment_fn: Optional[Callable], global_batch: int, num_devices: int,
+               dice_weight: float = 0.0) -> tuple:
     """One optimisation step on one device; run under ``jax.pmap(..., axis_name='batch')`` (see
     ``make_train_step``, which binds the keyword arguments from a config). Pure jax.
 
@@ -362,11 +386,14 @@ def train_step(state: TrainState, dataset, *, model: UNet, optimizer: optax.Grad
         ``(key, image, labels, weights) -> same``: one example's augmentation.
     global_batch, num_devices : int
         Global batch B (all devices of all processes) and the number of devices n; each device does B / n.
+    dice_weight : float
+        Weight of the soft Dice loss (``unet_jax.losses.soft_dice_loss``, per image, zero-weight pixels left
+        out) added to the weighted cross-entropy; 0 = the paper's loss alone.
 
     Returns
     -------
     (new_state, metrics): metrics are float32 scalars averaged over the global batch: 'loss' (the weighted
-    cross-entropy of ``unet_jax.losses``), 'pixel_mismatch' (fraction of output pixels whose arg-max class is wrong,
+    cross-entropy of ``unet_jax.losses``, plus ``dice_weight`` times the soft Dice loss), 'pixel_mismatch' (fraction of output pixels whose arg-max class is wrong,
     unweighted), 'grad_norm' (global norm of the averaged gradient, before clipping) and 'params_finite' (1.0 if
     every updated parameter is finite, else 0.0).
     """
@@ -406,6 +433,8 @@ def train_step(state: TrainState, dataset, *, model: UNet, optimizer: optax.Grad
         # devices is sum(w * ce) / sum(w) over the global batch (the loss a single device would compute).
         local_loss = weighted_softmax_cross_entropy(logits, labels, weights)
         local_loss = local_loss * (local_den / jnp.where(mean_den > 0, mean_den, 1.0))
+        if dice_weight:   # a mean over this device's images: the mean over devices is the global batch's
+            local_loss = local_loss + dice_weight * soft_dice_loss(logits, labels, weights)
         errors = (jnp.argmax(logits, axis=-1) != center_crop(labels, out)).astype(jnp.float32).mean()
         return local_loss, (errors, new_stats)
 
@@ -431,8 +460,8 @@ def _global_norm(tree) -> jax.Array:
 
 def _step_cache_key(config, num_devices: int) -> str:
     d = config.to_dict()
-    keep = {k: d[k] for k in ("model", "optimizer", "augment")}
-    keep["train"] = {k: d["train"][k] for k in ("tile_size", "batch_size", "num_steps")}
+    keep = {k: d[k] for k in ("model", "optimizer", "augment", "loss")}
+    keep["train"] = {k: d["train"][k] for k in ("tile_size", "batch_size", "num_steps", "foreground_fraction")}
     keep["num_devices"] = num_devices
     return json.dumps(keep, sort_keys=True, default=str)
 
@@ -476,8 +505,10 @@ def _build_train_step(config, num_devices: int) -> Callable:
     out = output_size(tile, model.depth, model.padding)
     aug_config = augment_lib.read_config(config.augment)
 
+    foreground = float(config.train.foreground_fraction)
+
     def sample_fn(dataset, key):
-        images, labels, weights = sampler.sample_tiles(dataset, key, 1, tile, out)
+        images, labels, weights = sampler.sample_tiles(dataset, key, 1, tile, out, foreground)
         return images[0], labels[0], weights[0]
 
     def augment_fn(key, image, labels, weights):
@@ -485,7 +516,8 @@ def _build_train_step(config, num_devices: int) -> Callable:
 
     step = functools.partial(train_step, model=model, optimizer=optimizer, sample_fn=sample_fn,
                              augment_fn=augment_fn if aug_config.enabled else None,
-                             global_batch=int(config.train.batch_size), num_devices=num_devices)
+                             global_batch=int(config.train.batch_size), num_devices=num_devices,
+                             dice_weight=float(config.loss.dice_weight))
     return jax.pmap(step, axis_name=AXIS, donate_argnums=(0,))
 
 
@@ -564,18 +596,24 @@ def evaluate(model: UNet, variables, examples: Sequence[dict], config) -> Dict[s
       all pixels of all images (the training energy, on whole images);
     * 'pixel_mismatch': fraction of wrongly classified pixels (``unet_jax.metrics.pixel_mismatch``; cell = P(cell) >
       ``eval.threshold`` for two classes, arg-max otherwise), pooled over all images;
-    * 'rand_error' (two classes only): mean over images of the foreground-restricted Rand error of the
-      4-connected cells at ``eval.threshold`` (``unet_jax.metrics.rand_error``; no threshold sweep);
+    * 'pixel_error', 'rand_error', 'warping_error', 'vrand_thinned', 'vinfo_thinned' (two classes only): the
+      ISBI 2012 measures as the challenge's reference code defines them (``unet_jax.metrics.isbi2012``), at the one
+      threshold ``eval.threshold`` (no sweep), statistics pooled over all images as for a stack; computed for the
+      isbi2012 data set, or when ``train.best_metric`` is one of them (a few seconds per 512x512 image);
     * 'iou' (two classes only): mean over images of the cell-class intersection over union at ``eval.threshold``
-      (the paper's measure on the cell tracking data).
+      (the paper's measure on the cell tracking data);
+    * 'trivial_iou' (two classes only): the better 'iou' of the two trivial predictions, all background and all
+      foreground (a model that does not beat it learned nothing); 'foreground_fraction': mean share of cell
+      pixels in the truth.
     """
     from unet_jax import metrics as metrics_lib
 
     if not examples:
         raise ValueError("examples must be a non-empty list of validation examples, got an empty list")
     num = den = wrong = total = 0.0
-    rand, ious = [], []
+    rand, ious, trivial, fg = [], [], [], []
     threshold = float(config.eval.threshold)
+    challenge = config.data.name == "isbi2012" or config.train.best_metric in ISBI_METRICS
     for ex in examples:
         probs = predict_probabilities(model, variables, ex["image"], config.eval.tile_size, config.eval.batch_size)
         truth = metrics_lib.truth_instances(ex["instances"])
@@ -588,13 +626,22 @@ def evaluate(model: UNet, variables, examples: Sequence[dict], config) -> Dict[s
         pred = probs[..., 1] > threshold if binary else probs.argmax(-1)
         wrong += metrics_lib.pixel_mismatch(pred, labels) * labels.size
         total += labels.size
+        if binary and challenge:
+            rand.append(metrics_lib.isbi2012_stats(np.clip(np.nan_to_num(probs[..., 1]), 0.0, 1.0), ex["instances"],
+                                                   thresholds=(threshold,)))
         if binary:
-            rand.append(metrics_lib.rand_error(metrics_lib.label_cells(pred), truth)["rand_error"])
             ious.append(metrics_lib.iou(pred, labels))
+            trivial.append((metrics_lib.iou(np.zeros_like(labels), labels), metrics_lib.iou(np.ones_like(labels),
+                                                                                         labels)))
+            fg.append(labels.mean())
     out = {"loss": num / den if den > 0 else 0.0, "pixel_mismatch": wrong / total}
     if rand:
-        out["rand_error"] = float(np.mean(rand))
+        isbi = metrics_lib.isbi2012_summary(rand)
+        out.update({k: isbi[k] for k in ISBI_METRICS})
+    if ious:
         out["iou"] = float(np.mean(ious))
+        out["trivial_iou"] = float(np.max(np.mean(trivial, axis=0)))
+        out["foreground_fraction"] = float(np.mean(fg))
     return out
 
 
@@ -662,6 +709,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
     steps) and at the end; the latest ``train.keep_checkpoints`` and the best by validation
     ``train.best_metric`` are kept. Restarting the same command continues from the newest readable checkpoint
     (a corrupt one is skipped with a warning) and ends bitwise identical to an uninterrupted run on CPU.
+    ``train.time_limit > 0`` (seconds since this call started) ends the run after the step where it passes, which is
+    then validated and checkpointed like the last step (the returned 'step' tells which); the learning-rate
+    schedule still counts ``train.num_steps``, and running again resumes towards them.
 
     Parameters
     ----------
@@ -680,6 +730,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
     of the final step.
     """
     _check_config(config)
+    t_start = time.monotonic()
     for cb in callbacks:
         if not callable(cb):
             raise ValueError(f"callbacks must be callables, got {cb!r}")
@@ -733,12 +784,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
     writer = MetricWriter(workdir, enabled=is_main)
     writer.truncate_after(start)
 
-    p_step = make_train_step(config, num_devices)
+    guard = DivergenceGuard(max_rollbacks=int(tcfg.max_rollbacks))
+    guard.load(workdir, start)
+    if guard.lr_scale != 1.0:
+        logger.warning("learning rate scaled by %g after %d earlier divergence rollback(s) (%s)", guard.lr_scale,
+                       len(guard.events), workdir / GUARD_FILE)
+    p_step = make_train_step(_scaled_learning_rate(config, guard.lr_scale), num_devices)
+    guard.remember(start, state)
     r_state = shard_state(state)
     r_data = replicate(dataset)
     del state, dataset
 
     num_steps = int(tcfg.num_steps)
+    final_step = num_steps
+    time_limit = float(tcfg.get("time_limit", 0.0) or 0.0)
+    deadline = t_start + time_limit if time_limit > 0 else None
     accum = int(config.optimizer.grad_accum_steps)
     pending = []
     last_train: Dict[str, float] = {}
@@ -753,10 +813,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
             return
         host = jax.device_get([m for _, m in pending])
         rows = [{k: float(np.asarray(v).reshape(-1)[0]) for k, v in h.items()} for h in host]
+        bad = None
         for (s, _), r in zip(pending, rows):
             finite = r.pop(PARAMS_FINITE) == 1.0
-            if not (math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) and finite):
-                raise NonFiniteLossError(s, r["loss"], r["grad_norm"], finite)
+            if bad is None and not (math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) and finite):
+                bad = NonFiniteLossError(s, r["loss"], r["grad_norm"], finite)
+        reason = guard.check([r["loss"] for r in rows], finite=bad is None)
+        if reason:
+            pending = []
+            raise _Diverged(step, reason, bad)
         elapsed = time.perf_counter() - window_start
         last_train = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
         last_train["learning_rate"] = float(schedule((step - 1) // accum))
@@ -766,32 +831,97 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
         pending = []
         window_start = time.perf_counter()
 
+    def run_step(step) -> bool:
+        """One train step and what follows it (log, validate, checkpoint); True if it was the last."""
+        nonlocal r_state, last_eval, last_eval_step, window_start
+        r_state, metrics = p_step(r_state, r_data)
+        pending.append((step, metrics))
+        bar.update(1)
+        for cb in callbacks:
+            cb(step, r_state)
+        is_last = step == num_steps or _time_is_up(deadline, step, int(tcfg.log_every))
+        if is_last and step < num_steps:
+            logger.warning("train.time_limit (%.0f s) reached after step %d of %d: validating and saving a "
+                           "checkpoint; run the same command again to continue", time_limit, step, num_steps)
+        do_eval = is_last or (tcfg.eval_every > 0 and step % tcfg.eval_every == 0)
+        do_ckpt = do_eval or is_last or (tcfg.checkpoint_every > 0 and step % tcfg.checkpoint_every == 0)
+        if do_ckpt or step % tcfg.log_every == 0 or step == start + 1:
+            flush(step)   # after the first step too: the compilation stays out of the tiles/s of the log
+            if guard.max_rollbacks:
+                guard.remember(step, jax.device_get(unshard_state(r_state)))
+        if do_eval:
+            if val_examples:
+                last_eval = evaluate(model, unshard_state(r_state).variables(), val_examples, config)
+                writer.write_scalars(step, last_eval, "validation")
+                logger.info("step %d validation %s", step, last_eval)
+                warn_if_trivial(step, last_eval)
+            last_eval_step = step
+        if do_ckpt:
+            host = unshard_state(r_state)
+            ckpts.save(step, host.variables(), _train_part(host),
+                       metrics=last_eval if (do_eval and last_eval) else None)
+        if do_eval or do_ckpt:
+            window_start = time.perf_counter()   # tiles/s counts train steps only
+        return is_last
+
+    def rollback(d: _Diverged) -> int:
+        """Go back to the last healthy state with half the learning rate (or raise); returns its step."""
+        nonlocal p_step, schedule
+        try:
+            back = guard.rollback(d.step, d.reason)
+        except RuntimeError as e:
+            if d.error is not None:
+                raise d.error from None
+            raise DivergenceError(f"training diverged at step {d.step} ({d.reason}) and {e}; stopping. The last "
+                                  f"checkpoint is from before the divergence and usable. Lower "
+                                  f"optimizer.learning_rate or set optimizer.grad_clip_norm.") from None
+        logger.warning("step %d: %s; going back to step %d and continuing with the learning rate scaled by %g "
+                       "(rollback %d of at most %d, recorded in %s)", d.step, d.reason, back, guard.lr_scale,
+                       len(guard.events), guard.max_rollbacks, workdir / GUARD_FILE)
+        if is_main:
+            guard.save(workdir)
+        scaled = _scaled_learning_rate(config, guard.lr_scale)
+        p_step = make_train_step(scaled, num_devices)
+        schedule = create_learning_rate_schedule(scaled.optimizer, num_steps)
+        # Fresh random tiles from here on: the same ones might lead the same way.
+        guard.good_state = guard.good_state.replace(
+            key=jax.random.fold_in(guard.good_state.key, len(guard.events)))
+        writer.truncate_after(back)
+        bar.n = back
+        bar.refresh()
+        return back
+
+    def warn_if_trivial(step, metrics):
+        trivial = metrics.get("trivial_iou")
+        if trivial is None or metrics["iou"] > trivial + TRIVIAL_MARGIN:
+            return
+        which = "all background" if trivial == 0 else "all foreground"
+        logger.warning("step %d: validation IoU %.3f does not beat the trivial prediction (%s: IoU %.3f); the model "
+                       "has not learned the foreground (yet). Train longer, check that the masks mark the objects "
+                       "(%.1f%% foreground in validation), or try --config.loss.dice_weight=1 and "
+                       "--config.train.foreground_fraction=0.33 (experiments/folder.py)", step, metrics["iou"],
+                       which, trivial, 100 * metrics.get("foreground_fraction", float("nan")))
+        nonlocal_warnings.append(step)
+
+    nonlocal_warnings: list = []
+    step = start
     try:
-        for step in range(start + 1, num_steps + 1):
-            r_state, metrics = p_step(r_state, r_data)
-            pending.append((step, metrics))
-            bar.update(1)
-            for cb in callbacks:
-                cb(step, r_state)
-            is_last = step == num_steps
-            do_eval = is_last or (tcfg.eval_every > 0 and step % tcfg.eval_every == 0)
-            do_ckpt = do_eval or is_last or (tcfg.checkpoint_every > 0 and step % tcfg.checkpoint_every == 0)
-            if do_ckpt or step % tcfg.log_every == 0 or step == start + 1:
-                flush(step)   # after the first step too: the compilation stays out of the tiles/s of the log
-            if do_eval:
-                if val_examples:
-                    last_eval = evaluate(model, unshard_state(r_state).variables(), val_examples, config)
-                    writer.write_scalars(step, last_eval, "validation")
-                    logger.info("step %d validation %s", step, last_eval)
-                last_eval_step = step
-            if do_ckpt:
-                host = unshard_state(r_state)
-                ckpts.save(step, host.variables(), _train_part(host),
-                           metrics=last_eval if (do_eval and last_eval) else None)
-            if do_eval or do_ckpt:
-                window_start = time.perf_counter()   # tiles/s counts train steps only
-        if last_eval_step != num_steps and val_examples:   # resumed a finished run: validate the final state
+        while step < num_steps:
+            step += 1
+            try:
+                is_last = run_step(step)
+            except _Diverged as d:
+                step = rollback(d)
+                r_state = shard_state(guard.good_state)
+                continue
+            if is_last:
+                final_step = step
+                break
+        if last_eval_step != final_step and val_examples:   # resumed a finished run: validate the final state
             last_eval = evaluate(model, unshard_state(r_state).variables(), val_examples, config)
+        ckpts.wait()
+        best_step = ckpts.best_step() if tcfg.best_metric else None
+        best_metrics = (ckpts.metrics(best_step) or {}) if best_step is not None else {}
     finally:
         bar.close()
         ckpts.close()
@@ -801,10 +931,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
                 plot_training_curves(writer.jsonl_path, workdir / "training_curves.png")
             except Exception as e:  # noqa: BLE001 - a plotting failure must not hide the run's outcome
                 logger.warning("could not plot training curves: %s", e)
-    result = {"step": num_steps}
+    result = {"step": final_step, "best_step": best_step, "best_validation": dict(best_metrics),
+              "rollbacks": len(guard.events), "trivial_warnings": len(nonlocal_warnings)}
     result.update({f"train_{k}": v for k, v in last_train.items()})
     result.update({f"validation_{k}": v for k, v in last_eval.items()})
     return result
+
+
+def _time_is_up(deadline: Optional[float], step: int, log_every: int) -> bool:
+    """Whether ``train.time_limit`` has passed (``deadline``: ``time.monotonic()`` value, None = no limit).
+
+    One process checks after every step; several processes decide together every ``log_every`` steps (process 0's
+    clock, broadcast), so that all of them stop after the same step.
+    """
+    if deadline is None:
+        return False
+    if jax.process_count() == 1:
+        return time.monotonic() >= deadline
+    if step % log_every:
+        return False
+    from jax.experimental import multihost_utils
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(time.monotonic() >= deadline)))
+
+
+def _scaled_learning_rate(config, scale: float):
+    """``config`` itself (scale 1) or a copy with ``optimizer.learning_rate`` multiplied by ``scale``."""
+    if scale == 1.0:
+        return config
+    scaled = ml_collections.ConfigDict(config.to_dict())
+    scaled.optimizer.learning_rate = float(config.optimizer.learning_rate) * scale
+    return scaled
 
 
 def _train_part(state: TrainState) -> dict:

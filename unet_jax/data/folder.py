@@ -40,6 +40,7 @@ from unet_jax.data.common import UNetBuilder, UNetConfig, config_name, fingerpri
 from unet_jax.data.ctc import _check_fraction, validation_count
 
 log = logging.getLogger("unet_jax.data")
+summary = logging.getLogger("unet_jax.summary")    # shown by the command line without -v
 
 __all__ = ["Folder", "FolderConfig", "make_config", "find_pairs"]
 
@@ -123,9 +124,10 @@ class Folder(UNetBuilder):
     EXPECTED = "images/ and masks/ holding PNG or TIFF files with matching names (images/a.png <-> masks/a.png)"
     CHANNELS = None
 
-    def _read(self, image_path: Path, mask_path: Path, channels: int = 0):
+    def _read(self, image_path: Path, mask_path: Path, channels: int = 0, report: dict | None = None):
         image = io.to_float_image(io.read_image(image_path), image_path)
-        instances = io.mask_to_instances(io.read_image(mask_path), mask_path, self.builder_config.mask_type)
+        instances = io.mask_to_instances(io.read_image(mask_path), mask_path, self.builder_config.mask_type,
+                                         report)
         io.check_same_shape(image, instances, image_path, mask_path)
         if channels == 3 and image.shape[-1] == 1:
             image = np.repeat(image, 3, axis=-1)
@@ -134,10 +136,22 @@ class Folder(UNetBuilder):
     def _split_generators(self, dl_manager):
         root = self.manual_root(dl_manager)
         pairs = find_pairs(root)
-        channels = set()
-        for _, image_path, mask_path in progress(pairs, len(pairs), "folder: checking files"):
-            image, _ = self._read(image_path, mask_path)
+        channels, kinds, empty, full, fractions = set(), {}, [], [], []
+        for name, image_path, mask_path in progress(pairs, len(pairs), "folder: checking files"):
+            report = {}
+            image, instances = self._read(image_path, mask_path, report=report)
             channels.add(image.shape[-1])
+            kinds[report["kind"]] = kinds.get(report["kind"], 0) + 1
+            fractions.append(float(np.mean(instances > 0)))
+            (empty if fractions[-1] == 0 else full if fractions[-1] == 1 else []).append(name)
+        summary.info("folder %s: %d masks read as %s; foreground %.1f%% of the pixels (%.1f%%-%.1f%% per image)",
+                     root, len(pairs), ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())), 100 * np.mean(fractions),
+                     100 * min(fractions), 100 * max(fractions))
+        for names, what in ((empty, "no foreground (all background)"), (full, "only foreground")):
+            if names:
+                log.warning("folder %s: %d of %d masks have %s: %s%s; check that they mark the objects (cells > 0) "
+                            "and are not inverted", root, len(names), len(pairs), what, ", ".join(names[:5]),
+                            " ..." if len(names) > 5 else "")
         if channels == {1, 3}:
             log.info("folder %s: some images are colour and some greyscale; the greyscale ones are repeated to "
                      "3 channels", root)

@@ -26,8 +26,9 @@ from unet_jax.weights import instances_from_mask
 log = logging.getLogger("unet_jax.data")
 
 PERCENTILES = (1.0, 99.8)
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 MASK_TYPES = ("auto", "binary", "instance")
+PLATEAU_SHARE = 0.2    # soft mask edges: at most this share of the in-between pixels lie inside a plateau
 
 __all__ = ["read_tiff", "read_image", "to_float_image", "percentile_normalize", "mask_to_instances",
            "PERCENTILES", "IMAGE_SUFFIXES", "MASK_TYPES"]
@@ -63,12 +64,17 @@ def read_tiff(path) -> np.ndarray:
     try:
         return np.asarray(tifffile.imread(path))
     except Exception as err:  # tifffile raises ValueError, TiffFileError, struct.error, OSError, ...
+        if "imagecodecs" in str(err):   # LZW, deflate, JPEG, ... TIFFs from slide scanners and Fiji
+            raise ValueError(f"cannot read TIFF file {path}: it is compressed ({err}); install the imagecodecs "
+                             f"package (pip install imagecodecs) or save it uncompressed") from err
         raise ValueError(f"cannot read TIFF file {path} ({type(err).__name__}: {err}); the file may be truncated "
                          f"or corrupt: download or export it again") from err
 
 
 def read_image(path) -> np.ndarray:
-    """Read a PNG or TIFF image file (tifffile for .tif/.tiff, imageio for .png). Host-side.
+    """Read a PNG, TIFF or JPEG image file (tifffile for .tif/.tiff, imageio for the others). Host-side.
+
+    Compressed TIFFs (LZW, deflate, JPEG, ...) are decoded by imagecodecs, a dependency of this package.
 
     Returns
     -------
@@ -235,16 +241,37 @@ def _mask_2d(arr: np.ndarray, path) -> np.ndarray:
     return arr
 
 
-def _thin_edges_only(intermediate: np.ndarray) -> bool:
-    """True if the pixels in ``intermediate`` form thin (<= 2 px) lines: no 3x3 block survives erosion."""
-    n = int(np.count_nonzero(intermediate))
+def _anti_aliased(arr: np.ndarray, hi) -> bool:
+    """Whether the values between 0 and ``hi`` of a mask are the soft edges of a binary mask (anti-aliased,
+    blurred or upscaled drawing) rather than object ids.
+
+    Object ids form plateaus: most pixels of an id have all four neighbours of the same value. Soft edges are
+    ramps: few of their pixels do (``PLATEAU_SHARE``), and the ramps lie between background and full value (most
+    of their pixels belong to 8-connected bands that touch, 4-connected, both 0 and ``hi``).
+    """
+    between = (arr != 0) & (arr != hi)
+    n = int(np.count_nonzero(between))
     if n == 0:
         return True
-    core = ndi.binary_erosion(intermediate, structure=np.ones((3, 3), bool))
-    return int(np.count_nonzero(core)) <= 0.02 * n
+    padded = np.pad(arr, 1, mode="edge")
+    same = np.ones(arr.shape, bool)
+    for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
+        same &= padded[dy:dy + arr.shape[0], dx:dx + arr.shape[1]] == arr
+    if np.count_nonzero(same & between) > PLATEAU_SHARE * n:
+        return False
+    bands, count = ndi.label(between, structure=np.ones((3, 3), bool))
+    grown = ndi.grey_dilation(bands, footprint=ndi.generate_binary_structure(2, 1))   # 4-neighbours
+    touches_zero = np.zeros(count + 1, bool)
+    touches_hi = np.zeros(count + 1, bool)
+    touches_zero[grown[arr == 0]] = True
+    touches_hi[grown[arr == hi]] = True
+    sizes = np.bincount(bands.ravel(), minlength=count + 1)
+    both = touches_zero & touches_hi
+    both[0] = False
+    return sizes[both].sum() >= 0.5 * n
 
 
-def mask_to_instances(arr, path="<array>", mask_type: str = "auto") -> np.ndarray:
+def mask_to_instances(arr, path="<array>", mask_type: str = "auto", report: dict | None = None) -> np.ndarray:
     """Instance labels from a stored mask (binary or instance). Host-side.
 
     Parameters
@@ -257,9 +284,11 @@ def mask_to_instances(arr, path="<array>", mask_type: str = "auto") -> np.ndarra
         0/65535 and anti-aliased masks all work), split into objects by 4-connected components
         (``unet_jax.weights.instances_from_mask``). ``'instance'``: the integer values are the object ids and
         are kept (0 = background). ``'auto'``: a mask with at most two distinct values is binary; a mask whose
-        values other than 0 and its maximum form only thin lines (edges of anti-aliased drawing, no 3x3 block)
-        is an anti-aliased binary mask (thresholded at half its maximum, with an INFO log saying so); any other
-        mask is an instance mask.
+        values between 0 and its maximum are soft edges (ramps between 0 and the maximum rather than plateaus:
+        anti-aliased, blurred or upscaled drawing, or any JPEG mask) is a binary mask thresholded at half its
+        maximum (with an INFO log saying so); any other mask is an instance mask.
+    report : dict, optional
+        Receives ``'kind'``: 'binary', 'soft binary' (thresholded soft edges) or 'instance', what was decided.
 
     Returns
     -------
@@ -276,6 +305,8 @@ def mask_to_instances(arr, path="<array>", mask_type: str = "auto") -> np.ndarra
     arr = _mask_2d(np.asarray(arr), path)
     if arr.size == 0:
         raise ValueError(f"mask {path} is empty (shape {arr.shape})")
+    report = {} if report is None else report
+    report["kind"] = "binary"
     if arr.dtype == np.bool_:
         return instances_from_mask(arr)
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
@@ -291,13 +322,13 @@ def mask_to_instances(arr, path="<array>", mask_type: str = "auto") -> np.ndarra
     values = np.unique(arr)
     integral = bool(np.all(values == np.round(values)))
     if mask_type == "auto":
-        intermediate = (arr != 0) & (arr != hi)
         if values.size <= 2:
             mask_type = "binary"
-        elif _thin_edges_only(intermediate):
-            log.info("mask %s: %d edge pixels with values between 0 and %s (anti-aliased binary mask); "
-                     "thresholded at half the maximum (%s)", path, int(np.count_nonzero(intermediate)), hi, hi / 2)
-            mask_type = "binary"
+        elif Path(str(path)).suffix.lower() in (".jpg", ".jpeg") or _anti_aliased(arr, hi):
+            log.info("mask %s: %d pixels with values between 0 and %s along the edges (anti-aliased, blurred or "
+                     "JPEG-compressed: an anti-aliased binary mask); thresholded at half the maximum (%s)", path,
+                     int(np.count_nonzero((arr != 0) & (arr != hi))), hi, hi / 2)
+            mask_type, report["kind"] = "binary", "soft binary"
         elif not integral:
             raise ValueError(f"mask {path} has non-integer values that are not just anti-aliased edges (e.g. "
                              f"{values[~(values == np.round(values))][0]}): save binary masks as 0/255 (or 0/1) "
@@ -310,6 +341,7 @@ def mask_to_instances(arr, path="<array>", mask_type: str = "auto") -> np.ndarra
         raise ValueError(f"mask {path} has non-integer values (e.g. {values[~(values == np.round(values))][0]}) "
                          f"but instance labels must be integers: save one integer id 1..K per cell, 0 = "
                          f"background (or use mask_type='binary')")
+    report["kind"] = "instance"
     if hi > np.iinfo(np.int32).max:
         raise ValueError(f"mask {path} has ids up to {hi}, beyond int32; renumber the cells 1..K")
     return arr.astype(np.int32)

@@ -41,6 +41,7 @@ import numpy as np
 from unet_jax.tiling import PAD_MODES, mirror_indices
 
 PAD_MODE = "symmetric"
+FG_BLOCK = 8
 
 __all__ = ["DeviceDataset", "to_device_dataset", "sample_origins", "gather_tiles", "sample_tiles", "stream_tiles",
            "prefetch_to_device", "device_dataset_nbytes", "fits_on_device", "PAD_MODE"]
@@ -61,11 +62,15 @@ class DeviceDataset(NamedTuple):
     sizes : int32 (N, 2)
         (Ei, Fi) = (max(H_i, O), max(W_i, O)): the extent output windows range over; origins lie in
         [0, Ei - O] x [0, Fi - O].
+    foreground : bool (N, ceil(max Ei / FG_BLOCK), ceil(max Fi / FG_BLOCK))
+        Block (a, b) is True if extent pixels [a * FG_BLOCK, (a + 1) * FG_BLOCK) x [b * FG_BLOCK, ...) of the
+        image hold a foreground (class > 0) pixel of the image itself; for foreground-centred sampling.
     """
     images: jax.Array
     labels: jax.Array
     weights: jax.Array
     sizes: jax.Array
+    foreground: jax.Array
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -162,7 +167,10 @@ def device_dataset_nbytes(examples: Sequence, tile_size: int, out_size: int) -> 
     hp = max(max(s[0], out_size) for s in shapes) + 2 * border
     wp = max(max(s[1], out_size) for s in shapes) + 2 * border
     c = max(s[2] if len(s) == 3 else 1 for s in shapes)
-    return len(shapes) * hp * wp * (4 * c + 4 + 4) + 8 * len(shapes)
+    eh = max(max(s[0], out_size) for s in shapes)
+    ew = max(max(s[1], out_size) for s in shapes)
+    blocks = -(-eh // FG_BLOCK) * -(-ew // FG_BLOCK)          # the bool foreground-block map
+    return len(shapes) * (hp * wp * (4 * c + 4 + 4) + 8 + blocks)
 
 
 def to_device_dataset(examples: Sequence, tile_size: int, out_size: int, pad_mode: str = PAD_MODE,
@@ -210,11 +218,17 @@ def to_device_dataset(examples: Sequence, tile_size: int, out_size: int, pad_mod
         images[i, :th, :tw], labels[i, :th, :tw], weights[i, :th, :tw] = _window(
             image, instances, wmap, g, 0, 0, th, tw, pad_mode)
     sizes = np.array([(g.eh, g.ew) for g in geoms], np.int32).reshape(n, 2)
-    return DeviceDataset(*jax.device_put((images, labels, weights, sizes), device))
+    foreground = np.zeros((n, -(-max(g.eh for g in geoms) // FG_BLOCK), -(-max(g.ew for g in geoms) // FG_BLOCK)),
+                          bool)
+    for i, ((_, instances, _), g) in enumerate(zip(arrays, geoms)):
+        ys, xs = np.nonzero(instances > 0)
+        foreground[i, (ys + g.top) // FG_BLOCK, (xs + g.left) // FG_BLOCK] = True
+    return DeviceDataset(*jax.device_put((images, labels, weights, sizes, foreground), device))
 
 
-@functools.partial(jax.jit, static_argnames=("batch_size", "out_size"))
-def sample_origins(dataset: DeviceDataset, key: jax.Array, batch_size: int, out_size: int):
+@functools.partial(jax.jit, static_argnames=("batch_size", "out_size", "foreground"))
+def sample_origins(dataset: DeviceDataset, key: jax.Array, batch_size: int, out_size: int,
+                   foreground: float = 0.0):
     """Random image indices and output-window origins (pure jax; jit-compiled).
 
     Parameters
@@ -222,11 +236,17 @@ def sample_origins(dataset: DeviceDataset, key: jax.Array, batch_size: int, out_
     dataset : DeviceDataset
     key : PRNG key
     batch_size, out_size : int (static)
+    foreground : float in [0, 1] (static)
+        Probability that a window is centred on foreground instead of uniform (nnU-Net draws a third of its
+        patches so): a foreground block of the chosen image (``DeviceDataset.foreground``) is drawn uniformly, a
+        pixel uniformly inside it, and the window placed so that this pixel lies at a uniform position in it
+        (clipped to the valid origins). Images without foreground fall back to the uniform law.
 
     Returns
     -------
     index : int32 (B,), uniform over [0, N)
-    origins : int32 (B, 2), (oy, ox) uniform over [0, E - O] x [0, F - O] of the chosen image (``sizes``)
+    origins : int32 (B, 2), (oy, ox) uniform over [0, E - O] x [0, F - O] of the chosen image (``sizes``), or
+    foreground-centred with probability ``foreground``
     """
     batch_size = _check_int("batch_size", batch_size, 1)
     out_size = _check_int("out_size", out_size, 1)
@@ -236,7 +256,28 @@ def sample_origins(dataset: DeviceDataset, key: jax.Array, batch_size: int, out_
     sizes = dataset.sizes[index]
     oy = jax.random.randint(k_y, (batch_size,), 0, sizes[:, 0] - out_size + 1, dtype=jnp.int32)
     ox = jax.random.randint(k_x, (batch_size,), 0, sizes[:, 1] - out_size + 1, dtype=jnp.int32)
-    return index, jnp.stack([oy, ox], axis=-1)
+    uniform = jnp.stack([oy, ox], axis=-1)
+    if not 0.0 <= foreground <= 1.0:
+        raise ValueError(f"foreground must be a probability in [0, 1], got {foreground!r}")
+    if foreground == 0:
+        return index, uniform
+    k_fg = jax.random.fold_in(key, 3)
+    centred = jax.vmap(functools.partial(_foreground_origin, dataset.foreground, out_size=out_size))(
+        jax.random.split(k_fg, batch_size), index, sizes)
+    use = jax.random.uniform(jax.random.fold_in(k_fg, 1), (batch_size,)) < foreground
+    use &= jnp.any(dataset.foreground[index], axis=(1, 2))
+    return index, jnp.where(use[:, None], centred, uniform)
+
+
+def _foreground_origin(blocks, key, i, size, *, out_size):
+    """An origin whose output window holds a random foreground pixel of image ``i`` at a random position."""
+    k_block, k_pix, k_pos = jax.random.split(key, 3)
+    grid = blocks[i]
+    flat = jax.random.categorical(k_block, jnp.where(grid.reshape(-1), 0.0, -jnp.inf))
+    block = jnp.stack([flat // grid.shape[1], flat % grid.shape[1]]).astype(jnp.int32)
+    pixel = block * FG_BLOCK + jax.random.randint(k_pix, (2,), 0, FG_BLOCK, dtype=jnp.int32)
+    origin = pixel - jax.random.randint(k_pos, (2,), 0, out_size, dtype=jnp.int32)
+    return jnp.clip(origin, 0, size - out_size)
 
 
 @functools.partial(jax.jit, static_argnames=("tile_size",))
@@ -266,8 +307,9 @@ def gather_tiles(dataset: DeviceDataset, index: jax.Array, origins: jax.Array, t
     return jax.vmap(one)(index, origins[:, 0], origins[:, 1])
 
 
-@functools.partial(jax.jit, static_argnames=("batch_size", "tile_size", "out_size"))
-def sample_tiles(dataset: DeviceDataset, key: jax.Array, batch_size: int, tile_size: int, out_size: int):
+@functools.partial(jax.jit, static_argnames=("batch_size", "tile_size", "out_size", "foreground"))
+def sample_tiles(dataset: DeviceDataset, key: jax.Array, batch_size: int, tile_size: int, out_size: int,
+                 foreground: float = 0.0):
     """A random batch of training tiles from a ``DeviceDataset`` (pure jax; jit-compiled, usable inside jit).
 
     Picks ``batch_size`` images uniformly (with replacement) and in each a uniform random output-window origin
@@ -279,6 +321,8 @@ def sample_tiles(dataset: DeviceDataset, key: jax.Array, batch_size: int, tile_s
     dataset : DeviceDataset
     key : PRNG key
     batch_size, tile_size, out_size : int (static)
+    foreground : float (static)
+        Share of foreground-centred windows (``sample_origins``).
 
     Returns
     -------
@@ -289,7 +333,7 @@ def sample_tiles(dataset: DeviceDataset, key: jax.Array, batch_size: int, tile_s
     if out_size > tile_size or (tile_size - out_size) % 2:
         raise ValueError(f"out_size must be at most tile_size with an even difference, got tile_size={tile_size}, "
                          f"out_size={out_size}")
-    index, origins = sample_origins(dataset, key, batch_size, out_size)
+    index, origins = sample_origins(dataset, key, batch_size, out_size, foreground)
     return gather_tiles(dataset, index, origins, tile_size)
 
 

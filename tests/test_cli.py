@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
@@ -218,3 +219,33 @@ def test_atomic_write_permissions_and_no_partial_file(tmp_path):
     with pytest.raises(OSError):
         atomic_write(tmp_path / "out" / "b.txt", fail)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.txt"]
+
+
+def test_predict_never_replaces_files_it_did_not_write(trained, tmp_path):
+    """--output = the input folder holding the user's own x_labels.tif: refused (exit 2, nothing written); its own
+    outputs are not read back as inputs; x.png and x.tif get distinct names and the count is true."""
+    workdir, _ = trained
+    folder = tmp_path / "data"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 255, (40, 44), dtype=np.uint8)
+    tifffile.imwrite(folder / "x.tif", img)
+    iio.imwrite(folder / "x.png", img)
+    truth = np.arange(40 * 44, dtype=np.int32).reshape(40, 44)
+    tifffile.imwrite(folder / "x_tif_labels.tif", truth)          # the user's own file, with an output's name
+    r = run_cli("predict", "--workdir", str(workdir), "--input", str(folder), "--output", str(folder))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "x_tif_labels.tif" in r.stderr and "--overwrite" in r.stderr
+    np.testing.assert_array_equal(tifffile.imread(folder / "x_tif_labels.tif"), truth)   # untouched
+    assert sorted(p.name for p in folder.iterdir()) == ["x.png", "x.tif", "x_tif_labels.tif"]
+    (folder / "x_tif_labels.tif").unlink()
+    r = run_cli("predict", "--workdir", str(workdir), "--input", str(folder), "--output", str(folder))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "wrote 6 files" in r.stdout
+    assert {p.name for p in folder.iterdir()} >= {"x_png_prob.tif", "x_tif_prob.tif", "x_png_labels.tif",
+                                                  "x_tif_labels.tif", "x_png_overlay.png", "x_tif_overlay.png"}
+    # A rerun skips its own outputs as inputs and, with --overwrite, replaces only them.
+    r = run_cli("predict", "--workdir", str(workdir), "--input", str(folder), "--output", str(folder),
+                "--overwrite")
+    assert r.returncode == 0 and "wrote 6 files" in r.stdout
+    assert not list(folder.glob("*_prob_prob.tif")) and len(list(folder.iterdir())) == 8

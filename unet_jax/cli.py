@@ -194,7 +194,7 @@ def _cmd_evaluate(args, overrides):
 def _cmd_predict(args, overrides):
     from unet_jax.predict import predict_paths
     written = predict_paths(args.workdir, args.input, args.output, tta=args.tta, step=args.step,
-                            overrides=overrides)
+                            overrides=overrides, overwrite=args.overwrite)
     print(f"wrote {len(written)} files to {args.output}")
 
 
@@ -255,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output", required=True, help="output directory")
     r.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations")
     r.add_argument("--step", type=int, default=None)
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace files in --output that have an output's name (default: refuse, write nothing)")
     r.set_defaults(func=_cmd_predict)
 
     a = sub.add_parser("ablate", help="run an ablation sweep (variants x seeds) and tabulate the results",
@@ -295,7 +297,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("unet-jax: interrupted", file=sys.stderr)
         return 130
-    except (UsageError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError) as e:
+    except (UsageError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
+            KeyError) as e:
         if debug:
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)

@@ -1,7 +1,9 @@
 """Segment users' images with a trained workdir: 2-D images or stacks (tif/png) to probability TIFFs, instance
 label TIFFs and overlay PNGs. Host-side driver; the network runs jit-compiled through overlap-tile inference.
 
-For each input NAME it writes to the output directory::
+For each input NAME it writes to the output directory (NAME is the file's stem, or stem_suffix when two inputs share
+a stem, e.g. x.png and x.tif; files named like these outputs are not taken as inputs, and existing files are
+never replaced without ``overwrite``)::
 
     NAME_prob.tif      float32 cell probability, (H, W) or (Z, H, W) for a stack
     NAME_labels.tif    int32 instance labels (connected components of prob > eval.threshold, 4-connected)
@@ -20,6 +22,7 @@ from unet_jax.evaluate import load_model, overlay, predict_image, write_png, wri
 log = logging.getLogger(__name__)
 
 SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+OUTPUT_ENDINGS = ("_prob.tif", "_labels.tif", "_overlay.png")    # what predict writes; never read back as input
 
 
 def list_inputs(path) -> List[Path]:
@@ -31,6 +34,11 @@ def list_inputs(path) -> List[Path]:
         return [path]
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+        own = [p for p in files if p.name.endswith(OUTPUT_ENDINGS)]
+        if own:
+            log.warning("%s: skipping %d files named like predict's outputs (*%s), e.g. %s", path, len(own),
+                        ", *".join(OUTPUT_ENDINGS), own[0].name)
+            files = [p for p in files if p not in own]
         if not files:
             raise ValueError(f"input folder {str(path)!r} holds no image files ({', '.join(SUFFIXES)})")
         return files
@@ -66,18 +74,61 @@ def read_input(path, channels: int) -> Tuple[np.ndarray, bool]:
     return (np.stack(out) if is_stack else out[0]), is_stack
 
 
+def output_stems(files: Sequence[Path]) -> List[str]:
+    """Output name stems, unique: the file's stem, or stem_suffix where two inputs share a stem (x.png, x.tif)."""
+    counts: dict = {}
+    for f in files:
+        counts[f.stem] = counts.get(f.stem, 0) + 1
+    return [f.stem if counts[f.stem] == 1 else f"{f.stem}_{f.suffix.lstrip('.').lower()}" for f in files]
+
+
+def planned_outputs(files: Sequence[Path], read_stack) -> List[Tuple[Path, str, List[str]]]:
+    """(input, stem, output file names) for each input; ``read_stack(path)`` tells whether it is a stack."""
+    plan = []
+    for path, stem in zip(files, output_stems(files)):
+        n = read_stack(path)
+        overlays = [f"{stem}_z{z:03d}_overlay.png" for z in range(n)] if n else [f"{stem}_overlay.png"]
+        plan.append((path, stem, [f"{stem}_prob.tif", f"{stem}_labels.tif"] + overlays))
+    return plan
+
+
+def _stack_depth(path: Path) -> int:
+    """Slices of a stack input (0 for a 2-D image), from the file's header where possible."""
+    from unet_jax.data.io import read_image
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+        try:
+            with tifffile.TiffFile(path) as f:
+                shape = f.series[0].shape
+        except Exception:  # noqa: BLE001 - an unreadable file fails later, with its own message
+            return 0
+    else:
+        shape = np.shape(read_image(path))
+    is_stack = len(shape) == 4 or (len(shape) == 3 and shape[-1] > 4)
+    return int(shape[0]) if is_stack else 0
+
+
 def predict_paths(workdir, inputs, output_dir, tta: bool = False, step: Optional[int] = None,
-                  overrides: Sequence[Tuple[str, str]] = ()) -> List[Path]:
-    """Predict every image named by ``inputs`` (file or folder) with the workdir's model; returns files written."""
+                  overrides: Sequence[Tuple[str, str]] = (), overwrite: bool = False) -> List[Path]:
+    """Predict every image named by ``inputs`` (file or folder) with the workdir's model; returns files written.
+
+    Files already in ``output_dir`` under an output's name are never replaced unless ``overwrite``: the run
+    stops first, before writing anything, naming them (they may be the user's own files, e.g. ground truth)."""
     from scipy import ndimage as ndi
     from tqdm.auto import tqdm
     files = list_inputs(inputs)
+    out = Path(output_dir)
+    plan = planned_outputs(files, _stack_depth)
+    existing = [out / name for _, _, names in plan for name in names if (out / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{len(existing)} output file(s) already exist in {out}, e.g. {existing[0].name}; "
+                              f"predict does not replace files it did not write: choose another --output or "
+                              f"pass --overwrite")
     apply_fn, config, variables = load_model(workdir, step, overrides)
     channels = int(_in_channels(variables))
     threshold = float(config.eval.get("threshold", 0.5))
-    out = Path(output_dir)
     written = []
-    for path in tqdm(files, desc="predict", unit="file"):
+    for path, stem, _ in tqdm(plan, desc="predict", unit="file"):
         image, is_stack = read_input(path, channels)
         stack = image if is_stack else image[None]
         probs = np.stack([predict_image(apply_fn, config, s, variables, tta=tta)[..., 1] for s in stack])
@@ -86,7 +137,6 @@ def predict_paths(workdir, inputs, output_dir, tta: bool = False, step: Optional
             log.warning("%s: no foreground predicted (no pixel with probability above %g, maximum %.3f); if the "
                         "image does hold objects, the model did not learn them or the image differs from the "
                         "training images (brightness, scale, modality)", path, threshold, float(probs.max()))
-        stem = path.stem
         written.append(write_tiff(out / f"{stem}_prob.tif", probs if is_stack else probs[0]))
         written.append(write_tiff(out / f"{stem}_labels.tif", labels if is_stack else labels[0]))
         for z, (img, p) in enumerate(zip(stack, probs)):

@@ -249,3 +249,18 @@ def test_predict_never_replaces_files_it_did_not_write(trained, tmp_path):
                 "--overwrite")
     assert r.returncode == 0 and "wrote 6 files" in r.stdout
     assert not list(folder.glob("*_prob_prob.tif")) and len(list(folder.iterdir())) == 8
+
+
+def test_predict_goes_on_past_an_unreadable_file(trained, tmp_path):
+    workdir, _ = trained
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    for name in ("a", "c"):
+        iio.imwrite(folder / f"{name}.png", rng.integers(0, 255, (36, 40), dtype=np.uint8))
+    (folder / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = tmp_path / "out"
+    r = run_cli("predict", "--workdir", str(workdir), "--input", str(folder), "--output", str(out))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "1 of 3 input file(s) could not be read" in r.stderr and "b.png" in r.stderr
+    assert (out / "a_prob.tif").exists() and (out / "c_prob.tif").exists()       # the later file too

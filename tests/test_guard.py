@@ -77,3 +77,22 @@ def test_training_recovers_from_an_injected_spike(tmp_path, data_dir, monkeypatc
     assert rows[-1]["loss"] < 2 * before and np.isfinite(rows[-1]["loss"])
     lr = [r["learning_rate"] for r in rows]
     assert lr[-1] == pytest.approx(0.5 * config.optimizer.learning_rate)
+
+
+def test_second_train_process_on_a_workdir_is_refused(tmp_path, data_dir):  # noqa: F811
+    """A workdir in use (its lock held, as by another train process) is refused with one clear error; the lock is
+    released when a run ends, also by an error."""
+    from unet_jax import checkpoint as ck
+    config = tiny_config(data_dir)
+    config.train.num_steps = 2
+    (tmp_path / "w").mkdir()
+    held = ck.lock_workdir(tmp_path / "w")
+    with pytest.raises(ValueError, match=r"in use by another train process \(pid \d+\)"):
+        train.train_and_evaluate(config, tmp_path / "w")
+    held.close()
+    assert train.train_and_evaluate(config, tmp_path / "w")["step"] == 2
+    config.model.features = 8                                    # refused after the lock was taken
+    with pytest.raises(ValueError, match="different model"):
+        train.train_and_evaluate(config, tmp_path / "w")
+    config.model.features, config.train.num_steps = 4, 3
+    assert train.train_and_evaluate(config, tmp_path / "w")["step"] == 3

@@ -17,6 +17,7 @@ the ``keep`` most recent steps plus the best one by a validation metric; evaluat
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -34,6 +35,7 @@ import orbax.checkpoint as ocp
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_SUBDIR = "checkpoints"
+LOCK_FILE = ".train.lock"
 CONFIG_FILE = "config.json"
 VARIABLES = "variables"
 TRAIN = "train"
@@ -76,6 +78,33 @@ def save_config(config: ml_collections.ConfigDict, workdir) -> Path:
     return path
 
 
+def lock_workdir(workdir):
+    """Take an exclusive lock on ``workdir`` for one training process (host-side); returns the open lock file,
+    which holds the lock until closed or the process ends.
+
+    Raises
+    ------
+    ValueError
+        If another process holds it, naming that process.
+    """
+    import fcntl
+    path = Path(workdir) / LOCK_FILE
+    f = open(path, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise ValueError(f"workdir {str(workdir)!r} is in use by another train process (pid {holder}); wait for "
+                         f"it to finish or use another --workdir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
 def load_config(workdir) -> ml_collections.ConfigDict:
     """Read ``workdir/config.json`` back into a ConfigDict (host-side).
 
@@ -107,6 +136,34 @@ def _metric_fn(best_metric: str, best_mode: str):
         return v if math.isfinite(v) else worst
 
     return fn
+
+
+class _ReadOnlyNotes(logging.Filter):
+    """Drops orbax's notes that a read-only manager is read-only (every evaluate/predict would print two)."""
+
+    def filter(self, record):
+        text = record.getMessage()
+        return not ("read_only=True" in text or "is read only" in text or "read only=" in text)
+
+
+@contextlib.contextmanager
+def _quiet_read_only_warnings(read_only: bool):
+    if not read_only:
+        yield
+        return
+    quiet = _ReadOnlyNotes()
+    loggers = [logging.getLogger("absl"), logging.getLogger()]
+    for lg in loggers:
+        lg.addFilter(quiet)
+        for handler in lg.handlers:
+            handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(quiet)
+            for handler in lg.handlers:
+                handler.removeFilter(quiet)
 
 
 class Checkpoints:
@@ -155,9 +212,10 @@ class Checkpoints:
                     keep_checkpoints_without_metrics=False))
             kwargs["preservation_policy"] = ocp.checkpoint_managers.AnyPreservationPolicy(policies)
             kwargs["cleanup_tmp_directories"] = True
-        options = ocp.CheckpointManagerOptions(read_only=read_only, enable_async_checkpointing=async_save,
-                                               create=not read_only, **kwargs)
-        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=(VARIABLES, TRAIN))
+        with _quiet_read_only_warnings(read_only):
+            options = ocp.CheckpointManagerOptions(read_only=read_only, enable_async_checkpointing=async_save,
+                                                   create=not read_only, **kwargs)
+            self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=(VARIABLES, TRAIN))
 
     # -- queries ---------------------------------------------------------------------------------------------
     def all_steps(self):

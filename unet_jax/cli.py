@@ -298,7 +298,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("unet-jax: interrupted", file=sys.stderr)
         return 130
     except (UsageError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
-            KeyError) as e:
+            KeyError, FloatingPointError) as e:   # FloatingPointError: a diverged run (train.NonFiniteLossError)
         if debug:
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)

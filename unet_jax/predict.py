@@ -103,7 +103,10 @@ def _stack_depth(path: Path) -> int:
         except Exception:  # noqa: BLE001 - an unreadable file fails later, with its own message
             return 0
     else:
-        shape = np.shape(read_image(path))
+        try:
+            shape = np.shape(read_image(path))
+        except (ValueError, OSError):  # reported with the other unreadable files after the readable ones
+            return 0
     is_stack = len(shape) == 4 or (len(shape) == 3 and shape[-1] > 4)
     return int(shape[0]) if is_stack else 0
 
@@ -127,9 +130,13 @@ def predict_paths(workdir, inputs, output_dir, tta: bool = False, step: Optional
     apply_fn, config, variables = load_model(workdir, step, overrides)
     channels = int(_in_channels(variables))
     threshold = float(config.eval.get("threshold", 0.5))
-    written = []
+    written, failed = [], []
     for path, stem, _ in tqdm(plan, desc="predict", unit="file"):
-        image, is_stack = read_input(path, channels)
+        try:
+            image, is_stack = read_input(path, channels)
+        except (ValueError, OSError) as e:   # one unreadable file does not stop the others
+            failed.append(f"{path.name}: {str(e).splitlines()[0]}")
+            continue
         stack = image if is_stack else image[None]
         probs = np.stack([predict_image(apply_fn, config, s, variables, tta=tta)[..., 1] for s in stack])
         labels = np.stack([ndi.label(p > threshold)[0].astype(np.int32) for p in probs])
@@ -142,6 +149,10 @@ def predict_paths(workdir, inputs, output_dir, tta: bool = False, step: Optional
         for z, (img, p) in enumerate(zip(stack, probs)):
             name = f"{stem}_z{z:03d}_overlay.png" if is_stack else f"{stem}_overlay.png"
             written.append(write_png(out / name, overlay(img, p, threshold)))
+    if failed:
+        raise ValueError(f"{len(failed)} of {len(plan)} input file(s) could not be read (the other "
+                         f"{len(plan) - len(failed)} were predicted, {len(written)} files written to {out}):\n  "
+                         + "\n  ".join(failed))
     return written
 
 

@@ -704,7 +704,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
     files in ``workdir/tensorboard/``, ``workdir/training_curves.png`` and ``workdir/checkpoints/<step>/``.
 
     Every ``train.log_every`` steps (and before every checkpoint) the metrics of the steps since the last check are
-    fetched: a NaN or Inf loss or gradient norm raises ``NonFiniteLossError`` naming the first bad step. A
+    fetched: a NaN or Inf loss, gradient norm or parameter, or a loss spike (``unet_jax.guard``), sends the run back
+    to its last healthy state with half the learning rate; after ``train.max_rollbacks`` of them it raises
+    ``NonFiniteLossError`` (or ``DivergenceError`` for spikes) naming the step. A
     checkpoint is saved every ``train.checkpoint_every`` steps, at every validation (every ``train.eval_every``
     steps) and at the end; the latest ``train.keep_checkpoints`` and the best by validation
     ``train.best_metric`` are kept. Restarting the same command continues from the newest readable checkpoint
@@ -712,6 +714,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
     ``train.time_limit > 0`` (seconds since this call started) ends the run after the step where it passes, which is
     then validated and checkpointed like the last step (the returned 'step' tells which); the learning-rate
     schedule still counts ``train.num_steps``, and running again resumes towards them.
+
+    One process trains in a workdir at a time: a second gets a ValueError naming the first (an exclusive lock on
+    ``WORKDIR/.train.lock``, released however the run ends).
 
     Parameters
     ----------
@@ -729,6 +734,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
     logging window; absent when the run was already complete) and 'validation_<name>' for each validation metric
     of the final step.
     """
+    held: list = []
+    try:
+        return _train_and_evaluate(config, workdir, callbacks=callbacks, held=held)
+    finally:
+        for f in held:
+            f.close()
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
+                        callbacks: Sequence[Callable[[int, TrainState], None]] = (), held: list
+                        ) -> Dict[str, float]:
+    """The body of ``train_and_evaluate``; appends the workdir lock it takes to ``held``."""
     _check_config(config)
     t_start = time.monotonic()
     for cb in callbacks:
@@ -766,6 +783,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
 
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
+        held.append(ckpt_lib.lock_workdir(workdir))   # one train process per workdir; released by the caller
         _check_workdir_config(config, workdir)
     ckpts = ckpt_lib.Checkpoints(ckpt_lib.checkpoint_dir(workdir), keep=int(tcfg.keep_checkpoints),
                                  best_metric=tcfg.best_metric or None, best_mode=tcfg.best_mode)

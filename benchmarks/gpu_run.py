@@ -241,6 +241,16 @@ class Deadline:
 # (a) train step
 # ------------------------------------------------------------------------------------------------------------
 
+def _skipped_for_time(deadline, need, step, name, section, results_path) -> bool:
+    """Record and announce a case left out because about ``need`` seconds are not left; True if left out."""
+    if deadline.fits(need):
+        return False
+    print(f"{step}: skipping {name}: {deadline.left():.0f} s left, about {need:.0f} s needed", flush=True)
+    section["skipped"].append(name)
+    update_results(results_path, step, section)
+    return True
+
+
 def train_step_cases(dtypes, batches, torch_ok, compile_ok, plain):
     """The cases of step (a) in the order they are measured (most wanted first): (kind, dtype, batch), kind
     'eager' = unet-jax 'fast' and PyTorch eager interleaved, 'compile' = torch.compile, 'plain' = unet-jax 'plain'.
@@ -298,10 +308,7 @@ def cmd_train_step(a):
     for kind, dtype, batch in cases:
         name = f"{kind} {dtype} batch {batch}"
         need = max(took.get(kind, [a.min_case_s if kind != "compile" else 3 * a.min_case_s]))
-        if not deadline.fits(need):
-            print(f"train-step: skipping {name}: {deadline.left():.0f} s left, about {need:.0f} s needed", flush=True)
-            section["skipped"].append(name)
-            update_results(a.results, "train_step", section)
+        if _skipped_for_time(deadline, need, "train_step", name, section, a.results):
             continue
         print(f"train-step: {name}", flush=True)
         t0 = time.time()
@@ -388,10 +395,7 @@ def cmd_inference(a):
             passes = 8 if tta else 1
             # expected: a compilation as long as the longest so far, and repeats + 1 runs at the measured speed
             need = max(c for c, _ in took) + (a.repeats + 1) * max(r for _, r in took) * passes if took else 0.0
-            if not deadline.fits(need):
-                print(f"inference: skipping {name}: {deadline.left():.0f} s left", flush=True)
-                section["skipped"].append(name)
-                update_results(a.results, "inference", section)
+            if _skipped_for_time(deadline, need, "inference", name, section, a.results):
                 continue
             print(f"inference: {a.size}x{a.size}, {name}", flush=True)
             try:

@@ -176,7 +176,8 @@ def _print_train_summary(config, workdir, metrics):
     if metrics.get("rollbacks"):
         print(f"note: the loss diverged {metrics['rollbacks']} time(s); training went back and continued with a "
               f"lower learning rate (see {workdir}/guard.json)")
-    if "iou" in kept and "trivial_iou" in kept and kept["iou"] <= kept["trivial_iou"] + 0.01:
+    from unet_jax.train import TRIVIAL_MARGIN
+    if "iou" in kept and "trivial_iou" in kept and kept["iou"] <= kept["trivial_iou"] + TRIVIAL_MARGIN:
         print(f"WARNING: the kept model (validation IoU {kept['iou']:.3f}) does not beat a trivial all-background "
               f"or all-foreground prediction (IoU {kept['trivial_iou']:.3f}): it has learned nothing useful. Train "
               f"longer (--config.train.num_steps), check the masks, or start from experiments/folder.py.")

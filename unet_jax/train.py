@@ -909,6 +909,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
         bar.refresh()
         return back
 
+    trivial_steps: list = []   # validations that did not beat the trivial predictions
+
     def warn_if_trivial(step, metrics):
         trivial = metrics.get("trivial_iou")
         if trivial is None or metrics["iou"] > trivial + TRIVIAL_MARGIN:
@@ -919,9 +921,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
                        "(%.1f%% foreground in validation), or try --config.loss.dice_weight=1 and "
                        "--config.train.foreground_fraction=0.33 (experiments/folder.py)", step, metrics["iou"],
                        which, trivial, 100 * metrics.get("foreground_fraction", float("nan")))
-        nonlocal_warnings.append(step)
+        trivial_steps.append(step)
 
-    nonlocal_warnings: list = []
     step = start
     try:
         while step < num_steps:
@@ -950,7 +951,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
             except Exception as e:  # noqa: BLE001 - a plotting failure must not hide the run's outcome
                 logger.warning("could not plot training curves: %s", e)
     result = {"step": final_step, "best_step": best_step, "best_validation": dict(best_metrics),
-              "rollbacks": len(guard.events), "trivial_warnings": len(nonlocal_warnings)}
+              "rollbacks": len(guard.events), "trivial_warnings": len(trivial_steps)}
     result.update({f"train_{k}": v for k, v in last_train.items()})
     result.update({f"validation_{k}": v for k, v in last_eval.items()})
     return result

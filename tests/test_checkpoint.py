@@ -163,12 +163,79 @@ def test_restore_params_corrupt_best_falls_back(tmp_path):
     _assert_tree_equal(variables, saved[3])                       # then newest first
 
 
+def _flip_bytes(step_dir: Path, item=ck.VARIABLES):
+    """Change 8 bytes in the middle of an item's largest data file, keeping its size (a bit rot, a bad copy)."""
+    files = sorted((p for p in (step_dir / item).rglob("*") if p.is_file() and p.parent.name == "d"),
+                   key=lambda p: p.stat().st_size)
+    data = bytearray(files[-1].read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 8] = bytes(255 - b for b in data[mid:mid + 8])
+    files[-1].write_bytes(bytes(data))
+
+
+def _big(seed):
+    """Variables and train part whose kernel (36 KiB of random floats) dominates the data files."""
+    rng = np.random.default_rng(seed)
+    v = {"params": {"conv": {"kernel": rng.normal(size=(3, 3, 16, 64)).astype(np.float32),
+                             "bias": np.zeros(64, np.float32)}}}
+    t = {"step": np.asarray(seed, np.int32), "key": np.asarray(jax.random.PRNGKey(seed)),
+         "opt_state": {"mu": rng.normal(size=(3, 3, 16, 64)).astype(np.float32)}}
+    return v, t
+
+
+def test_changed_bytes_are_caught_by_the_checksum(tmp_path):
+    """Bytes changed on disk (same size) used to load silently as other weights: the SHA-256 saved with each
+    step catches it; the best step falls back to the next with a warning, an explicit step is a clear error."""
+    ck.save_config(ml_collections.ConfigDict({"train": {"best_metric": "iou", "best_mode": "max"}}), tmp_path)
+    with ck.Checkpoints(ck.checkpoint_dir(tmp_path), best_metric="iou", best_mode="max") as c:
+        for s, iou in ((1, 0.5), (2, 0.9), (3, 0.7)):
+            c.save(s, *_big(s), metrics={"iou": iou})
+    _flip_bytes(ck.checkpoint_dir(tmp_path) / "2")
+    with pytest.warns(RuntimeWarning, match="step 2 .*checksum"):
+        variables, _, step = ck.restore_params(tmp_path, with_step=True)
+    assert step == 3
+    _assert_tree_equal(variables, _big(3)[0])
+    with pytest.raises(ck.CheckpointRestoreError, match=r"step 2 .*checksum.*try another --step: .*\[1, 3\]"):
+        ck.restore_params(tmp_path, step=2)
+    _flip_bytes(ck.checkpoint_dir(tmp_path) / "3", ck.TRAIN)      # the optimizer state is checked when resuming
+    with ck.Checkpoints(ck.checkpoint_dir(tmp_path)) as c:
+        with pytest.warns(RuntimeWarning, match="step 3 .*train arrays"):
+            step, restored = c.restore_with_fallback([3, 1], *_big(0))
+    assert step == 1
+    _assert_tree_equal(restored[ck.TRAIN], _big(1)[1])
+
+
+def test_non_finite_parameters_and_missing_metadata_count_as_damaged(tmp_path):
+    v, t = _toy()
+    v["params"]["conv"]["bias"][0] = np.nan
+    with ck.Checkpoints(tmp_path / "c") as c:
+        c.save(1, v, t)
+        c.save(2, *_toy(2))
+    with ck.Checkpoints(tmp_path / "c") as c:
+        with pytest.raises(ck.CorruptCheckpointError, match=r"NaN or Inf parameters \(\['params'\]\['conv'\]"):
+            c.restore(1)
+    (tmp_path / "c" / "2" / ck.VARIABLES / "_METADATA").unlink()   # readable with a target, not without one:
+    with ck.Checkpoints(tmp_path / "c") as c:                      # damaged for train and evaluate alike
+        for target in (None, _toy(2)[0]):
+            with pytest.raises(ck.CorruptCheckpointError, match="variables/_METADATA is missing"):
+                c.restore(2, target, with_train=False)
+
+
 def test_restore_params_bad_workdir(tmp_path):
     with pytest.raises(ValueError, match="config.json"):
         ck.restore_params(tmp_path)
     ck.save_config(ml_collections.ConfigDict({"train": {"best_metric": "loss"}}), tmp_path)
     with pytest.raises(ValueError, match="checkpoints"):
         ck.restore_params(tmp_path)
+
+
+def test_broken_config_json_is_named(tmp_path):
+    (tmp_path / "config.json").write_text('{"model": ')
+    with pytest.raises(ValueError, match=r"config.json is not valid JSON"):
+        ck.load_config(tmp_path)
+    (tmp_path / "config.json").write_text('[1, 2]')
+    with pytest.raises(ValueError, match=r"config.json holds a list, not a config"):
+        ck.load_config(tmp_path)
 
 
 def test_config_round_trip(tmp_path):

@@ -3,6 +3,7 @@ CLI's error handling (one line on stderr, exit code 2, no traceback)."""
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -264,3 +265,84 @@ def test_predict_goes_on_past_an_unreadable_file(trained, tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "1 of 3 input file(s) could not be read" in r.stderr and "b.png" in r.stderr
     assert (out / "a_prob.tif").exists() and (out / "c_prob.tif").exists()       # the later file too
+
+
+BROKEN_CONFIGS = {
+    "syntax.py": ("def get_config(:\n", r"could not be run: line 1: SyntaxError"),
+    "imports.py": ("import not_a_module_anywhere\n", r"could not be run: line 1: ModuleNotFoundError"),
+    "raises.py": ("def get_config():\n    raise RuntimeError('boom')\n", r"get_config\(\) .* failed: line 2: "
+                                                                          r"RuntimeError: boom"),
+    "dict.py": ("def get_config():\n    return {'model': {}}\n", r"returned a dict; expected an ml_collections"),
+    "noget.py": ("X = 1\n", r"has no get_config\(\) function"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN_CONFIGS))
+def test_broken_config_files_are_one_line_errors(capsys, tmp_path, name):
+    text, match = BROKEN_CONFIGS[name]
+    (tmp_path / name).write_text(text)
+    code, err = _main(capsys, "train", "--config", str(tmp_path / name), "--workdir", str(tmp_path / "w"))
+    assert code == 2 and "Traceback" not in err and err.count("\n") == 1, err
+    assert re.search(match, err) and name in err
+    assert not (tmp_path / "w").exists()
+
+
+def test_paths_that_are_files_and_section_overrides(capsys, trained, tmp_path):
+    workdir, _ = trained
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    code, err = _main(capsys, "train", "--config.model=5", "--workdir", str(tmp_path / "w"))
+    assert code == 2 and "--config.model is a section" in err and "Traceback" not in err
+    code, err = _main(capsys, "train", "--workdir", str(afile))
+    assert code == 2 and "is a file" in err and str(afile) in err
+    code, err = _main(capsys, "evaluate", "--workdir", str(afile))
+    assert code == 2 and "is a file" in err and "does not exist" not in err
+    code, err = _main(capsys, "evaluate", "--workdir", str(workdir), "--output", str(afile))
+    assert code == 2 and "--output" in err and "is a file" in err
+    image = tmp_path / "in.png"
+    iio.imwrite(image, np.zeros((40, 40), np.uint8))
+    code, err = _main(capsys, "predict", "--workdir", str(workdir), "--input", str(image),
+                      "--output", str(afile / "sub"))
+    assert code == 2 and "--output" in err and "is a file" in err
+    assert afile.read_text() == "x"
+
+
+def test_full_disk_is_one_line_and_internal_bugs_keep_their_traceback(capsys, trained, tmp_path, monkeypatch):
+    import errno
+
+    from unet_jax import predict
+    workdir, _ = trained
+    image = tmp_path / "in.png"
+    iio.imwrite(image, np.zeros((40, 40), np.uint8))
+
+    def full(path, array):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(predict, "write_tiff", full)
+    code, err = _main(capsys, "predict", "--workdir", str(workdir), "--input", str(image),
+                      "--output", str(tmp_path / "o"))
+    assert code == 2 and "no space left" in err and "in_prob.tif" in err and "Traceback" not in err
+
+    def bug(*a, **k):
+        raise TypeError("an internal bug")
+
+    monkeypatch.setattr(predict, "write_tiff", bug)
+    with pytest.raises(TypeError, match="an internal bug"):   # not a usage error: not hidden as one
+        cli.main(["predict", "--workdir", str(workdir), "--input", str(image), "--output", str(tmp_path / "o2")])
+
+
+def test_damaged_checkpoints_are_one_line_with_a_hint(trained, tmp_path):
+    import shutil
+    workdir, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    for data in (copy / "checkpoints").glob("*/variables/ocdbt.process_0/d/*"):
+        data.write_bytes(b"\x7f" * data.stat().st_size)
+    r = run_cli("evaluate", "--workdir", str(copy), "--no-images")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1].startswith("unet-jax: error: no checkpoint in") and "train again" in lines[-1]
+    assert "Traceback" not in r.stderr and "Event loop is closed" not in r.stderr
+    assert all(line.startswith("unet-jax: ") for line in lines), lines    # warnings one line each too
+    r = run_cli("evaluate", "--workdir", str(copy), "--no-images", "--step", "12")
+    assert r.returncode == 2 and "try another --step" in r.stderr and "Traceback" not in r.stderr

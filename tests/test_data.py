@@ -184,6 +184,44 @@ def test_failure_inside_generation_leaves_nothing_behind(tmp_path, monkeypatch):
     assert len(load_split(cfg, WEIGHTS, "train")) == 5
 
 
+def test_interrupted_preparation_is_cleaned_and_failed_one_leaves_no_empty_folder(tmp_path):
+    """A build killed before TFDS could clean up leaves an incomplete.* folder: the next build removes it. A
+    build that fails on bad input leaves no empty config folder behind (issue 15, defect 10)."""
+    root = tmp_path / "isbi"
+    _write_isbi(root)
+    cfg = _isbi_cfg(root, tmp_path / "tfds", validation_slices=1)
+    builder, _ = make_builder(cfg, WEIGHTS)
+    config_dir = Path(builder.data_dir).parent
+    stale = config_dir / f"incomplete.ABC123_{Path(builder.data_dir).name}"
+    (stale / "sub").mkdir(parents=True)
+    (stale / "sub" / "isbi2012-train.array_record-00000-of-00001").write_bytes(b"x" * 1000)
+    assert len(load_split(cfg, WEIGHTS, "train")) == 5
+    assert not stale.exists()
+    _no_partial_data(tmp_path / "tfds")
+
+    (root / "train-labels.tif").write_bytes(b"not a tiff")          # new fingerprint: a new config folder
+    cfg2 = _isbi_cfg(root, tmp_path / "tfds", validation_slices=1)
+    builder2, _ = make_builder(cfg2, WEIGHTS)
+    with pytest.raises(ValueError, match="train-labels.tif"):
+        load_split(cfg2, WEIGHTS, "train")
+    assert not Path(builder2.data_dir).parent.exists()
+
+
+def test_huge_or_non_finite_float_images_are_refused_naming_the_file(tmp_path):
+    from unet_jax.data.io import to_float_image
+    huge = np.full((8, 8), 1e308)
+    huge[0, 0] = -1e308
+    with pytest.raises(ValueError, match=r"img\.tif has values up to 1e\+308.*rescale"):
+        to_float_image(huge, tmp_path / "img.tif")
+    nan = np.zeros((8, 8), np.float32)
+    nan[1, 1] = np.nan
+    with pytest.raises(ValueError, match=r"img\.tif contains NaN"):
+        to_float_image(nan, tmp_path / "img.tif")
+    big = np.linspace(-1e6, 1e6, 64).reshape(8, 8)                    # large but fine: normalised
+    out = to_float_image(big, tmp_path / "img.tif")
+    assert np.isfinite(out).all() and out.min() == 0.0 and out.max() == 1.0
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # ctc
 # ----------------------------------------------------------------------------------------------------------------

@@ -95,4 +95,18 @@ def test_second_train_process_on_a_workdir_is_refused(tmp_path, data_dir):  # no
     with pytest.raises(ValueError, match="different model"):
         train.train_and_evaluate(config, tmp_path / "w")
     config.model.features, config.train.num_steps = 4, 3
+    with pytest.raises(ValueError, match=r"another config \(train.num_steps: 2 -> 3\).*allow_config_change"):
+        train.train_and_evaluate(config, tmp_path / "w")              # also refused: any other change
+    config.train.allow_config_change = True
+    assert train.train_and_evaluate(config, tmp_path / "w")["step"] == 3
+    history = [json.loads(line) for line in (tmp_path / "w" / train.CONFIG_HISTORY_FILE).read_text().splitlines()]
+    assert [h["step"] for h in history] == [0, 2]                 # the refused run left no trace
+    assert history[1]["changes"] == [{"key": "train.num_steps", "old": 2, "new": 3}]
+    assert history[0]["config"]["train"]["num_steps"] == 2        # the earlier config is kept
+    config.train.num_steps = 2                                    # lowered below the step the workdir holds:
+    result = train.train_and_evaluate(config, tmp_path / "w")   # the true step, validated
+    assert result["step"] == 3 and "validation_iou" in result
+    config.train.time_limit = 100.0                               # run-control settings may change freely
+    config.train.allow_config_change = False
+    config.train.num_steps = 2
     assert train.train_and_evaluate(config, tmp_path / "w")["step"] == 3

@@ -9,15 +9,18 @@ Layout of a workdir written by ``unet_jax.train.train_and_evaluate``::
         variables/                      {'params': ..., 'batch_stats': ... (norm='batch' only)}
         train/                          {'step', 'key', 'opt_state'}: what resuming needs beyond the variables
         metrics/                        the validation metrics of that step (when it was evaluated)
+        digest/                         SHA-256 of each item's arrays, checked on restore (``array_digest``)
 
 Orbax writes each step into a temporary directory and renames it when complete, so a run killed during a save
 leaves no half-written step behind (the temporary directory is removed by the next run). ``Checkpoints`` keeps
 the ``keep`` most recent steps plus the best one by a validation metric; evaluation code only needs
-``restore_params(workdir)``, which loads the variables without any optimizer state.
+``restore_params(workdir)``, which loads the variables without any optimizer state. A step whose arrays no longer
+match the digest written with them (bytes changed on disk) is treated like an unreadable one.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -39,6 +42,7 @@ LOCK_FILE = ".train.lock"
 CONFIG_FILE = "config.json"
 VARIABLES = "variables"
 TRAIN = "train"
+DIGEST = "digest"
 _METRICS = "metrics"   # orbax's own item name for the metrics passed to save()
 BEST_MODES = ("min", "max")
 
@@ -48,6 +52,32 @@ __all__ = ["Checkpoints", "CheckpointRestoreError", "restore_params", "save_conf
 
 class CheckpointRestoreError(RuntimeError):
     """No checkpoint of a directory could be restored (none there, or every one failed to load)."""
+
+
+class CorruptCheckpointError(ValueError):
+    """A saved step's arrays do not match the digest saved with them, or hold NaN/Inf parameters."""
+
+
+def _key_name(key) -> str:
+    for attr in ("key", "name", "idx"):   # DictKey, GetAttrKey (named tuples), SequenceKey / FlattenedIndexKey
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def array_digest(tree) -> str:
+    """SHA-256 over the arrays of a pytree, each with its path, dtype and shape, in path order. Host-side.
+
+    The path uses the key names only, so a tree restored as nested dicts (no target) digests like the named
+    tuples and lists it was saved from."""
+    h = hashlib.sha256()
+    leaves = [("/".join(_key_name(k) for k in path), leaf)
+              for path, leaf in jax.tree_util.tree_leaves_with_path(tree)]
+    for name, leaf in sorted(leaves, key=lambda item: item[0]):
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{name}:{a.dtype.str}{a.shape};".encode())
+        h.update(a.reshape(-1).view(np.uint8))
+    return h.hexdigest()
 
 
 def checkpoint_dir(workdir) -> Path:
@@ -111,13 +141,21 @@ def load_config(workdir) -> ml_collections.ConfigDict:
     Raises
     ------
     ValueError
-        If ``workdir`` has no ``config.json``.
+        If ``workdir`` has no ``config.json``, or it is not a JSON object (the message names the file).
     """
     path = Path(workdir) / CONFIG_FILE
     if not path.is_file():
         raise ValueError(f"workdir {str(workdir)!r} has no {CONFIG_FILE}; expected a directory written by "
                          f"unet_jax.train.train_and_evaluate")
-    return ml_collections.ConfigDict(json.loads(path.read_text(encoding="utf-8")))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); it is the run's config, written by unet-jax train: "
+                         f"restore it from a copy, or train again in a new workdir") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a {type(data).__name__}, not a config; restore it from a copy, or train "
+                         f"again in a new workdir")
+    return ml_collections.ConfigDict(data)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -215,7 +253,8 @@ class Checkpoints:
         with _quiet_read_only_warnings(read_only):
             options = ocp.CheckpointManagerOptions(read_only=read_only, enable_async_checkpointing=async_save,
                                                    create=not read_only, **kwargs)
-            self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=(VARIABLES, TRAIN))
+            self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                                  item_names=(VARIABLES, TRAIN, DIGEST))
 
     # -- queries ---------------------------------------------------------------------------------------------
     def all_steps(self):
@@ -254,22 +293,43 @@ class Checkpoints:
             raise ValueError(f"step must be a non-negative integer, got {step!r}")
         if metrics is not None:
             metrics = {str(k): float(v) for k, v in metrics.items()}
+        variables, train = to_host(variables), to_host(train)
+        digest = {VARIABLES: array_digest(variables), TRAIN: array_digest(train)}
         self._manager.save(int(step), args=ocp.args.Composite(**{
-            VARIABLES: ocp.args.StandardSave(to_host(variables)),
-            TRAIN: ocp.args.StandardSave(to_host(train))}), metrics=metrics, force=True)
+            VARIABLES: ocp.args.StandardSave(variables), TRAIN: ocp.args.StandardSave(train),
+            DIGEST: ocp.args.JsonSave(digest)}), metrics=metrics, force=True)
 
     def restore(self, step: int, variables=None, train=None, *, with_train: bool = True) -> dict:
         """Restore ``step``; ``variables``/``train`` are target pytrees of numpy arrays giving structure, shapes
         and dtypes (None: as saved, nested dicts). ``with_train=False`` loads only the variables.
 
-        Returns ``{'variables': ..., 'train': ...}`` of numpy arrays. Raises whatever orbax raises on a missing or
-        corrupt step.
+        Returns ``{'variables': ..., 'train': ...}`` of numpy arrays. Raises ``CorruptCheckpointError`` when the
+        arrays read do not match the digest saved with them (steps saved before digests were written are checked
+        for NaN/Inf parameters only), and whatever orbax raises on a missing or unreadable step.
         """
         items = {VARIABLES: ocp.args.StandardRestore(None if variables is None else to_host(variables))}
         if with_train:
             items[TRAIN] = ocp.args.StandardRestore(None if train is None else to_host(train))
+        step_dir = self.directory / str(int(step))
+        for name in (VARIABLES, TRAIN) if with_train else (VARIABLES,):
+            if step_dir.is_dir() and not (step_dir / name / "_METADATA").is_file():
+                # Readable only with a target tree (train has one, evaluate/predict do not): damaged for all.
+                raise CorruptCheckpointError(f"step {step} is incomplete: {name}/_METADATA is missing")
+        has_digest = (step_dir / DIGEST).is_dir()
+        if has_digest:
+            items[DIGEST] = ocp.args.JsonRestore()
         restored = self._manager.restore(int(step), args=ocp.args.Composite(**items))
-        return {k: restored[k] for k in items}
+        out = {k: restored[k] for k in items if k != DIGEST}
+        expected = dict(restored[DIGEST]) if has_digest else {}
+        for name, tree in out.items():
+            if name in expected and array_digest(tree) != expected[name]:
+                raise CorruptCheckpointError(f"the {name} arrays of step {step} do not match the checksum saved "
+                                             f"with them (the files changed on disk)")
+        bad = [jax.tree_util.keystr(p) for p, a in jax.tree_util.tree_leaves_with_path(out[VARIABLES])
+               if np.issubdtype(np.asarray(a).dtype, np.floating) and not np.isfinite(a).all()]
+        if bad:
+            raise CorruptCheckpointError(f"step {step} holds NaN or Inf parameters ({', '.join(bad[:3])})")
+        return out
 
     def restore_with_fallback(self, steps, variables=None, train=None, *, with_train: bool = True
                               ) -> Tuple[Optional[int], Optional[dict]]:
@@ -290,10 +350,10 @@ class Checkpoints:
                 msg = (f"checkpoint step {step} in {self.directory} could not be restored "
                        f"({type(e).__name__}: {str(e)[:300]}); falling back to the previous checkpoint")
                 warnings.warn(msg, RuntimeWarning, stacklevel=2)
-                logger.warning(msg)
                 errors.append(f"step {step}: {type(e).__name__}: {str(e)[:200]}")
         if errors:
-            raise CheckpointRestoreError(f"no checkpoint in {self.directory} could be restored: " + "; ".join(errors))
+            raise CheckpointRestoreError(f"no checkpoint in {self.directory} could be restored (damaged or "
+                                         f"changed files; train again in a new workdir): " + "; ".join(errors))
         return None, None
 
     def restore_latest(self, variables=None, train=None, *, with_train: bool = True
@@ -387,7 +447,14 @@ def restore_params(workdir, step: Optional[int] = None, *, with_step: bool = Fal
         if step is not None:
             if step not in steps:
                 raise ValueError(f"step must be one of the saved steps {steps}, got {step!r}")
-            restored = ckpt.restore(step, with_train=False)
+            try:
+                restored = ckpt.restore(step, with_train=False)
+            except Exception as e:  # noqa: BLE001 - an unreadable step: say which, and what else there is
+                others = [s for s in steps if s != step]
+                raise CheckpointRestoreError(
+                    f"checkpoint step {step} in {directory} could not be read ({type(e).__name__}: "
+                    f"{str(e)[:200]})" + (f"; try another --step: saved steps are {others}" if others else "")
+                ) from e
         else:
             first = ckpt.best_step()
             order = [first] + [s for s in sorted(steps, reverse=True) if s != first]

@@ -4,15 +4,18 @@ Host-side. Each subcommand parses its arguments and calls one importable functio
 Configs are Python files with ``get_config()`` returning an ``ml_collections.ConfigDict`` (see experiments/);
 ``--config.SECTION.KEY=VALUE`` overrides one field (unknown keys are an error). Errors a user can fix (bad
 config key or value, invalid tile size, missing data, missing workdir, unreadable input) print one line on
-stderr and exit with code 2; ``--debug`` shows the traceback instead.
+stderr and exit with code 2; ``--debug`` shows the traceback instead. Anything else is a bug and keeps its
+traceback (exit code 1).
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import errno
 import importlib.util
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -34,21 +37,51 @@ def load_config_module(path):
     if not path.is_file():
         raise UsageError(f"config file {str(path)!r} not found (expected a Python file with get_config(), "
                          f"e.g. experiments/synthetic.py)")
+    if path.suffix != ".py":
+        raise UsageError(f"config file {str(path)!r} is not a Python file (expected a .py file with get_config(), "
+                         f"e.g. experiments/synthetic.py)")
     spec = importlib.util.spec_from_file_location(f"unet_jax_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(path.resolve().parent))
     try:
         spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 - the user's file: any failure to run it is a usage error
+        raise UsageError(f"config file {str(path)!r} could not be run: {_where(e, path)}{type(e).__name__}: "
+                         f"{getattr(e, 'msg', None) or e} (--debug shows the traceback)") from e
     finally:
         sys.path.pop(0)
-    if not hasattr(module, "get_config"):
+    if not callable(getattr(module, "get_config", None)):
         raise UsageError(f"config file {str(path)!r} has no get_config() function")
     return module
 
 
+def _where(error: BaseException, path: Path) -> str:
+    """'line N: ' of the config file where ``error`` happened (a SyntaxError's own line), or ''."""
+    line = getattr(error, "lineno", None) if isinstance(error, SyntaxError) else None
+    tb = error.__traceback__
+    while tb is not None:
+        if Path(tb.tb_frame.f_code.co_filename).resolve() == path.resolve():
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return f"line {line}: " if line else ""
+
+
 def load_config_file(path):
-    """Load ``get_config()`` from a Python config file (host-side). Raises UsageError if missing or broken."""
-    return load_config_module(path).get_config()
+    """Load ``get_config()`` from a Python config file (host-side). Raises UsageError if missing or broken,
+    if ``get_config()`` raises, or if it returns something other than a ``ml_collections.ConfigDict``."""
+    import ml_collections
+    path = Path(path)
+    try:
+        config = load_config_module(path).get_config()
+    except UsageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's get_config() failed
+        raise UsageError(f"get_config() in {str(path)!r} failed: {_where(e, path)}{type(e).__name__}: {e} "
+                         f"(--debug shows the traceback)") from e
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise UsageError(f"get_config() in {str(path)!r} returned a {type(config).__name__}; expected an "
+                         f"ml_collections.ConfigDict, e.g. start from unet_jax.config.base_config()")
+    return config
 
 
 def _parse_value(text: str, current):
@@ -98,12 +131,18 @@ def apply_overrides(config, overrides: Sequence[Tuple[str, str]]):
                 raise UsageError(f"unknown config key --config.{key}: {where} has no field {part!r}{hint}")
             if i == len(parts) - 1:
                 current = node[part]
+                if hasattr(current, "keys"):
+                    raise UsageError(f"--config.{key} is a section, not a field; set one of its fields, e.g. "
+                                     f"--config.{key}.{sorted(current.keys())[0]}=VALUE")
                 try:
                     value = _parse_value(text, current)
                 except UsageError as e:
                     raise UsageError(f"--config.{key}: {e}") from None
-                with node.unlocked() if hasattr(node, "unlocked") else _null():
-                    node[part] = value
+                try:
+                    with node.unlocked() if hasattr(node, "unlocked") else _null():
+                        node[part] = value
+                except TypeError as e:
+                    raise UsageError(f"--config.{key}: {e}") from None
             else:
                 node = node[part]
     return config
@@ -284,6 +323,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     debug = "--debug" in argv
+    if not debug:
+        _quiet_closed_loop_errors()
+        warnings.formatwarning = lambda message, category, *a, **k: f"unet-jax: warning: {message}\n"
     try:
         rest, overrides = split_overrides(argv)
         args = parser.parse_args(rest)
@@ -298,13 +340,49 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("unet-jax: interrupted", file=sys.stderr)
         return 130
-    except (UsageError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
-            KeyError, FloatingPointError) as e:   # FloatingPointError: a diverged run (train.NonFiniteLossError)
-        if debug:
+    except Exception as e:  # noqa: BLE001 - what a user can fix is one line; anything else keeps its traceback
+        if debug or not _is_user_error(e):
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            msg = f"no space left on the device while writing {e.filename or ''}: {msg}; free space or choose " \
+                  f"another output folder"
         print(f"unet-jax: error: {msg}", file=sys.stderr)
         return EXIT_USAGE
+
+
+# Errors a user can fix. FloatingPointError: a diverged run (train.NonFiniteLossError); OSError: a path that is
+# a file, unwritable, or a full disk.
+_USER_ERRORS = (ValueError, KeyError, FloatingPointError, OSError)
+
+
+def _is_user_error(e: BaseException) -> bool:
+    ckpt = sys.modules.get("unet_jax.checkpoint")   # imported by then if a checkpoint was read
+    return isinstance(e, _USER_ERRORS) or (ckpt is not None and isinstance(e, ckpt.CheckpointRestoreError))
+
+
+def _quiet_closed_loop_errors() -> None:
+    """After a failed checkpoint read, the checkpoint library's storage threads can still call back into its
+    closed asyncio loop, and each call prints 'RuntimeError: Event loop is closed' (through
+    ``sys.unraisablehook``) or asyncio's 'Task exception was never retrieved' around the one-line message; drop
+    exactly those, pass everything else on."""
+    default = sys.unraisablehook
+    if getattr(default, "unet_jax_quiet", False):
+        return
+
+    def hook(unraisable):
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        default(unraisable)
+
+    hook.unet_jax_quiet = True
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_drop_unretrieved)   # the same reads' results, once their loop is gone
+
+
+def _drop_unretrieved(record) -> bool:
+    return not record.getMessage().endswith("exception was never retrieved")
 
 
 if __name__ == "__main__":

@@ -73,12 +73,15 @@ def base_config() -> ml_collections.ConfigDict:
     # healthy state with half the learning rate before it stops (0 = stop at once).
     # time_limit > 0 (seconds since training started, data loading and compilation included) ends the run early:
     # the step where it passes is validated and checkpointed like a last step; the same command resumes it.
+    # Resuming a workdir with a config that differs in anything but run-control settings (train.RUN_CONTROL_KEYS:
+    # time_limit, log_every, the cluster fields, data.data_dir, eval.batch_size) is refused unless
+    # allow_config_change; each start is recorded in WORKDIR/config_history.jsonl.
     c.train = ml_collections.ConfigDict(dict(
         tile_size=572,               # input tile; the output (and the labels used) is output_size(tile_size)
         batch_size=1,                # global batch, split over all devices (of all processes)
         foreground_fraction=0.0,     # share of tiles centred on a foreground pixel (the rest uniform; paper 0)
         num_steps=10000, log_every=50, eval_every=1000, checkpoint_every=1000, keep_checkpoints=3,
-        best_metric="iou", best_mode="max", time_limit=0.0, max_rollbacks=3,
+        best_metric="iou", best_mode="max", time_limit=0.0, max_rollbacks=3, allow_config_change=False,
         distributed=False, coordinator_address="", num_processes=0, process_id=-1))
 
     # Overlap-tile inference for validation, evaluate and predict.

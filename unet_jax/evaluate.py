@@ -23,6 +23,8 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
+from unet_jax.data.io import check_directory, ensure_directory
+
 log = logging.getLogger(__name__)
 
 
@@ -87,6 +89,9 @@ def load_model(workdir, step: Optional[int] = None, overrides: Sequence[Tuple[st
     from unet_jax.checkpoint import restore_params
     from unet_jax.train import create_model
     workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise ValueError(f"workdir {str(workdir)!r} is a file; expected the directory that `unet-jax train "
+                         f"--workdir` wrote")
     if not workdir.is_dir():
         raise FileNotFoundError(f"workdir {str(workdir)!r} does not exist; train first with "
                                 f"`unet-jax train --workdir {workdir}`")
@@ -138,8 +143,8 @@ def evaluate(workdir, split: str = "validation", tta: bool = False, step: Option
     from unet_jax.metrics import isbi2012_stats, isbi2012_summary, threshold_metrics
     if split not in ("train", "validation", "test"):
         raise ValueError(f"split must be 'train', 'validation' or 'test', got {split!r}")
+    out = check_directory(output_dir or Path(workdir) / f"eval_{split}", "--output")
     apply_fn, config, variables, step = load_model(workdir, step, overrides, with_step=True)
-    out = Path(output_dir) if output_dir else Path(workdir) / f"eval_{split}"
     examples = load_split(config.data, config.weights, split)
     if not examples:
         raise ValueError(f"split {split!r} of data set {config.data.name!r} is empty")
@@ -163,7 +168,7 @@ def evaluate(workdir, split: str = "validation", tta: bool = False, step: Option
     keys = sorted({k for r in rows for k in r if k != "name"})
     mean = {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
     stack = isbi2012_summary(stats) if stats else {}
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_directory(out, "--output")
 
     def _csv(p):
         with open(p, "w", newline="") as f:

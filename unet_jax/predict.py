@@ -17,6 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from unet_jax.data.io import check_directory
 from unet_jax.evaluate import load_model, overlay, predict_image, write_png, write_tiff
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ def predict_paths(workdir, inputs, output_dir, tta: bool = False, step: Optional
     from scipy import ndimage as ndi
     from tqdm.auto import tqdm
     files = list_inputs(inputs)
-    out = Path(output_dir)
+    out = check_directory(output_dir, "--output")
     plan = planned_outputs(files, _stack_depth)
     existing = [out / name for _, _, names in plan for name in names if (out / name).exists()]
     if existing and not overwrite:

@@ -202,6 +202,8 @@ def _check_config(config) -> None:
     _int("train", "keep_checkpoints", t.keep_checkpoints, 1)
     _int("train", "max_rollbacks", t.max_rollbacks, 0)
     _float("train", "time_limit", t.get("time_limit", 0.0))
+    if not isinstance(t.get("allow_config_change", False), bool):
+        raise ValueError(f"config.train.allow_config_change must be true or false, got {t.allow_config_change!r}")
     _float("train", "foreground_fraction", t.foreground_fraction, 0.0, 1.0)
     _float("loss", "dice_weight", config.loss.dice_weight)
     if t.best_metric and t.best_metric not in BEST_METRICS:
@@ -669,15 +671,64 @@ def initialize_distributed(train_config) -> None:
                 jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
-def _check_workdir_config(config, workdir: Path) -> None:
-    """Refuse to resume a workdir whose checkpoints belong to a different model."""
-    path = workdir / ckpt_lib.CONFIG_FILE
-    if not path.exists() or not ckpt_lib.checkpoint_dir(workdir).is_dir():
-        return
+# Settings that say how a run is carried out, not what it computes: they may change between a run and its resume.
+RUN_CONTROL_KEYS = ("train.time_limit", "train.log_every", "train.allow_config_change", "train.distributed",
+                    "train.coordinator_address", "train.num_processes", "train.process_id", "data.data_dir",
+                    "eval.batch_size")
+CONFIG_HISTORY_FILE = "config_history.jsonl"
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_changes(old: dict, new: dict) -> list:
+    """``[(key, old value, new value)]`` for the fields of two config dicts that differ, run-control settings
+    (``RUN_CONTROL_KEYS``) and fields the old config does not have (written by an older version) left out."""
+    a, b = _flatten(old), _flatten(new)
+    return [(k, a[k], b.get(k)) for k in sorted(a) if k not in RUN_CONTROL_KEYS and a[k] != b.get(k)
+            and not (isinstance(a[k], (list, tuple)) and list(a[k]) == list(b.get(k) or []))]
+
+
+def _has_checkpoints(workdir: Path) -> bool:
+    directory = ckpt_lib.checkpoint_dir(workdir)
+    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
+def _check_workdir_config(config, workdir: Path) -> list:
+    """Refuse to resume a workdir whose checkpoints were trained with another config (always for another model;
+    for other fields unless ``train.allow_config_change``); returns the changes that were allowed."""
+    if not (workdir / ckpt_lib.CONFIG_FILE).exists() or not _has_checkpoints(workdir):
+        return []
     old = ckpt_lib.load_config(workdir)
     if old.get("model") is not None and old.model.to_dict() != config.model.to_dict():
         raise ValueError(f"workdir {str(workdir)!r} holds checkpoints of a different model (config.json model "
                          f"{old.model.to_dict()} vs {config.model.to_dict()}); use a new workdir")
+    changes = config_changes(old.to_dict(), config.to_dict())
+    if changes and not config.train.get("allow_config_change", False):
+        listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes[:5])
+        more = f" and {len(changes) - 5} more" if len(changes) > 5 else ""
+        raise ValueError(f"workdir {str(workdir)!r} holds a run trained with another config ({listed}{more}); "
+                         f"use a new --workdir, or continue this run with the new settings by adding "
+                         f"--config.train.allow_config_change=true (the earlier config is kept in "
+                         f"{CONFIG_HISTORY_FILE})")
+    return changes
+
+
+def _record_config(config, workdir: Path, step: int, changes: list) -> None:
+    """Write ``config.json`` and append the config this run starts (or resumes at ``step``) with to the
+    workdir's ``config_history.jsonl``, with the changes from the previous one."""
+    row = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "step": int(step),
+           "changes": [{"key": k, "old": a, "new": b} for k, a, b in changes], "config": config.to_dict()}
+    with open(workdir / CONFIG_HISTORY_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row, sort_keys=True, default=str) + "\n")
+    ckpt_lib.save_config(config, workdir)
 
 
 def _load_validation(config) -> list:
@@ -755,9 +806,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
         initialize_distributed(config.train)
     from unet_jax.data import load_split, sampler
 
-    workdir = Path(workdir).resolve()
+    from unet_jax.data.io import check_directory
+    workdir = check_directory(workdir, "workdir").resolve()
     is_main = jax.process_index() == 0
     tcfg = config.train
+    _check_workdir_config(config, workdir)   # before the data are prepared: a refused resume costs nothing
     num_devices = jax.device_count()
     if tcfg.batch_size % num_devices:
         raise ValueError(f"config.train.batch_size must be a multiple of the number of devices ({num_devices}), "
@@ -781,10 +834,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
     schedule = create_learning_rate_schedule(config.optimizer, tcfg.num_steps)
     state = jax.device_get(create_train_state(jax.random.PRNGKey(config.seed), config, model, channels, optimizer))
 
+    changes: list = []
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
         held.append(ckpt_lib.lock_workdir(workdir))   # one train process per workdir; released by the caller
-        _check_workdir_config(config, workdir)
+        changes = _check_workdir_config(config, workdir)
     ckpts = ckpt_lib.Checkpoints(ckpt_lib.checkpoint_dir(workdir), keep=int(tcfg.keep_checkpoints),
                                  best_metric=tcfg.best_metric or None, best_mode=tcfg.best_mode)
     step0, restored = ckpts.restore_latest(state.variables(), _train_part(state))
@@ -798,7 +852,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
         logger.info("resuming from checkpoint step %d in %s", step0, ckpts.directory)
     start = int(state.step)
     if is_main:
-        ckpt_lib.save_config(config, workdir)
+        _record_config(config, workdir, start, changes if restored is not None else [])
+        if changes and restored is not None:
+            logger.warning("continuing step %d with a changed config (train.allow_config_change): %s", start,
+                           "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes))
     writer = MetricWriter(workdir, enabled=is_main)
     writer.truncate_after(start)
 
@@ -814,7 +871,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
     del state, dataset
 
     num_steps = int(tcfg.num_steps)
-    final_step = num_steps
+    final_step = max(num_steps, start)   # a run resumed past a lowered num_steps reports the step it holds
+    if start > num_steps:
+        logger.warning("the workdir's checkpoint is at step %d, past train.num_steps=%d: nothing to train; "
+                       "validating step %d", start, num_steps, start)
     time_limit = float(tcfg.get("time_limit", 0.0) or 0.0)
     deadline = t_start + time_limit if time_limit > 0 else None
     accum = int(config.optimizer.grad_accum_steps)

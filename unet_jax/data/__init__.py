@@ -128,15 +128,36 @@ def make_builder(data_config, weights_config=None):
 def prepare(builder, root=None):
     """``builder.download_and_prepare`` with ``root`` as the manual directory (no-op if already prepared).
 
-    Host-side. Writes into a temporary folder that TFDS renames when every split is written: a build that fails
-    (bad file, interrupted) leaves no partial data set behind, and the next call starts afresh.
+    Host-side. TFDS writes into an ``incomplete.*`` folder that it renames when every split is written, so a build
+    that fails leaves no partial data set behind. Builds of one data set config take turns (a lock file beside
+    its folder); whatever an interrupted build left (``incomplete.*`` folders, killed before TFDS could remove
+    them) is removed before the next one starts, and a failed first build leaves no empty folder behind.
     """
+    import fcntl
+    import shutil
+
     import tensorflow_datasets as tfds
 
     kwargs = {}
     if root is not None:
         kwargs["download_config"] = tfds.download.DownloadConfig(manual_dir=str(root))
-    builder.download_and_prepare(**kwargs)
+    version_dir = Path(builder.data_dir)
+    if version_dir.is_dir():
+        builder.download_and_prepare(**kwargs)   # prepared: a no-op
+        return builder
+    config_dir = version_dir.parent
+    config_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(config_dir.parent / f".{config_dir.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)          # another process preparing the same data: wait for it
+        for stale in sorted(config_dir.glob(f"{tfds.core.constants.INCOMPLETE_PREFIX}*")):
+            log.warning("removing %s, left by an interrupted data preparation", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            builder.download_and_prepare(**kwargs)
+        except BaseException:
+            if config_dir.is_dir() and not any(config_dir.iterdir()):
+                config_dir.rmdir()
+            raise
     return builder
 
 

@@ -9,7 +9,7 @@ Image intensities (``to_float_image``) become float32 in [0, 1]:
 * 8-bit (and bool) images: divided by 255 (1), keeping absolute intensities comparable between images;
 * 16-bit, other integer and float images not already in [0, 1]: normalised per image by percentiles,
   ``(x - p1) / (p99.8 - p1)`` clipped to [0, 1] (``PERCENTILES``); a constant image becomes all 0;
-* float images already in [0, 1]: kept.
+* float images already in [0, 1]: kept; NaN, infinite or huge (|x| > ``FLOAT_LIMIT``) values are refused.
 
 Masks (``mask_to_instances``) become int32 instance labels (0 = background, 1..K = objects).
 """
@@ -26,6 +26,7 @@ from unet_jax.weights import instances_from_mask
 log = logging.getLogger("unet_jax.data")
 
 PERCENTILES = (1.0, 99.8)
+FLOAT_LIMIT = 1e30   # larger float pixel values are refused: (x - lo) / (hi - lo) must stay finite in float32
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 MASK_TYPES = ("auto", "binary", "instance")
 PLATEAU_SHARE = 0.2    # soft mask edges: at most this share of the in-between pixels lie inside a plateau
@@ -125,6 +126,29 @@ def file_fingerprint(root, patterns=("**/*",)) -> list:
     return sorted(out)
 
 
+def check_directory(path, what: str) -> Path:
+    """``path`` as a Path, checked to be usable as a directory: it and its parents are directories or missing.
+
+    Raises
+    ------
+    ValueError
+        If ``path`` (or a parent) is an existing file, naming ``what`` it was meant to be (e.g. "--output").
+    """
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists() and not p.is_dir():
+            raise ValueError(f"{what} {str(path)!r} cannot be a directory: {str(p)!r} is a file; name a directory "
+                             f"(it is created if missing)")
+    return path
+
+
+def ensure_directory(path, what: str) -> Path:
+    """``check_directory``, then create ``path`` with its parents if missing. Host-side."""
+    path = check_directory(path, what)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Images
 # ----------------------------------------------------------------------------------------------------------------
@@ -205,8 +229,14 @@ def to_float_image(arr, path="<array>", greyscale_rgb: bool = True) -> np.ndarra
             and np.array_equal(arr[..., 0], arr[..., 2]):
         log.info("image %s: greyscale saved as RGB (all three channels equal); converted to one channel", path)
         arr = arr[..., :1]
-    if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
-        raise ValueError(f"image {path} contains NaN or infinite values; fix or remove them")
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"image {path} contains NaN or infinite values; fix or remove them")
+        peak = float(np.max(np.abs(arr)))
+        if peak > FLOAT_LIMIT:
+            raise ValueError(f"image {path} has values up to {peak:.3g}, beyond what float32 arithmetic can "
+                             f"normalise (|value| <= {FLOAT_LIMIT:.0e}); rescale the image (e.g. to 0-1 or "
+                             f"16-bit) and save it again")
     if arr.dtype == np.bool_:
         return arr.astype(np.float32)
     if arr.dtype == np.uint8:

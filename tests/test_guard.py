@@ -110,3 +110,8 @@ def test_second_train_process_on_a_workdir_is_refused(tmp_path, data_dir):  # no
     config.train.allow_config_change = False
     config.train.num_steps = 2
     assert train.train_and_evaluate(config, tmp_path / "w")["step"] == 3
+    config.train.allow_config_change, config.train.num_steps = True, 4   # allowed, but the optimizer's state
+    config.optimizer.update(name="sgd", momentum=0.9)                    # cannot carry over: one clear error
+    with pytest.warns(RuntimeWarning), pytest.raises(ValueError, match=r"optimizer.name: 'adam' -> 'sgd'.*"
+                                                                      r"cannot be resumed"):
+        train.train_and_evaluate(config, tmp_path / "w")

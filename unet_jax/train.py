@@ -841,7 +841,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
         changes = _check_workdir_config(config, workdir)
     ckpts = ckpt_lib.Checkpoints(ckpt_lib.checkpoint_dir(workdir), keep=int(tcfg.keep_checkpoints),
                                  best_metric=tcfg.best_metric or None, best_mode=tcfg.best_mode)
-    step0, restored = ckpts.restore_latest(state.variables(), _train_part(state))
+    try:
+        step0, restored = ckpts.restore_latest(state.variables(), _train_part(state))
+    except ckpt_lib.CheckpointRestoreError as e:
+        if not changes:
+            raise
+        ckpts.close()
+        raise ValueError(f"the checkpoints in {workdir} do not fit the changed config ("
+                         + "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes)
+                         + "): a change of the optimizer's state (another optimizer, clipping, weight decay or "
+                         "accumulation) cannot be resumed; use a new --workdir") from e
     if restored is not None:
         v, t = restored[ckpt_lib.VARIABLES], restored[ckpt_lib.TRAIN]
         state = state.replace(params=v["params"], batch_stats=v.get("batch_stats", {}), step=t["step"],

@@ -124,7 +124,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--tta", action="store_true")
     ap.add_argument("--score-only", action="store_true", help="score the workdir's kept checkpoint, no training")
     args = ap.parse_args(argv)
-    from unet_jax.cli import apply_overrides, load_config_module
+    from unet_jax.config import apply_overrides, load_config_module
     from unet_jax.train import train_and_evaluate
     train, test = build_task(args.task, Path(args.data) / args.task, Path(args.shared))
     config = load_config_module(args.config).get_config()

@@ -11,6 +11,7 @@ import pytest
 import tifffile
 
 from unet_jax import cli
+from unet_jax.config import resolve_config
 from unet_jax.model import output_size, valid_input_size
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,7 +130,7 @@ def test_standin_command_line_prints_runnable_commands(tmp_path, capsys):
         # The printed CPU-sized command is a valid config (tile sizes, keys, values).
         rest, overrides = cli.split_overrides(train[0].split()[2:])
         config_path = REPO / rest[rest.index("--config") + 1]
-        c = cli.resolve_config(str(config_path), overrides)
+        c = resolve_config(str(config_path), overrides)
         assert c.data.name == "ctc" and c.data.builder_config == CASES[short][1]
         assert output_size(c.train.tile_size, c.model.depth) >= 64      # a useful output tile, not a few pixels
     assert ctc_standin.main(["--out", str(tmp_path), "--frames", "2", "--size", "20"]) == 2   # exists already

@@ -25,7 +25,7 @@ import pytest
 from unet_jax import checkpoint as ck
 from unet_jax import logging_utils as lu
 from unet_jax import train
-from unet_jax.config import base_config
+from unet_jax.config import base_config, validate
 from unet_jax.model import output_size
 
 REPO = Path(__file__).resolve().parents[1]
@@ -192,8 +192,10 @@ def test_weight_decay_hits_kernels_not_biases(name):
     ("learning_rate", 0.0, "optimizer.learning_rate"), ("momentum", 1.5, "optimizer.momentum"),
     ("grad_accum_steps", 0, "optimizer.grad_accum_steps"), ("grad_clip_norm", -1.0, "optimizer.grad_clip_norm")])
 def test_bad_optimizer_config(field, value, match):
+    c = base_config()
+    c.optimizer.update({field: value})
     with pytest.raises(ValueError, match=match):
-        train.create_optimizer(_opt_config(**{field: value}), 10)
+        validate(c)
 
 
 def test_bad_train_config(tmp_path):
@@ -208,7 +210,7 @@ def test_bad_train_config(tmp_path):
     c = tiny_config(tmp_path)
     c.optimizer.update(schedule="warmup_cosine", warmup_steps=NUM_STEPS)
     with pytest.raises(ValueError, match="warmup_steps"):
-        train.make_train_step(c)
+        train.train_and_evaluate(c, tmp_path / "w")
 
 
 def test_create_model_dtype_and_norm():

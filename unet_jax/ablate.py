@@ -21,6 +21,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
+from unet_jax.config import UsageError, apply_overrides, load_config_module, validate
 from unet_jax.evaluate import atomic_write
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,6 @@ EVAL_METRICS = ("pixel_error", "rand_error", "warping_error", "vrand_thinned", "
 
 def load_sweep(path):
     """(base config, {variant: overrides}, seeds) from a sweep file. Host-side."""
-    from unet_jax.cli import UsageError, load_config_module
     module = load_config_module(path)
     config = module.get_config()
     if not hasattr(module, "get_sweep"):
@@ -46,14 +46,12 @@ def load_sweep(path):
 
 def variant_config(base, overrides: dict, seed: int, extra: Sequence[Tuple[str, str]] = ()):
     """A copy of ``base`` with one variant's overrides, the command line's ``extra`` overrides and the seed."""
-    from unet_jax.cli import apply_overrides
-    from unet_jax.config import validate_config
     config = base.copy_and_resolve_references()
     apply_overrides(config, list(extra))
     for key, value in overrides.items():
         apply_overrides(config, [(key, repr(value) if not isinstance(value, str) else value)])
     config.seed = int(seed)
-    validate_config(config)
+    validate(config)
     return config
 
 

@@ -35,6 +35,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from unet_jax.config import BEST_MODES
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -44,7 +46,6 @@ VARIABLES = "variables"
 TRAIN = "train"
 DIGEST = "digest"
 _METRICS = "metrics"   # orbax's own item name for the metrics passed to save()
-BEST_MODES = ("min", "max")
 
 __all__ = ["Checkpoints", "CheckpointRestoreError", "restore_params", "save_config", "load_config",
            "checkpoint_dir", "to_host"]

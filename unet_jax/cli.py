@@ -10,150 +10,15 @@ traceback (exit code 1).
 from __future__ import annotations
 
 import argparse
-import ast
 import errno
-import importlib.util
 import logging
 import sys
 import warnings
-from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
+from unet_jax.config import UsageError, resolve_config
+
 EXIT_USAGE = 2
-
-
-class UsageError(ValueError):
-    """An error in what the user asked for; printed as one line, exit code 2."""
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Configs
-# ------------------------------------------------------------------------------------------------------------
-
-def load_config_module(path):
-    """Execute a Python config file (with its own directory importable) and return it as a module, checked to
-    have ``get_config()`` (host-side). Raises UsageError if missing or broken."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"config file {str(path)!r} not found (expected a Python file with get_config(), "
-                         f"e.g. experiments/synthetic.py)")
-    if path.suffix != ".py":
-        raise UsageError(f"config file {str(path)!r} is not a Python file (expected a .py file with get_config(), "
-                         f"e.g. experiments/synthetic.py)")
-    spec = importlib.util.spec_from_file_location(f"unet_jax_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(path.resolve().parent))
-    try:
-        spec.loader.exec_module(module)
-    except Exception as e:  # noqa: BLE001 - the user's file: any failure to run it is a usage error
-        raise UsageError(f"config file {str(path)!r} could not be run: {_where(e, path)}{type(e).__name__}: "
-                         f"{getattr(e, 'msg', None) or e} (--debug shows the traceback)") from e
-    finally:
-        sys.path.pop(0)
-    if not callable(getattr(module, "get_config", None)):
-        raise UsageError(f"config file {str(path)!r} has no get_config() function")
-    return module
-
-
-def _where(error: BaseException, path: Path) -> str:
-    """'line N: ' of the config file where ``error`` happened (a SyntaxError's own line), or ''."""
-    line = getattr(error, "lineno", None) if isinstance(error, SyntaxError) else None
-    tb = error.__traceback__
-    while tb is not None:
-        if Path(tb.tb_frame.f_code.co_filename).resolve() == path.resolve():
-            line = tb.tb_lineno
-        tb = tb.tb_next
-    return f"line {line}: " if line else ""
-
-
-def load_config_file(path):
-    """Load ``get_config()`` from a Python config file (host-side). Raises UsageError if missing or broken,
-    if ``get_config()`` raises, or if it returns something other than a ``ml_collections.ConfigDict``."""
-    import ml_collections
-    path = Path(path)
-    try:
-        config = load_config_module(path).get_config()
-    except UsageError:
-        raise
-    except Exception as e:  # noqa: BLE001 - the user's get_config() failed
-        raise UsageError(f"get_config() in {str(path)!r} failed: {_where(e, path)}{type(e).__name__}: {e} "
-                         f"(--debug shows the traceback)") from e
-    if not isinstance(config, ml_collections.ConfigDict):
-        raise UsageError(f"get_config() in {str(path)!r} returned a {type(config).__name__}; expected an "
-                         f"ml_collections.ConfigDict, e.g. start from unet_jax.config.base_config()")
-    return config
-
-
-def _parse_value(text: str, current):
-    """Convert an override string to the type of the field it replaces."""
-    if isinstance(current, bool):
-        low = text.strip().lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise UsageError(f"expected true or false, got {text!r}")
-    if isinstance(current, int):
-        try:
-            return int(text)
-        except ValueError:
-            raise UsageError(f"expected an integer, got {text!r}") from None
-    if isinstance(current, float):
-        try:
-            return float(text)
-        except ValueError:
-            raise UsageError(f"expected a number, got {text!r}") from None
-    if isinstance(current, str):
-        return text
-    if text.strip().lower() in ("none", "null"):
-        return None
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
-def apply_overrides(config, overrides: Sequence[Tuple[str, str]]):
-    """Set ``config.a.b = value`` for each ("a.b", "value") pair, typed like the existing field.
-
-    Raises UsageError naming the key when it does not exist (the nearest existing keys are suggested).
-    """
-    for key, text in overrides:
-        parts = key.split(".")
-        node = config
-        for i, part in enumerate(parts):
-            keys = list(node.keys()) if hasattr(node, "keys") else []
-            if part not in keys:
-                import difflib
-                where = ".".join(parts[:i]) or "config"
-                close = difflib.get_close_matches(part, keys, n=3)
-                hint = f"; did you mean {', '.join(close)}?" if close else f"; known keys: {', '.join(sorted(keys))}"
-                raise UsageError(f"unknown config key --config.{key}: {where} has no field {part!r}{hint}")
-            if i == len(parts) - 1:
-                current = node[part]
-                if hasattr(current, "keys"):
-                    raise UsageError(f"--config.{key} is a section, not a field; set one of its fields, e.g. "
-                                     f"--config.{key}.{sorted(current.keys())[0]}=VALUE")
-                try:
-                    value = _parse_value(text, current)
-                except UsageError as e:
-                    raise UsageError(f"--config.{key}: {e}") from None
-                try:
-                    with node.unlocked() if hasattr(node, "unlocked") else _null():
-                        node[part] = value
-                except TypeError as e:
-                    raise UsageError(f"--config.{key}: {e}") from None
-            else:
-                node = node[part]
-    return config
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def split_overrides(argv: Sequence[str]) -> Tuple[List[str], List[Tuple[str, str]]]:
@@ -178,18 +43,6 @@ def split_overrides(argv: Sequence[str]) -> Tuple[List[str], List[Tuple[str, str
         i += 1
     return rest, overrides
 
-
-def resolve_config(config_path: Optional[str], overrides):
-    """The experiment config: the file given (or the built-in synthetic default) with overrides applied."""
-    if config_path:
-        config = load_config_file(config_path)
-    else:
-        from unet_jax.config import synthetic_config
-        config = synthetic_config()
-    config = apply_overrides(config, overrides)
-    from unet_jax.config import validate_config
-    validate_config(config)
-    return config
 
 
 # ------------------------------------------------------------------------------------------------------------

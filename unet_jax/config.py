@@ -6,12 +6,30 @@ built-in default (``unet-jax train`` with no --config), the same as experiments/
 """
 from __future__ import annotations
 
+import ast
+import contextlib
+import difflib
+import importlib.util
+import math
+import numbers
+import sys
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
 import ml_collections
+
+from unet_jax.augment import read_config as read_augment_config
+from unet_jax.data.io import MASK_TYPES
+from unet_jax.model import NORMS, PADDINGS, UPSAMPLES, output_size
+from unet_jax.weights import check_class_weights
 
 DATA_SETS = ("synthetic_cells", "isbi2012", "ctc", "folder")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("float32", "bfloat16")            # compute dtypes; parameters stay float32
+BEST_MODES = ("min", "max")
+ISBI_METRICS = ("pixel_error", "rand_error", "warping_error", "vrand_thinned", "vinfo_thinned")
+BEST_METRICS = ("iou", "loss", "pixel_mismatch") + ISBI_METRICS
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -128,34 +146,238 @@ def synthetic_config() -> ml_collections.ConfigDict:
     return c
 
 
-def validate_config(config) -> None:
-    """Check a config before any work starts; raises ValueError naming the field and what is expected."""
-    from unet_jax.model import NORMS, PADDINGS, UPSAMPLES, output_size
+def _one_of(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"config.{name} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
+    return value
 
-    def one_of(name, value, allowed):
-        if value not in allowed:
-            raise ValueError(f"config.{name} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
 
-    m = config.model
-    one_of("model.padding", m.padding, PADDINGS)
-    one_of("model.norm", m.norm or None, NORMS)
-    one_of("model.upsample", m.upsample, UPSAMPLES)
-    one_of("model.dtype", m.dtype, DTYPES)
-    one_of("data.name", config.data.name, DATA_SETS)
-    one_of("optimizer.name", config.optimizer.name, OPTIMIZERS)
-    one_of("optimizer.schedule", config.optimizer.schedule, SCHEDULES)
-    for name in ("model.features", "model.depth", "model.num_classes", "train.batch_size", "train.num_steps",
-                 "eval.batch_size"):
-        section, key = name.split(".")
-        value = config[section][key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"config.{name} must be a positive integer, got {value!r}")
-    for name in ("train.tile_size", "eval.tile_size"):
-        section, key = name.split(".")
+def _int(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"config.{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _float(name, value, minimum=0.0, maximum=math.inf, min_open=False, max_open=False):
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > minimum if min_open else value >= minimum)
+    ok = ok and (value < maximum if max_open else value <= maximum)
+    if not ok:
+        interval = f"{'(' if min_open else '['}{minimum}, {maximum}{')' if max_open else ']'}"
+        raise ValueError(f"config.{name} must be a number in {interval}, got {value!r}")
+    return float(value)
+
+
+def _bool(name, value):
+    if not isinstance(value, bool):
+        raise ValueError(f"config.{name} must be true or false, got {value!r}")
+    return value
+
+
+def validate(config) -> None:
+    """Check every section of an experiment config before any work starts (host-side).
+
+    Raises
+    ------
+    ValueError
+        Naming the first bad field (``config.SECTION.KEY``), what it holds and what is expected.
+    """
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ValueError(f"config must be an ml_collections.ConfigDict (experiments/*.py get_config()), got "
+                         f"{type(config).__name__}")
+    m, d, t, o, e = config.model, config.data, config.train, config.optimizer, config.eval
+    _one_of("model.padding", m.padding, PADDINGS)
+    _one_of("model.norm", m.norm or None, NORMS)
+    _one_of("model.upsample", m.upsample, UPSAMPLES)
+    _one_of("model.dtype", m.dtype, DTYPES)
+    for key in ("features", "depth", "num_classes"):
+        _int(f"model.{key}", m[key])
+    _float("model.dropout_rate", m.dropout_rate, 0.0, 1.0, max_open=True)
+
+    _one_of("data.name", d.name, DATA_SETS)
+    if d.name in ("isbi2012", "ctc", "folder") and not d.root:
+        raise ValueError(f"config.data.root must name the directory with the downloaded {d.name} files "
+                         f"(e.g. --config.data.root=/path/to/{d.name})")
+    _float("data.validation_fraction", d.validation_fraction, 0.0, 1.0, max_open=True)
+    _int("data.validation_slices", d.validation_slices, 0)
+    _one_of("data.mask_type", d.mask_type, MASK_TYPES)
+
+    _float("weights.w0", config.weights.w0)
+    _float("weights.sigma", config.weights.sigma, min_open=True)
+    try:
+        check_class_weights(config.weights.class_weights)
+    except ValueError as err:
+        raise ValueError(f"config.weights.{err}") from None
+    _float("loss.dice_weight", config.loss.dice_weight)
+    read_augment_config(config.augment)
+
+    _one_of("optimizer.name", o.name, OPTIMIZERS)
+    _one_of("optimizer.schedule", o.schedule, SCHEDULES)
+    _float("optimizer.learning_rate", o.learning_rate, min_open=True)
+    _float("optimizer.momentum", o.momentum, 0.0, 1.0)
+    _bool("optimizer.nesterov", o.nesterov)
+    _float("optimizer.weight_decay", o.weight_decay)
+    _float("optimizer.grad_clip_norm", o.grad_clip_norm)
+    accum = _int("optimizer.grad_accum_steps", o.grad_accum_steps)
+    warmup = _int("optimizer.warmup_steps", o.warmup_steps, 0)
+
+    num_steps = _int("train.num_steps", t.num_steps)
+    updates = num_steps // accum
+    if o.schedule != "constant" and updates < 1:
+        raise ValueError(f"config.optimizer.grad_accum_steps ({accum}) must be at most train.num_steps "
+                         f"({num_steps}) for schedule {o.schedule!r}")
+    if o.schedule == "warmup_cosine" and warmup >= updates:
+        raise ValueError(f"config.optimizer.warmup_steps must be smaller than the number of optimizer updates "
+                         f"(train.num_steps // grad_accum_steps = {updates}), got {warmup}")
+    for key, minimum in (("batch_size", 1), ("log_every", 1), ("eval_every", 0), ("checkpoint_every", 0),
+                         ("keep_checkpoints", 1), ("max_rollbacks", 0)):
+        _int(f"train.{key}", t[key], minimum)
+    _float("train.time_limit", t.time_limit)
+    _float("train.foreground_fraction", t.foreground_fraction, 0.0, 1.0)
+    _bool("train.allow_config_change", t.allow_config_change)
+    if t.best_metric:
+        _one_of("train.best_metric", t.best_metric, BEST_METRICS)
+    _one_of("train.best_mode", t.best_mode, BEST_MODES)
+    _int("eval.batch_size", e.batch_size)
+    _float("eval.threshold", e.threshold, 0.0, 1.0, min_open=True, max_open=True)
+    _bool("eval.tta", e.tta)
+    for section, size in (("train", t.tile_size), ("eval", e.tile_size)):
         try:
-            output_size(config[section][key], m.depth, m.padding)
-        except ValueError as e:
-            raise ValueError(f"config.{name}: {e}") from None
-    if config.data.name in ("isbi2012", "ctc", "folder") and not config.data.root:
-        raise ValueError(f"config.data.root must name the directory with the downloaded {config.data.name} files "
-                         f"(e.g. --config.data.root=/path/to/{config.data.name})")
+            output_size(size, m.depth, m.padding)
+        except ValueError as err:
+            raise ValueError(f"config.{section}.tile_size: {err}") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Config files and overrides
+# ----------------------------------------------------------------------------------------------------------------
+
+class UsageError(ValueError):
+    """An error in what the user asked for; printed as one line, exit code 2."""
+
+
+def load_config_module(path):
+    """Execute a Python config file (with its own directory importable) and return it as a module, checked to
+    have ``get_config()`` (host-side). Raises UsageError if missing or broken."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config file {str(path)!r} not found (expected a Python file with get_config(), "
+                         f"e.g. experiments/synthetic.py)")
+    if path.suffix != ".py":
+        raise UsageError(f"config file {str(path)!r} is not a Python file (expected a .py file with get_config(), "
+                         f"e.g. experiments/synthetic.py)")
+    spec = importlib.util.spec_from_file_location(f"unet_jax_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.resolve().parent))
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 - the user's file: any failure to run it is a usage error
+        raise UsageError(f"config file {str(path)!r} could not be run: {_where(e, path)}{type(e).__name__}: "
+                         f"{getattr(e, 'msg', None) or e} (--debug shows the traceback)") from e
+    finally:
+        sys.path.pop(0)
+    if not callable(getattr(module, "get_config", None)):
+        raise UsageError(f"config file {str(path)!r} has no get_config() function")
+    return module
+
+
+def _where(error: BaseException, path: Path) -> str:
+    """'line N: ' of the config file where ``error`` happened (a SyntaxError's own line), or ''."""
+    line = getattr(error, "lineno", None) if isinstance(error, SyntaxError) else None
+    tb = error.__traceback__
+    while tb is not None:
+        if Path(tb.tb_frame.f_code.co_filename).resolve() == path.resolve():
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return f"line {line}: " if line else ""
+
+
+def load_config_file(path):
+    """Load ``get_config()`` from a Python config file (host-side). Raises UsageError if missing or broken,
+    if ``get_config()`` raises, or if it returns something other than a ``ml_collections.ConfigDict``."""
+    path = Path(path)
+    try:
+        config = load_config_module(path).get_config()
+    except UsageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's get_config() failed
+        raise UsageError(f"get_config() in {str(path)!r} failed: {_where(e, path)}{type(e).__name__}: {e} "
+                         f"(--debug shows the traceback)") from e
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise UsageError(f"get_config() in {str(path)!r} returned a {type(config).__name__}; expected an "
+                         f"ml_collections.ConfigDict, e.g. start from unet_jax.config.base_config()")
+    return config
+
+
+def _parse_value(text: str, current):
+    """Convert an override string to the type of the field it replaces."""
+    if isinstance(current, bool):
+        low = text.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise UsageError(f"expected true or false, got {text!r}")
+    if isinstance(current, int):
+        try:
+            return int(text)
+        except ValueError:
+            raise UsageError(f"expected an integer, got {text!r}") from None
+    if isinstance(current, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise UsageError(f"expected a number, got {text!r}") from None
+    if isinstance(current, str):
+        return text
+    if text.strip().lower() in ("none", "null"):
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_overrides(config, overrides: Sequence[Tuple[str, str]]):
+    """Set ``config.a.b = value`` for each ("a.b", "value") pair, typed like the existing field.
+
+    Raises UsageError naming the key when it does not exist (the nearest existing keys are suggested).
+    """
+    for key, text in overrides:
+        parts = key.split(".")
+        node = config
+        for i, part in enumerate(parts):
+            keys = list(node.keys()) if hasattr(node, "keys") else []
+            if part not in keys:
+                where = ".".join(parts[:i]) or "config"
+                close = difflib.get_close_matches(part, keys, n=3)
+                hint = f"; did you mean {', '.join(close)}?" if close else f"; known keys: {', '.join(sorted(keys))}"
+                raise UsageError(f"unknown config key --config.{key}: {where} has no field {part!r}{hint}")
+            if i == len(parts) - 1:
+                current = node[part]
+                if hasattr(current, "keys"):
+                    raise UsageError(f"--config.{key} is a section, not a field; set one of its fields, e.g. "
+                                     f"--config.{key}.{sorted(current.keys())[0]}=VALUE")
+                try:
+                    value = _parse_value(text, current)
+                except UsageError as e:
+                    raise UsageError(f"--config.{key}: {e}") from None
+                try:
+                    with node.unlocked() if hasattr(node, "unlocked") else contextlib.nullcontext():
+                        node[part] = value
+                except TypeError as e:
+                    raise UsageError(f"--config.{key}: {e}") from None
+            else:
+                node = node[part]
+    return config
+
+
+def resolve_config(config_path: Optional[str], overrides):
+    """The experiment config: the file given (or the built-in synthetic default) with overrides applied."""
+    if config_path:
+        config = load_config_file(config_path)
+    else:
+        config = synthetic_config()
+    config = apply_overrides(config, overrides)
+    validate(config)
+    return config

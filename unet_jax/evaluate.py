@@ -23,6 +23,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
+from unet_jax.config import UsageError, apply_overrides
 from unet_jax.data.io import check_directory, ensure_directory
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,6 @@ def load_model(workdir, step: Optional[int] = None, overrides: Sequence[Tuple[st
                                 f"with `unet-jax train --workdir {workdir}`")
     variables, config, step = restore_params(workdir, step, with_step=True)
     if overrides:
-        from unet_jax.cli import UsageError, apply_overrides
         bad = [k for k, _ in overrides if k.split(".")[0] == "model"]
         if bad:
             raise UsageError(f"--config.{bad[0]}: model fields come from the checkpoint and cannot be overridden")

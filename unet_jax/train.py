@@ -59,21 +59,17 @@ import optax
 from jax import lax
 
 from unet_jax import checkpoint as ckpt_lib
+from unet_jax.config import ISBI_METRICS, validate
 from unet_jax.guard import GUARD_FILE, DivergenceGuard
 from unet_jax.logging_utils import MetricWriter, plot_training_curves
 from unet_jax.losses import center_crop, soft_dice_loss, weighted_softmax_cross_entropy
-from unet_jax.model import NORMS, UNet, output_size, valid_input_size
+from unet_jax.model import UNet, output_size, valid_input_size
 
 logger = logging.getLogger(__name__)
 
 AXIS = "batch"
 PARAMS_FINITE = "params_finite"
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "cosine", "warmup_cosine")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-BEST_MODES = ("min", "max")
-ISBI_METRICS = ("pixel_error", "rand_error", "warping_error", "vrand_thinned", "vinfo_thinned")
-BEST_METRICS = ("iou", "loss", "pixel_mismatch") + ISBI_METRICS
+_COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}   # config.DTYPES
 TRIVIAL_MARGIN = 0.01    # validation IoU must beat the trivial predictions' by this much not to be warned about
 
 __all__ = ["TrainState", "NonFiniteLossError", "DivergenceError", "create_model", "create_learning_rate_schedule", "create_optimizer",
@@ -141,83 +137,10 @@ class TrainState:
         return v
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Config checks
-# ----------------------------------------------------------------------------------------------------------------
-
-def _int(section, name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"config.{section}.{name} must be an integer >= {minimum}, got {value!r}")
+def _positive_int(name, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
-
-
-def _float(section, name, value, minimum=0.0, maximum=math.inf, min_open=False):
-    ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
-    ok = ok and math.isfinite(value) and (value > minimum if min_open else value >= minimum) and value <= maximum
-    if not ok:
-        lo = "(" if min_open else "["
-        raise ValueError(f"config.{section}.{name} must be a number in {lo}{minimum}, {maximum}], got {value!r}")
-    return float(value)
-
-
-def _check_optimizer_config(opt, num_steps: int) -> None:
-    if opt.name not in OPTIMIZERS:
-        raise ValueError(f"config.optimizer.name must be one of {OPTIMIZERS}, got {opt.name!r}")
-    if opt.schedule not in SCHEDULES:
-        raise ValueError(f"config.optimizer.schedule must be one of {SCHEDULES}, got {opt.schedule!r}")
-    _float("optimizer", "learning_rate", opt.learning_rate, 0.0, min_open=True)
-    _float("optimizer", "momentum", opt.momentum, 0.0, 1.0)
-    _float("optimizer", "weight_decay", opt.weight_decay)
-    _float("optimizer", "grad_clip_norm", opt.grad_clip_norm)
-    accum = _int("optimizer", "grad_accum_steps", opt.grad_accum_steps, 1)
-    warmup = _int("optimizer", "warmup_steps", opt.warmup_steps, 0)
-    if not isinstance(opt.nesterov, bool):
-        raise ValueError(f"config.optimizer.nesterov must be a bool, got {opt.nesterov!r}")
-    updates = num_steps // accum
-    if opt.schedule != "constant" and updates < 1:
-        raise ValueError(f"config.optimizer.grad_accum_steps ({accum}) must be at most train.num_steps "
-                         f"({num_steps}) for schedule {opt.schedule!r}")
-    if opt.schedule == "warmup_cosine" and warmup >= updates:
-        raise ValueError(f"config.optimizer.warmup_steps must be smaller than the number of optimizer updates "
-                         f"(train.num_steps // grad_accum_steps = {updates}), got {warmup}")
-
-
-def _check_config(config) -> None:
-    """Validate the sections train_and_evaluate uses; a bad value raises ValueError naming the field."""
-    if not isinstance(config, ml_collections.ConfigDict):
-        raise ValueError(f"config must be an ml_collections.ConfigDict (experiments/*.py get_config()), got "
-                         f"{type(config).__name__}")
-    m, t = config.model, config.train
-    if m.dtype not in DTYPES:
-        raise ValueError(f"config.model.dtype must be one of {tuple(DTYPES)}, got {m.dtype!r}")
-    if (m.norm or None) not in NORMS:
-        raise ValueError(f"config.model.norm must be one of {NORMS} (or ''), got {m.norm!r}")
-    _int("model", "depth", m.depth, 1)
-    _int("model", "features", m.features, 1)
-    num_steps = _int("train", "num_steps", t.num_steps, 1)
-    _int("train", "batch_size", t.batch_size, 1)
-    _int("train", "log_every", t.log_every, 1)
-    _int("train", "eval_every", t.eval_every, 0)
-    _int("train", "checkpoint_every", t.checkpoint_every, 0)
-    _int("train", "keep_checkpoints", t.keep_checkpoints, 1)
-    _int("train", "max_rollbacks", t.max_rollbacks, 0)
-    _float("train", "time_limit", t.get("time_limit", 0.0))
-    if not isinstance(t.get("allow_config_change", False), bool):
-        raise ValueError(f"config.train.allow_config_change must be true or false, got {t.allow_config_change!r}")
-    _float("train", "foreground_fraction", t.foreground_fraction, 0.0, 1.0)
-    _float("loss", "dice_weight", config.loss.dice_weight)
-    if t.best_metric and t.best_metric not in BEST_METRICS:
-        raise ValueError(f"config.train.best_metric must be one of {BEST_METRICS} or '' (keep the latest), got "
-                         f"{t.best_metric!r}")
-    if t.best_mode not in BEST_MODES:
-        raise ValueError(f"config.train.best_mode must be one of {BEST_MODES}, got {t.best_mode!r}")
-    for section, size in (("train", t.tile_size), ("eval", config.eval.tile_size)):
-        try:
-            output_size(size, m.depth, m.padding)
-        except ValueError as e:
-            raise ValueError(f"config.{section}.tile_size: {e}") from None
-    _int("eval", "batch_size", config.eval.batch_size, 1)
-    _check_optimizer_config(config.optimizer, num_steps)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -238,11 +161,9 @@ def create_model(config) -> UNet:
     UNet with ``dtype`` jnp.float32 or jnp.bfloat16 (compute dtype; parameters stay float32).
     """
     m = config.model if "model" in config else config
-    if m.dtype not in DTYPES:
-        raise ValueError(f"config.model.dtype must be one of {tuple(DTYPES)}, got {m.dtype!r}")
     return UNet(num_classes=int(m.num_classes), features=int(m.features), depth=int(m.depth), padding=m.padding,
                 dropout_rate=float(m.dropout_rate), norm=m.norm or None, upsample=m.upsample,
-                dtype=DTYPES[m.dtype])
+                dtype=_COMPUTE_DTYPES[m.dtype])
 
 
 def create_learning_rate_schedule(optimizer_config, num_steps: int) -> optax.Schedule:
@@ -263,8 +184,6 @@ def create_learning_rate_schedule(optimizer_config, num_steps: int) -> optax.Sch
     'cosine' decays from ``learning_rate`` to 0 over all updates; 'warmup_cosine' rises linearly from 0 over
     ``warmup_steps`` and then decays to 0 by a cosine.
     """
-    num_steps = _int("train", "num_steps", num_steps, 1)
-    _check_optimizer_config(optimizer_config, num_steps)
     lr = float(optimizer_config.learning_rate)
     warmup = int(optimizer_config.warmup_steps)
     updates = max(num_steps // int(optimizer_config.grad_accum_steps), 1)
@@ -347,7 +266,7 @@ def create_train_state(key: jax.Array, config, model: UNet, input_channels: int,
     -------
     TrainState with ``step = 0`` (unreplicated, on the default device).
     """
-    input_channels = _int("data", "input_channels", input_channels, 1)
+    input_channels = _positive_int("input_channels", input_channels)
     if optimizer is None:
         optimizer = create_optimizer(config.optimizer, config.train.num_steps)
     init_key, train_key = jax.random.split(key)
@@ -483,8 +402,7 @@ def make_train_step(config, num_devices: Optional[int] = None) -> Callable:
     num_devices : int or None
         Global device count (default ``jax.device_count()``); must divide ``train.batch_size``.
     """
-    _check_config(config)
-    num_devices = jax.device_count() if num_devices is None else _int("train", "num_devices", num_devices, 1)
+    num_devices = jax.device_count() if num_devices is None else _positive_int("num_devices", num_devices)
     if config.train.batch_size % num_devices:
         raise ValueError(f"config.train.batch_size must be a multiple of the number of devices ({num_devices}), "
                          f"got {config.train.batch_size}")
@@ -797,7 +715,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
                         callbacks: Sequence[Callable[[int, TrainState], None]] = (), held: list
                         ) -> Dict[str, float]:
     """The body of ``train_and_evaluate``; appends the workdir lock it takes to ``held``."""
-    _check_config(config)
+    validate(config)
     t_start = time.monotonic()
     for cb in callbacks:
         if not callable(cb):

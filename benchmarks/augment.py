@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unet_jax import augment as aug
+from unet_jax import configure_cpu
 from unet_jax.config import base_config
 
 INSTALL_HINT = "pip install --no-binary elasticdeform elasticdeform"
@@ -72,6 +73,7 @@ def interleaved_medians(fns: dict, repeats: int, warmup: int, block: int = 10) -
 
 
 def main(argv=None) -> dict:
+    configure_cpu()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=572, help="tile height and width (default 572)")
     p.add_argument("--repeats", type=int, default=30, help="timed calls per measurement (median reported)")

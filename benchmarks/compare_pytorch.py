@@ -22,7 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_step import (add_common_args, loadavg, machine, make_jax_step, parse_config, set_threads,  # noqa: E402
                         time_interleaved)
 
-from unet_jax.model import output_size, unet_flops  # noqa: E402
+from unet_jax import configure_cpu  # noqa: E402
+from unet_jax.geometry import output_size, unet_flops  # noqa: E402
 
 
 def torch_device(device="auto"):
@@ -114,6 +115,7 @@ def make_torch_step(features, depth, tile, batch, dtype="float32", device="cpu",
 
 
 def main(argv=None):
+    configure_cpu()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common_args(p)
     p.add_argument("--impl", action="append", help="IMPL[:XLA] (see train_step.py), repeatable; default 'fast'")

@@ -17,7 +17,7 @@ Subcommands (``python benchmarks/gpu_run.py COMMAND --help``): ``install-wheels`
 the carried wheels whose distributions are missing), ``init``, ``status`` and ``summary`` (standard library only),
 ``train-step``, ``inference``, ``isbi``.
 
-Model FLOPs per train step are 3x the forward convolution FLOPs (``unet_jax.model.unet_flops``); MFU is model
+Model FLOPs per train step are 3x the forward convolution FLOPs (``unet_jax.geometry.unet_flops``); MFU is model
 FLOP/s over the device's dense tensor-core peak (bf16 for bfloat16 compute, TF32 for float32, which both
 frameworks run on TF32 tensor cores by default), looked up by ``jax.devices()[0].device_kind`` in ``PEAK_TFLOPS``
 or given with ``--peak-tflops``.
@@ -274,8 +274,11 @@ def cmd_train_step(a):
     import gc
 
     import jax
+
+    from unet_jax import configure_cpu
+    configure_cpu()
     ts = _bench_imports()
-    from unet_jax.model import unet_flops
+    from unet_jax.geometry import unet_flops
     torch = None
     if not a.no_torch:
         try:
@@ -370,8 +373,10 @@ def cmd_inference(a):
     sys.path.insert(0, str(HERE))
     from inference import random_variables
 
-    from unet_jax import tiling
-    from unet_jax.model import UNet, unet_flops
+    from unet_jax import configure_cpu, tiling
+    from unet_jax.geometry import unet_flops
+    from unet_jax.model import UNet
+    configure_cpu()
 
     _set_machine(a.results)
     deadline = Deadline(a.deadline)

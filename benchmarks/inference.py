@@ -21,8 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unet_jax import tiling
-from unet_jax.model import UNet, border, output_size, valid_input_size
+from unet_jax import configure_cpu, tiling
+from unet_jax.geometry import border, output_size, valid_input_size
+from unet_jax.model import UNet
 
 
 def random_variables(model, input_shape, seed=0):
@@ -48,6 +49,7 @@ def timed(fn, repeats):
 
 
 def main(argv=None):
+    configure_cpu()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--features", type=int, default=8, help="first-level channels (paper: 64)")
     ap.add_argument("--depth", type=int, default=4)

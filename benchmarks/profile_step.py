@@ -30,6 +30,8 @@ from train_step import (add_common_args, loadavg, machine, make_jax_step, parse_
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from unet_jax import configure_cpu  # noqa: E402
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # ops: per-thunk profile of the train step
@@ -136,18 +138,18 @@ def _lax(x, k):
 
 
 def _im2col(x, k):
-    from unet_jax.model import _shifted
+    from unet_jax.layers import _shifted
     p = jnp.concatenate(_shifted(x, 3, 3), axis=-1)
     return jnp.dot(p, k.reshape(-1, k.shape[-1]))
 
 
 def _shift9(x, k):
-    from unet_jax.model import _shifted
+    from unet_jax.layers import _shifted
     return sum(jnp.dot(v, k[t // 3, t % 3]) for t, v in enumerate(_shifted(x, 3, 3)))
 
 
 def _forms():
-    from unet_jax.model import conv3x3_shift
+    from unet_jax.layers import conv3x3_shift
     return {"lax": _lax, "shift": conv3x3_shift, "im2col": _im2col, "shift9": _shift9}
 
 
@@ -205,6 +207,7 @@ def _torch_parts(n, h, c, o, dtype):
 
 
 def main(argv=None):
+    configure_cpu()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("mode", choices=["ops", "layers"])
     add_common_args(p)

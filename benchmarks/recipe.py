@@ -57,33 +57,28 @@ def build_task(task: str, root: Path, shared: Path = SHARED) -> tuple:
     return train, test
 
 
-def instance_f1(pred_labels: np.ndarray, truth_labels: np.ndarray, iou: float = 0.5) -> tuple:
-    """(true positives, predicted objects, true objects): objects matched one-to-one at IoU > ``iou`` (> 0.5
-    makes any match unique)."""
-    p, t = pred_labels.ravel(), truth_labels.ravel()
-    n_p, n_t = int(p.max()), int(t.max())
-    both = (p > 0) & (t > 0)
-    inter = np.bincount(p[both].astype(np.int64) * (n_t + 1) + t[both], minlength=(n_p + 1) * (n_t + 1))
-    inter = inter.reshape(n_p + 1, n_t + 1)[1:, 1:]
-    area_p, area_t = np.bincount(p, minlength=n_p + 1)[1:], np.bincount(t, minlength=n_t + 1)[1:]
-    union = area_p[:, None] + area_t[None, :] - inter
-    tp = int(np.count_nonzero(inter > iou * union)) if inter.size else 0
-    return tp, int(np.count_nonzero(area_p)), int(np.count_nonzero(area_t))
+WATERSHED_H = (1.0, 2.0, 3.0, 4.0)
 
 
 def score(workdir: Path, test: Path, tta: bool = False, challenge: bool = False) -> dict:
     """Foreground IoU / Dice of the kept checkpoint on the test folder, pooled over pixels and per image, and the
-    object F1 at IoU 0.5 of the prediction's 4-connected components (what ``predict`` writes as labels) against
-    the truth's objects. ``challenge``: also the ISBI 2012 measures of the test images as one stack
+    object measures (``unet_jax.metrics.object_scores``: F1, precision and recall at IoU 0.5, DSB mean AP; the
+    mean CTC SEG) of the objects ``predict`` writes, for 'components' and for 'watershed' at several
+    ``watershed_h``. ``challenge``: also the ISBI 2012 measures of the test images as one stack
     (``unet_jax.metrics.isbi2012``; for ``isbi_cells``, whose test images are slices 25-29)."""
-    from scipy import ndimage as ndi
+    from unet_jax import metrics
     from unet_jax.data import io
-    from unet_jax.evaluate import load_model, predict_image
-    apply_fn, config, variables, step = load_model(workdir, with_step=True)
+    from unet_jax.evaluate import load_model
+    from unet_jax.inference import predict_probabilities
+    from unet_jax.instances import label_instances
+    model, config, variables, step = load_model(workdir)
     channels = variables["params"]["down_0"]["Conv_0"]["kernel"].shape[2]
     threshold = float(config.eval.threshold)
     inter = union = pred_sum = true_sum = total = 0
-    tp = n_pred = n_true = 0
+    methods = {"components": dict(method="components")}
+    methods.update({f"watershed_h{h:g}": dict(method="watershed", h=h) for h in WATERSHED_H})
+    matches = {name: [] for name in methods}
+    segs = {name: [] for name in methods}
     per_image, probs, truths = [], [], []
     for p in sorted((test / "images").iterdir()):
         image = io.to_float_image(io.read_image(p), p)
@@ -91,26 +86,28 @@ def score(workdir: Path, test: Path, tta: bool = False, challenge: bool = False)
             image = np.repeat(image, channels, axis=-1)
         truth_instances = io.mask_to_instances(io.read_image(test / "masks" / p.name), p)
         truth = truth_instances > 0
-        prob = predict_image(apply_fn, config, image, variables, tta=tta)[..., 1]
+        prob = predict_probabilities(model, variables, image, config.eval, tta=tta)[..., 1]
         pred = prob > threshold
         if challenge:
             probs.append(prob)
             truths.append(truth_instances)
-        counts = instance_f1(ndi.label(pred)[0], truth_instances)
-        tp, n_pred, n_true = tp + counts[0], n_pred + counts[1], n_true + counts[2]
+        for name, kwargs in methods.items():
+            objects = label_instances(prob, threshold, **kwargs)
+            matches[name].append(metrics.object_matches(objects, truth_instances))
+            segs[name].append(metrics.seg_measure(objects, truth_instances))
         i, u = int((pred & truth).sum()), int((pred | truth).sum())
         inter, union = inter + i, union + u
         pred_sum, true_sum, total = pred_sum + int(pred.sum()), true_sum + int(truth.sum()), total + truth.size
         per_image.append(i / u if u else 1.0)
     extra = {}
     if challenge:
-        from unet_jax.metrics import isbi2012
-        m = isbi2012(np.stack(probs), np.stack(truths))
+        m = metrics.isbi2012(np.stack(probs), np.stack(truths))
         extra = {"isbi2012_stack": {k: float(v) for k, v in m.items() if np.isscalar(v)}}
+    objects = {name: dict(metrics.object_scores(matches[name]), seg=float(np.nanmean(segs[name])))
+               for name in methods}
     return {**extra, "step": int(step), "iou": inter / union, "dice": 2 * inter / (pred_sum + true_sum),
             "mean_image_iou": float(np.mean(per_image)), "predicted_fraction": pred_sum / total,
-            "true_fraction": true_sum / total, "all_foreground_iou": true_sum / total,
-            "object_f1_iou50": 2 * tp / max(n_pred + n_true, 1), "objects_predicted": n_pred, "objects_true": n_true}
+            "true_fraction": true_sum / total, "all_foreground_iou": true_sum / total, "objects": objects}
 
 
 def main(argv=None) -> dict:
@@ -124,6 +121,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--tta", action="store_true")
     ap.add_argument("--score-only", action="store_true", help="score the workdir's kept checkpoint, no training")
     args = ap.parse_args(argv)
+    from unet_jax import configure_cpu
+    configure_cpu()
     from unet_jax.config import apply_overrides, load_config_module
     from unet_jax.train import train_and_evaluate
     train, test = build_task(args.task, Path(args.data) / args.task, Path(args.shared))

@@ -50,7 +50,8 @@ from train_step import loadavg, machine, make_jax_step, set_threads, time_interl
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from unet_jax.model import output_size, unet_flops  # noqa: E402
+from unet_jax import configure_cpu  # noqa: E402
+from unet_jax.geometry import output_size, unet_flops  # noqa: E402
 
 PARTS = ("tile", "batch", "inference", "devices")
 NUM_CLASSES = 2
@@ -438,6 +439,7 @@ def plot(res, path):
 # ----------------------------------------------------------------------------------------------------------------
 
 def main(argv=None):
+    configure_cpu()
     a = parse_args(argv)
     if a.child is not None:
         spec = json.loads(a.child)

@@ -3,10 +3,12 @@ SGD-momentum update), with achieved FLOP/s from the network's FLOP count (3x the
 
     python benchmarks/train_step.py --features 16 --tile 572 --batch 1 --impl fast --impl plain:jaxdefault
 
-Each ``--impl`` is ``IMPL[:XLA]``: IMPL is the UNet formulation ('fast' or 'plain', see ``unet_jax.model``); XLA
-is 'pkg' (default: this process's XLA flags, which include ``unet_jax.model.XLA_CPU_FLAGS`` unless
-``UNET_JAX_XLA_CPU_FLAGS=0``) or 'jaxdefault' (jaxlib's default YNNPACK fusion set restored for that step through
-``compiler_options``: how unet-jax ran before it set its flag). The first ``--impl`` is the baseline.
+Each ``--impl`` is ``IMPL[:XLA]``: IMPL is the network: 'fast' (``unet_jax.model.UNet``) or 'plain' (the
+reference built from generic flax layers, ``PlainUNet`` of tests/plain_unet.py, imported from the repository's
+tests/); XLA is 'pkg' (default: this process's XLA flags, which include ``unet_jax.xla_cpu.XLA_CPU_FLAGS``,
+set by ``unet_jax.configure_cpu()`` at the start of ``main``, unless ``UNET_JAX_XLA_CPU_FLAGS=0``) or 'jaxdefault'
+(jaxlib's default YNNPACK fusion set restored for that step through ``compiler_options``: how unet-jax ran
+before it set its flag). The first ``--impl`` is the baseline.
 
 All configurations are compiled first, then timed interleaved (one step of each per round, ``--repeats`` rounds)
 so that load from other processes hits them alike. ``--threads N`` pins the process to N CPUs before JAX starts
@@ -26,8 +28,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from unet_jax import configure_cpu
+from unet_jax.geometry import output_size, unet_flops
 from unet_jax.losses import weighted_softmax_cross_entropy
-from unet_jax.model import UNet, output_size, unet_flops, xla_cpu_flags_applied
+from unet_jax.model import UNet
+from unet_jax.xla_cpu import xla_cpu_flags_applied
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from inference import random_variables  # noqa: E402
@@ -58,11 +63,24 @@ def parse_config(spec):
     return impl, XLA_CHOICES[xla]
 
 
+def network_class(impl):
+    """'fast' -> ``unet_jax.model.UNet``; 'plain' -> the reference ``PlainUNet`` of tests/plain_unet.py."""
+    if impl == "fast":
+        return UNet
+    if impl != "plain":
+        raise ValueError(f"impl must be 'fast' or 'plain', got {impl!r}")
+    tests = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+    if tests not in sys.path:
+        sys.path.append(tests)
+    from plain_unet import PlainUNet
+    return PlainUNet
+
+
 def make_jax_step(features, depth, tile, batch, dtype="float32", impl="fast", padding="VALID",
                   compiler_options=None):
     """A jitted SGD step of the network on fixed random data; returns ``run(i) -> loss`` (state kept inside)."""
-    model = UNet(features=features, depth=depth, padding=padding, impl=impl,
-                 dtype=jnp.bfloat16 if dtype == "bfloat16" else None)
+    model = network_class(impl)(features=features, depth=depth, padding=padding,
+                                dtype=jnp.bfloat16 if dtype == "bfloat16" else None)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.uniform(size=(batch, tile, tile, 1)), jnp.float32)
     out = output_size(tile, depth, padding)
@@ -160,6 +178,7 @@ def add_common_args(p):
 
 
 def main(argv=None):
+    configure_cpu()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common_args(p)
     p.add_argument("--impl", action="append", help="IMPL[:XLA], repeatable; the first is the baseline")

@@ -3,6 +3,12 @@ from pathlib import Path
 
 import pytest
 
+import unet_jax
+
+# Before JAX starts its backend: the XLA:CPU flag of unet_jax.xla_cpu keeps the suite (and the subprocesses it
+# starts, which inherit XLA_FLAGS) as fast as the command line.
+unet_jax.configure_cpu()
+
 REPO = Path(__file__).resolve().parents[1]
 ISBI_DIR = Path(os.environ.get("UNET_JAX_ISBI_DIR", REPO.parent / "shared" / "data" / "isbi2012"))
 

@@ -145,11 +145,11 @@ def _workdir(tmp_path, best_mode="min"):
 
 def test_restore_params_best_explicit_and_config(tmp_path):
     config, saved = _workdir(tmp_path)
-    variables, cfg = ck.restore_params(tmp_path)
+    variables, cfg, _ = ck.restore_params(tmp_path)
     assert set(variables) == {"params", "batch_stats"}          # no optimizer state
     _assert_tree_equal(variables, saved[2])                       # best pixel error
     assert cfg.to_dict() == config.to_dict()
-    variables, _ = ck.restore_params(tmp_path, step=3)
+    variables, _, _ = ck.restore_params(tmp_path, step=3)
     _assert_tree_equal(variables, saved[3])
     with pytest.raises(ValueError, match="step must be one of"):
         ck.restore_params(tmp_path, step=7)
@@ -159,7 +159,7 @@ def test_restore_params_corrupt_best_falls_back(tmp_path):
     _, saved = _workdir(tmp_path)
     _corrupt(ck.checkpoint_dir(tmp_path) / "2")
     with pytest.warns(RuntimeWarning, match="step 2"):
-        variables, _ = ck.restore_params(tmp_path)
+        variables, _, _ = ck.restore_params(tmp_path)
     _assert_tree_equal(variables, saved[3])                       # then newest first
 
 
@@ -192,7 +192,7 @@ def test_changed_bytes_are_caught_by_the_checksum(tmp_path):
             c.save(s, *_big(s), metrics={"iou": iou})
     _flip_bytes(ck.checkpoint_dir(tmp_path) / "2")
     with pytest.warns(RuntimeWarning, match="step 2 .*checksum"):
-        variables, _, step = ck.restore_params(tmp_path, with_step=True)
+        variables, _, step = ck.restore_params(tmp_path)
     assert step == 3
     _assert_tree_equal(variables, _big(3)[0])
     with pytest.raises(ck.CheckpointRestoreError, match=r"step 2 .*checksum.*try another --step: .*\[1, 3\]"):

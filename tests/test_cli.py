@@ -13,6 +13,7 @@ import pytest
 import tifffile
 
 from unet_jax import cli
+from unet_jax.instances import label_instances
 
 TINY = """
 from unet_jax.config import synthetic_config
@@ -105,6 +106,24 @@ def test_evaluate_writes_metrics_and_images(trained):
     assert json.loads((out / "metrics.json").read_text())["step"] in saved     # which checkpoint was evaluated
 
 
+def test_evaluate_and_training_validation_measure_alike(trained, tmp_path):
+    """One evaluator: `evaluate` (no TTA) of a step gives the IoU and wrong-pixel share that training's
+    validation logged for that step."""
+    workdir, _ = trained
+    validated = {r["step"]: r for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())
+                 if r["split"] == "validation"}
+    step = max(validated)
+    r = run_cli("evaluate", "--workdir", str(workdir), "--step", str(step), "--no-images", "--output",
+                str(tmp_path / "e"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert result["mean"]["iou"] == pytest.approx(validated[step]["iou"], abs=1e-6)
+    pooled = np.mean([row["pixel_mismatch"] for row in result["per_image"]])   # equal-size images
+    assert pooled == pytest.approx(validated[step]["pixel_mismatch"], abs=1e-6)
+    for key in ("object_f1", "mean_ap"):      # the same objects, matched the same way
+        assert result["objects"][key] == pytest.approx(validated[step][key], abs=1e-9)
+
+
 def test_predict_file_and_stack(trained, tmp_path):
     workdir, _ = trained
     inputs = tmp_path / "in"
@@ -116,7 +135,10 @@ def test_predict_file_and_stack(trained, tmp_path):
     r = run_cli("predict", "--workdir", str(workdir), "--input", str(inputs), "--output", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     assert tifffile.imread(out / "one_prob.tif").shape == (50, 70)
-    assert tifffile.imread(out / "one_labels.tif").dtype == np.int32
+    labels = tifffile.imread(out / "one_labels.tif")
+    assert labels.dtype == np.uint16   # as Fiji and napari read label images
+    # the objects are eval.instances' (default: the watershed) of the written probability
+    np.testing.assert_array_equal(labels, label_instances(tifffile.imread(out / "one_prob.tif"), 0.5, "watershed"))
     assert tifffile.imread(out / "stack_prob.tif").shape == (3, 40, 45)
     assert len(list(out.glob("stack_z*_overlay.png"))) == 3 and (out / "one_overlay.png").exists()
     assert "wrote 8 files" in r.stdout
@@ -206,7 +228,7 @@ def test_error_exit_code_from_console_script(tmp_path):
 
 
 def test_atomic_write_permissions_and_no_partial_file(tmp_path):
-    from unet_jax.evaluate import atomic_write
+    from unet_jax.data.io import atomic_write
     umask = os.umask(0o022)
     try:
         path = atomic_write(tmp_path / "out" / "a.txt", lambda p: open(p, "w").write("x"))

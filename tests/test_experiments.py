@@ -12,7 +12,7 @@ import tifffile
 
 from unet_jax import cli
 from unet_jax.config import resolve_config
-from unet_jax.model import output_size, valid_input_size
+from unet_jax.geometry import output_size, valid_input_size
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("ctc_standin", REPO / "experiments" / "ctc_standin.py")

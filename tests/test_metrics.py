@@ -567,3 +567,51 @@ def test_isbi2012_on_real_slices(isbi_dir):
         assert 0.9 < stack[key] < 1, key
     assert stack["warping_error"] * 2 * truth[0].size == stack["warping_splits"] + stack["warping_mergers"]
     assert stack["warping_error_threshold"] in M.ISBI_THRESHOLDS
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# object matching (F1 at IoU 0.5, DSB 2018 mean AP)
+# ---------------------------------------------------------------------------------------------------------------
+
+def _boxes(*boxes, shape=(40, 40)):
+    out = np.zeros(shape, np.int32)
+    for k, (y0, y1, x0, x1) in enumerate(boxes, 1):
+        out[y0:y1, x0:x1] = k
+    return out
+
+
+def test_object_scores_of_a_perfect_prediction():
+    truth = _boxes((0, 10, 0, 10), (20, 30, 20, 30))
+    s = M.object_scores([M.object_matches(truth, truth)])
+    assert s["object_f1"] == s["object_precision"] == s["object_recall"] == s["mean_ap"] == 1.0
+
+
+def test_merged_pair_is_one_false_positive_and_two_misses():
+    truth = _boxes((0, 10, 0, 10), (0, 10, 10, 20))
+    merged = (truth > 0).astype(np.int32)
+    m = M.object_matches(merged, truth)
+    assert list(m["tp"]) == [0] * 10 and m["n_pred"] == 1 and m["n_true"] == 2
+    s = M.object_scores([m])
+    assert s["object_f1"] == 0.0 and s["mean_ap"] == 0.0
+
+
+def test_mean_ap_counts_a_shrunk_object_only_at_low_thresholds():
+    truth = _boxes((0, 10, 0, 10), (20, 30, 20, 30))
+    pred = _boxes((0, 10, 0, 7), (20, 30, 20, 30))     # IoU 0.7 and 1.0
+    m = M.object_matches(pred, truth)
+    # IoU > t for t in 0.5, 0.55, 0.6, 0.65 -> 2 matches; from 0.7 on (strictly greater) only the exact box
+    assert list(m["tp"]) == [2, 2, 2, 2, 1, 1, 1, 1, 1, 1]
+    ap = np.mean([1.0] * 4 + [1 / 3] * 6)
+    assert M.object_scores([m])["mean_ap"] == pytest.approx(ap)
+    assert M.object_scores([m])["object_f1"] == 1.0
+
+
+def test_object_scores_pool_counts_and_average_ap_over_images():
+    truth = _boxes((0, 10, 0, 10), (20, 30, 20, 30))
+    good = M.object_matches(truth, truth)
+    missed = M.object_matches(np.zeros_like(truth), truth)
+    s = M.object_scores([good, missed])
+    assert s["object_precision"] == 1.0 and s["object_recall"] == 0.5
+    assert s["object_f1"] == pytest.approx(2 * 2 / (2 + 4)) and s["mean_ap"] == 0.5
+    with pytest.raises(ValueError, match="thresholds"):
+        M.object_matches(truth, truth, thresholds=(0.3,))

@@ -13,6 +13,7 @@ import pytest
 from unet_jax import checkpoint as ck
 from unet_jax import train
 from unet_jax.data import load_split
+from unet_jax.inference import evaluate_examples
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,13 +75,13 @@ def test_selection_never_keeps_an_all_background_checkpoint(trained, tmp_path):
     """The same model made to predict nothing (output bias) has a lower pixel mismatch on a 5% foreground, but
     the recipe's measure (foreground IoU, higher is better) keeps the learned one."""
     config, _, workdir = trained
-    variables, _ = ck.restore_params(workdir)
+    variables, _, _ = ck.restore_params(workdir)
     model = train.create_model(config)
     val = load_split(config.data, config.weights, "validation")
     empty = jax.tree_util.tree_map(lambda x: x, variables)
     empty["params"]["head"]["bias"] = np.array([50.0, -50.0], np.float32)
-    m_learned = train.evaluate(model, variables, val, config)
-    m_empty = train.evaluate(model, empty, val, config)
+    m_learned = evaluate_examples(model, variables, val, config)[0]
+    m_empty = evaluate_examples(model, empty, val, config)[0]
     assert m_empty["iou"] == 0.0 and m_empty["iou"] <= m_empty["trivial_iou"]
     assert config.train.best_metric == "iou" and config.train.best_mode == "max"
     for metric, mode, keep_learned in ((config.train.best_metric, config.train.best_mode, True),

@@ -9,8 +9,7 @@ from scipy import stats
 
 from unet_jax import tiling
 from unet_jax.data.sampler import (PAD_MODE, DeviceDataset, device_dataset_nbytes, fits_on_device, gather_tiles,
-                                   prefetch_to_device, sample_origins, sample_tiles, stream_tiles,
-                                   to_device_dataset)
+                                   sample_origins, sample_tiles, to_device_dataset)
 
 T, O = 14, 6          # tile and output size: border 4
 B = (T - O) // 2
@@ -148,50 +147,6 @@ def test_small_image_fits_one_window_with_weights_only_on_real_pixels():
         assert np.asarray(labels[b]).max() <= 1
 
 
-def test_stream_tiles_follow_the_same_geometry(examples):
-    it = stream_tiles(examples, 8, T, O, seed=4)
-    refs = [_reference(ex) for ex in examples]
-    found = set()
-    for _ in range(6):
-        images, labels, weights = next(it)
-        assert images.shape == (8, T, T, 1) and images.dtype == np.float32
-        assert labels.shape == (8, T, T) and labels.dtype == np.int32 and weights.dtype == np.float32
-        for b in range(8):
-            hits = []
-            for i, (img, lab, wts, (eh, ew)) in enumerate(refs):
-                for oy in range(eh - O + 1):
-                    for ox in range(ew - O + 1):
-                        if np.array_equal(img[oy:oy + T, ox:ox + T], images[b]):
-                            hits.append((i, oy, ox))
-                            np.testing.assert_array_equal(lab[oy:oy + T, ox:ox + T], labels[b])
-                            np.testing.assert_array_equal(wts[oy:oy + T, ox:ox + T], weights[b])
-            assert len(hits) >= 1
-            found.add(hits[0][0])
-    assert found == {0, 1, 2, 3}
-    # Same seed, same stream; other seed, other stream.
-    a, b2 = next(stream_tiles(examples, 4, T, O, seed=9)), next(stream_tiles(examples, 4, T, O, seed=9))
-    np.testing.assert_array_equal(a[0], b2[0])
-    assert not np.array_equal(a[0], next(stream_tiles(examples, 4, T, O, seed=10))[0])
-
-
-def test_prefetch_to_device_keeps_order_and_reraises(examples):
-    host = [next(stream_tiles(examples, 2, T, O, seed=s)) for s in range(5)]
-    got = list(prefetch_to_device(iter(host), size=2))
-    assert len(got) == 5
-    for h, d in zip(host, got):
-        assert isinstance(d[0], jax.Array)
-        np.testing.assert_array_equal(np.asarray(d[0]), h[0])
-
-    def broken():
-        yield host[0]
-        raise RuntimeError("source failed")
-
-    it = prefetch_to_device(broken(), size=1)
-    next(it)
-    with pytest.raises(RuntimeError, match="source failed"):
-        next(it)
-
-
 def test_fits_on_device_counts_the_padded_arrays(examples, dataset):
     nbytes = device_dataset_nbytes(examples, T, O)
     actual = sum(np.asarray(a).nbytes for a in dataset)
@@ -216,6 +171,6 @@ def test_bad_arguments_raise(examples):
     with pytest.raises(ValueError, match="pad_mode"):
         to_device_dataset(examples, T, O, pad_mode="wrap")
     with pytest.raises(ValueError, match="batch_size"):
-        stream_tiles(examples, 0, T, O)
+        sample_tiles(to_device_dataset(examples, T, O), jax.random.PRNGKey(0), 0, T, O)
     with pytest.raises(ValueError, match="tile_size"):
         sample_tiles(to_device_dataset(examples, T, O), jax.random.PRNGKey(0), 1, 40, 32)

@@ -11,7 +11,8 @@ import pytest
 from scipy import ndimage as ndi
 
 from unet_jax import tiling
-from unet_jax.model import UNet, border, output_size, valid_input_size
+from unet_jax.geometry import border, output_size, valid_input_size
+from unet_jax.model import UNet
 
 
 def _smooth_image(shape, seed):

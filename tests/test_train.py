@@ -1,4 +1,4 @@
-"""unet_jax.train (+ logging_utils): optimizers, the pmapped step, device/host independence, exact resume, NaN stop.
+"""unet_jax.train: optimizers, the pmapped step, device/host independence, exact resume, NaN stop.
 
 Runs a tiny U-Net (features 4, depth 2, 60-pixel tiles) on tiny synthetic data with the real data, augment and
 model modules. Subprocesses cover what needs a fresh process: 2 simulated devices, 2 processes joined by
@@ -21,12 +21,13 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from unet_jax import checkpoint as ck
 from unet_jax import logging_utils as lu
 from unet_jax import train
 from unet_jax.config import base_config, validate
-from unet_jax.model import output_size
+from unet_jax.geometry import output_size
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_STEPS = 30
@@ -63,6 +64,8 @@ def data_dir(tmp_path_factory):
 SCRIPT = r"""
 import json, sys, time
 import ml_collections
+import unet_jax
+unet_jax.configure_cpu()
 from unet_jax import train
 from unet_jax.config import base_config
 workdir, config_path, sleep = sys.argv[1], sys.argv[2], float(sys.argv[3])
@@ -104,7 +107,7 @@ def _all_arrays(workdir, step):
 
 
 def _params(workdir, step=NUM_STEPS):
-    variables, _ = ck.restore_params(workdir, step=step)
+    variables, _, _ = ck.restore_params(workdir, step=step)
     return jax.tree_util.tree_leaves(variables["params"])
 
 
@@ -198,6 +201,21 @@ def test_bad_optimizer_config(field, value, match):
         validate(c)
 
 
+@pytest.mark.parametrize("value", ["balanced", None, "none", "None"])
+def test_validate_accepts_every_class_weights_form_the_data_layer_takes(value):
+    c = base_config()
+    c.weights.class_weights = value
+    validate(c)
+
+
+@pytest.mark.parametrize("value", ["balance", "weighted", ""])
+def test_validate_rejects_bad_class_weights(value):
+    c = base_config()
+    c.weights.class_weights = value
+    with pytest.raises(ValueError, match="config.weights.class_weights"):
+        validate(c)
+
+
 def test_bad_train_config(tmp_path):
     c = tiny_config(tmp_path)
     c.train.tile_size = 61
@@ -219,44 +237,6 @@ def test_create_model_dtype_and_norm():
     c.model.norm = ""
     m = train.create_model(c)
     assert m.dtype == jnp.bfloat16 and m.norm is None and m.features == c.model.features
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Logging
-# ----------------------------------------------------------------------------------------------------------------
-
-def test_crc32c_and_event_file_round_trip(tmp_path):
-    assert lu.crc32c(b"123456789") == 0xE3069283           # the CRC-32C check value
-    with lu.MetricWriter(tmp_path) as w:
-        w.write_scalars(3, {"loss": 0.25, "pixel_mismatch": 0.125})
-        w.write_scalars(7, {"loss": float("nan")}, "validation")
-    (events,) = (tmp_path / "tensorboard").iterdir()
-    got = [(e["step"], e["tag"], e["value"]) for e in lu.read_event_scalars(events)]
-    assert got[:2] == [(3, "train/loss", 0.25), (3, "train/pixel_mismatch", 0.125)]
-    assert got[2][:2] == (7, "validation/loss") and math.isnan(got[2][2])
-    records = lu.read_jsonl(tmp_path / "metrics.jsonl")
-    assert [(r["step"], r["split"]) for r in records] == [(3, "train"), (7, "validation")]
-    data = bytearray(events.read_bytes())
-    data[-6] ^= 0xFF
-    events.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match="checksum"):
-        lu.read_event_scalars(events)
-
-
-def test_jsonl_truncate_and_torn_line(tmp_path):
-    with lu.MetricWriter(tmp_path, tensorboard=False) as w:
-        for s in (5, 10, 15):
-            w.write_scalars(s, {"loss": s})
-        w.truncate_after(10)
-        w.write_scalars(15, {"loss": 1.5})
-    with open(tmp_path / "metrics.jsonl", "a") as f:
-        f.write('{"step": 20, "spl')                          # a writer killed mid-line
-    assert [(r["step"], r["loss"]) for r in lu.read_jsonl(tmp_path / "metrics.jsonl")] == [(5, 5), (10, 10),
-                                                                                          (15, 1.5)]
-    png = lu.plot_training_curves(tmp_path / "metrics.jsonl", tmp_path / "curves.png")
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with pytest.raises(ValueError, match="step"):
-        lu.MetricWriter(tmp_path / "x").write_scalars(1.5, {"loss": 1.0})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -292,7 +272,9 @@ def test_loss_falls_and_outputs_are_written(reference, data_dir):
     assert ck.load_config(ref_dir).to_dict() == config.to_dict()
     assert (ref_dir / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
     (events,) = (ref_dir / "tensorboard").iterdir()
-    tb = [(e["step"], e["value"]) for e in lu.read_event_scalars(events) if e["tag"] == "train/loss"]
+    acc = EventAccumulator(str(events))   # tensorboard's own reader
+    acc.Reload()
+    tb = [(e.step, e.value) for e in acc.Scalars("train/loss")]
     assert tb == [(r["step"], pytest.approx(r["loss"])) for r in tr]
     best = min(va, key=lambda r: r["pixel_mismatch"])["step"]
     with ck.Checkpoints(ck.checkpoint_dir(ref_dir), read_only=True) as c:
@@ -392,7 +374,7 @@ def test_kill_and_resume_is_bitwise_exact(tmp_path, reference, data_dir):
         assert np.array_equal(a, b), jax.tree_util.keystr(path)
 
     # restore_params (default: the best checkpoint) gives variables the model applies directly.
-    variables, cfg = ck.restore_params(tmp_path / "resumed")
+    variables, cfg, _ = ck.restore_params(tmp_path / "resumed")
     assert set(variables) == {"params"}
     model = train.create_model(cfg)
     x = jnp.zeros((1, cfg.eval.tile_size, cfg.eval.tile_size, 1))
@@ -415,7 +397,7 @@ def test_nonfinite_loss_stops_cleanly_bfloat16_batch_norm(tmp_path, data_dir):
     assert bad == 2 and not math.isfinite(err.value.loss)                # step 1 is fine, then it diverges
     with ck.Checkpoints(ck.checkpoint_dir(tmp_path / "w"), read_only=True) as c:
         assert c.all_steps() and max(c.all_steps()) == bad - 1           # nothing from the bad step is saved
-    variables, _ = ck.restore_params(tmp_path / "w")
+    variables, _, _ = ck.restore_params(tmp_path / "w")
     assert set(variables) == {"params", "batch_stats"}
     assert all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(variables))
     first = _records(tmp_path / "w", "train")[0]
@@ -448,19 +430,3 @@ def test_nonfinite_loss_stops_cleanly_bfloat16_batch_norm(tmp_path, data_dir):
         assert not np.allclose(got, init)
 
 
-@pytest.mark.parametrize("padding, tile", [("VALID", 60), ("SAME", 32)])
-def test_predict_probabilities_matches_tiling(padding, tile):
-    """The validation predictor (parameters as an argument) equals unet_jax.tiling.predict_tiled."""
-    import functools
-    from unet_jax import tiling
-    c = base_config()
-    c.model.update(features=4, depth=2, padding=padding, dropout_rate=0.0)
-    model = train.create_model(c)
-    state = train.create_train_state(jax.random.PRNGKey(0), c, model, 1)
-    image = np.random.default_rng(0).uniform(size=(50, 70, 1)).astype(np.float32)
-    got = train.predict_probabilities(model, state.variables(), image, tile, batch_size=3)
-    want = tiling.predict_tiled(functools.partial(model.apply, state.variables()), image, tile, depth=2,
-                                padding=padding, batch_size=3)
-    assert got.shape == (50, 70, 2)
-    np.testing.assert_allclose(got, want, atol=1e-5)
-    np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-5)

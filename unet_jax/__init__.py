@@ -8,7 +8,12 @@ Conventions, kept everywhere:
 - logits: float32 (N, H, W, num_classes); probabilities (H, W, num_classes) after softmax.
 Host-side modules (weights, metrics, data builders, cli) use numpy; model, losses, augment, the sampler and the
 train step are pure jax.numpy and run inside jit.
+Importing the package changes no environment variable; on CPUs call ``unet_jax.configure_cpu()`` before running
+JAX code for faster convolutions (``unet_jax.xla_cpu``).
 """
-from unet_jax.model import UNet, output_size, valid_input_size  # noqa: F401
+from unet_jax.geometry import output_size, valid_input_size
+from unet_jax.model import UNet
+from unet_jax.xla_cpu import configure_cpu
 
+__all__ = ["UNet", "configure_cpu", "output_size", "valid_input_size"]
 __version__ = "0.1.0"

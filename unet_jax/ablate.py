@@ -22,7 +22,9 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from unet_jax.config import UsageError, apply_overrides, load_config_module, validate
-from unet_jax.evaluate import atomic_write
+from unet_jax.data.io import atomic_write
+from unet_jax.evaluate import evaluate
+from unet_jax.train import train_and_evaluate
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,6 @@ def variant_config(base, overrides: dict, seed: int, extra: Sequence[Tuple[str, 
 
 def run_sweep(sweep_path, workdir, overrides: Sequence[Tuple[str, str]] = (), seeds: Optional[int] = None) -> dict:
     """Run (or resume) a sweep and summarise it; returns the summary (see ``summarize``)."""
-    from unet_jax.train import train_and_evaluate
     base, sweep, default_seeds = load_sweep(sweep_path)
     seeds = default_seeds if seeds is None else int(seeds)
     if seeds < 1:
@@ -89,7 +90,6 @@ def _evaluate_run(run_dir: Path) -> dict:
     """The challenge metrics (``EVAL_METRICS``) of a finished run on its validation split, without TTA (host-side;
     ``unet-jax evaluate --no-images``): the ISBI 2012 measures of the split as one stack, IoU and SEG averaged over
     its images. An unlabelled or empty validation split gives ``{'eval_skipped': 1.0}``."""
-    from unet_jax.evaluate import evaluate
     try:
         result = evaluate(run_dir, split="validation", write_images=False)
         mean = {**result["mean"], **result["stack"]}

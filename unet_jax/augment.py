@@ -5,7 +5,8 @@ deformations and to gray-value variations; above all random elastic deformations
 coarse 3x3 grid drawn from a Gaussian with 10 pixels standard deviation and per-pixel displacements from bicubic
 interpolation.
 
-Everything here runs inside ``jax.jit`` (and ``jax.vmap``): the train step calls ``augment_batch``. The config
+Everything here runs inside ``jax.jit`` (and ``jax.vmap``): the train step calls ``augment`` once per sample (under
+``vmap``); ``augment_batch`` is the batched form the preview uses. The config
 values (the ``augment`` section of ``unet_jax.config.base_config()``) are static Python values read at trace time, so a part
 that is switched off costs nothing.
 

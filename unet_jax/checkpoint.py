@@ -20,6 +20,7 @@ match the digest written with them (bytes changed on disk) is treated like an un
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -118,7 +119,6 @@ def lock_workdir(workdir):
     ValueError
         If another process holds it, naming that process.
     """
-    import fcntl
     path = Path(workdir) / LOCK_FILE
     f = open(path, "a+", encoding="utf-8")
     try:
@@ -405,7 +405,7 @@ class Checkpoints:
 # Evaluation entry point
 # ----------------------------------------------------------------------------------------------------------------
 
-def restore_params(workdir, step: Optional[int] = None, *, with_step: bool = False):
+def restore_params(workdir, step: Optional[int] = None):
     """Load the model variables of a training run, without optimizer state. Host-side.
 
     Parameters
@@ -425,7 +425,7 @@ def restore_params(workdir, step: Optional[int] = None, *, with_step: bool = Fal
     config : ConfigDict
         The run's resolved config (``workdir/config.json``).
     step : int
-        Only with ``with_step=True``: the step that was restored.
+        The step that was restored.
 
     Raises
     ------
@@ -463,6 +463,4 @@ def restore_params(workdir, step: Optional[int] = None, *, with_step: bool = Fal
     finally:
         ckpt.close()
     logger.info("restored variables of step %d from %s", step, directory)
-    if with_step:
-        return dict(restored[VARIABLES]), config, int(step)
-    return dict(restored[VARIABLES]), config
+    return dict(restored[VARIABLES]), config, int(step)

@@ -16,7 +16,13 @@ import sys
 import warnings
 from typing import List, Optional, Sequence, Tuple
 
+from unet_jax import configure_cpu
+from unet_jax.ablate import run_sweep
 from unet_jax.config import UsageError, resolve_config
+from unet_jax.evaluate import evaluate
+from unet_jax.predict import predict_paths
+from unet_jax.preview import preview_from_config
+from unet_jax.train import TRIVIAL_MARGIN, train_and_evaluate
 
 EXIT_USAGE = 2
 
@@ -51,7 +57,6 @@ def split_overrides(argv: Sequence[str]) -> Tuple[List[str], List[Tuple[str, str
 
 def _cmd_train(args, overrides):
     config = resolve_config(args.config, overrides)
-    from unet_jax.train import train_and_evaluate
     metrics = train_and_evaluate(config, args.workdir)
     _print_metrics("final", metrics)
     _print_train_summary(config, args.workdir, metrics)
@@ -68,7 +73,6 @@ def _print_train_summary(config, workdir, metrics):
     if metrics.get("rollbacks"):
         print(f"note: the loss diverged {metrics['rollbacks']} time(s); training went back and continued with a "
               f"lower learning rate (see {workdir}/guard.json)")
-    from unet_jax.train import TRIVIAL_MARGIN
     if "iou" in kept and "trivial_iou" in kept and kept["iou"] <= kept["trivial_iou"] + TRIVIAL_MARGIN:
         print(f"WARNING: the kept model (validation IoU {kept['iou']:.3f}) does not beat a trivial all-background "
               f"or all-foreground prediction (IoU {kept['trivial_iou']:.3f}): it has learned nothing useful. Train "
@@ -77,22 +81,23 @@ def _print_train_summary(config, workdir, metrics):
 
 
 def _cmd_evaluate(args, overrides):
-    from unet_jax.evaluate import evaluate
     result = evaluate(args.workdir, split=args.split, tta=args.tta, step=args.step, output_dir=args.output,
                       overrides=overrides, write_images=not args.no_images)
     _print_metrics(f"{args.split} mean (checkpoint step {result['step']})", result["mean"])
+    if result["stack"]:
+        _print_metrics(f"{args.split} as one stack (ISBI 2012 challenge measures)", result["stack"])
+    if result["objects"]:
+        _print_metrics(f"{args.split} objects ({result['instances']}, IoU 0.5, counts pooled)", result["objects"])
     print(f"per-image metrics: {result['csv']}")
 
 
 def _cmd_predict(args, overrides):
-    from unet_jax.predict import predict_paths
     written = predict_paths(args.workdir, args.input, args.output, tta=args.tta, step=args.step,
                             overrides=overrides, overwrite=args.overwrite)
     print(f"wrote {len(written)} files to {args.output}")
 
 
 def _cmd_ablate(args, overrides):
-    from unet_jax.ablate import run_sweep
     summary = run_sweep(args.config, args.workdir, overrides=overrides, seeds=args.seeds)
     print(summary["markdown"])
     print(f"table: {summary['markdown_path']}  csv: {summary['csv_path']}  plot: {summary['png_path']}")
@@ -100,7 +105,6 @@ def _cmd_ablate(args, overrides):
 
 def _cmd_preview(args, overrides):
     config = resolve_config(args.config, overrides)
-    from unet_jax.preview import preview_from_config
     path = preview_from_config(config, args.output, n=args.n, seed=args.seed)
     print(f"wrote {path}")
 
@@ -173,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    configure_cpu()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     debug = "--debug" in argv

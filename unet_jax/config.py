@@ -19,11 +19,13 @@ from typing import Optional, Sequence, Tuple
 import ml_collections
 
 from unet_jax.augment import read_config as read_augment_config
+from unet_jax.data import DATASETS
+from unet_jax.data.common import normalize_class_weights
 from unet_jax.data.io import MASK_TYPES
-from unet_jax.model import NORMS, PADDINGS, UPSAMPLES, output_size
-from unet_jax.weights import check_class_weights
+from unet_jax.geometry import PADDINGS, output_size
+from unet_jax.instances import INSTANCE_METHODS
+from unet_jax.model import NORMS, UPSAMPLES
 
-DATA_SETS = ("synthetic_cells", "isbi2012", "ctc", "folder")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
 DTYPES = ("float32", "bfloat16")            # compute dtypes; parameters stay float32
@@ -102,8 +104,12 @@ def base_config() -> ml_collections.ConfigDict:
         best_metric="iou", best_mode="max", time_limit=0.0, max_rollbacks=3, allow_config_change=False,
         distributed=False, coordinator_address="", num_processes=0, process_id=-1))
 
-    # Overlap-tile inference for validation, evaluate and predict.
-    c.eval = ml_collections.ConfigDict(dict(tile_size=572, batch_size=4, tta=False, threshold=0.5))
+    # Overlap-tile inference for validation, evaluate and predict. Objects (predict's label images, evaluate's
+    # object measures): 'watershed' splits touching objects (unet_jax.instances; watershed_h: the depth in pixels a
+    # distance-transform peak needs to seed an object), 'components' keeps connected components; objects smaller
+    # than min_object_size pixels are dropped.
+    c.eval = ml_collections.ConfigDict(dict(tile_size=572, batch_size=4, tta=False, threshold=0.5,
+                                            instances="watershed", watershed_h=2.0, min_object_size=0))
     return c
 
 
@@ -146,6 +152,30 @@ def synthetic_config() -> ml_collections.ConfigDict:
     return c
 
 
+def fill_eval_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Add the eval fields a run saved before they existed, with their defaults (a restored ``config.json``)."""
+    for key, value in base_config().eval.items():
+        if key not in config.eval:
+            with config.eval.unlocked():
+                config.eval[key] = value
+    return config
+
+
+def validate_eval(config: ml_collections.ConfigDict) -> None:
+    """The eval section of ``validate``; ``evaluate`` and ``predict`` check it again after their overrides."""
+    e, m = config.eval, config.model
+    _int("eval.batch_size", e.batch_size)
+    _float("eval.threshold", e.threshold, 0.0, 1.0, min_open=True, max_open=True)
+    _bool("eval.tta", e.tta)
+    _one_of("eval.instances", e.instances, INSTANCE_METHODS)
+    _float("eval.watershed_h", e.watershed_h, min_open=True)
+    _int("eval.min_object_size", e.min_object_size, 0)
+    try:
+        output_size(e.tile_size, m.depth, m.padding)
+    except ValueError as err:
+        raise ValueError(f"config.eval.tile_size: {err}") from None
+
+
 def _one_of(name, value, allowed):
     if value not in allowed:
         raise ValueError(f"config.{name} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
@@ -185,7 +215,8 @@ def validate(config) -> None:
     if not isinstance(config, ml_collections.ConfigDict):
         raise ValueError(f"config must be an ml_collections.ConfigDict (experiments/*.py get_config()), got "
                          f"{type(config).__name__}")
-    m, d, t, o, e = config.model, config.data, config.train, config.optimizer, config.eval
+    fill_eval_defaults(config)   # a config written before an eval field existed
+    m, d, t, o = config.model, config.data, config.train, config.optimizer
     _one_of("model.padding", m.padding, PADDINGS)
     _one_of("model.norm", m.norm or None, NORMS)
     _one_of("model.upsample", m.upsample, UPSAMPLES)
@@ -194,7 +225,7 @@ def validate(config) -> None:
         _int(f"model.{key}", m[key])
     _float("model.dropout_rate", m.dropout_rate, 0.0, 1.0, max_open=True)
 
-    _one_of("data.name", d.name, DATA_SETS)
+    _one_of("data.name", d.name, DATASETS)
     if d.name in ("isbi2012", "ctc", "folder") and not d.root:
         raise ValueError(f"config.data.root must name the directory with the downloaded {d.name} files "
                          f"(e.g. --config.data.root=/path/to/{d.name})")
@@ -205,7 +236,7 @@ def validate(config) -> None:
     _float("weights.w0", config.weights.w0)
     _float("weights.sigma", config.weights.sigma, min_open=True)
     try:
-        check_class_weights(config.weights.class_weights)
+        normalize_class_weights(config.weights.class_weights)
     except ValueError as err:
         raise ValueError(f"config.weights.{err}") from None
     _float("loss.dice_weight", config.loss.dice_weight)
@@ -238,14 +269,11 @@ def validate(config) -> None:
     if t.best_metric:
         _one_of("train.best_metric", t.best_metric, BEST_METRICS)
     _one_of("train.best_mode", t.best_mode, BEST_MODES)
-    _int("eval.batch_size", e.batch_size)
-    _float("eval.threshold", e.threshold, 0.0, 1.0, min_open=True, max_open=True)
-    _bool("eval.tta", e.tta)
-    for section, size in (("train", t.tile_size), ("eval", e.tile_size)):
-        try:
-            output_size(size, m.depth, m.padding)
-        except ValueError as err:
-            raise ValueError(f"config.{section}.tile_size: {err}") from None
+    validate_eval(config)
+    try:
+        output_size(t.tile_size, m.depth, m.padding)
+    except ValueError as err:
+        raise ValueError(f"config.train.tile_size: {err}") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ Metrics (errors: lower is better; scores: higher is better)
 * ``pixel_mismatch`` (fraction of wrong pixels at one threshold), ``iou`` of the cell class and the Cell Tracking
   Challenge ``seg_measure``; ``threshold_metrics`` gives these for one slice at one threshold.
 * ``adapted_rand_error``: the SNEMI3D / scikit-image adapted Rand error (not the ISBI 2012 convention).
+* ``object_matches`` / ``object_scores``: objects matched one-to-one at IoU > t; precision, recall and F1 at
+  IoU 0.5 and the Data Science Bowl 2018 mean average precision over t = 0.5, 0.55, ..., 0.95.
 """
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ from skimage.metrics import contingency_table
 
 __all__ = ["DEFAULT_THRESHOLDS", "ISBI_THRESHOLDS", "truth_instances", "label_cells", "pixel_mismatch",
            "pixel_fscore", "pixel_error_sweep", "adapted_rand_error", "simple_point_lut", "isbi2012",
-           "isbi2012_stats", "isbi2012_summary", "iou", "seg_measure", "threshold_metrics"]
+           "isbi2012_stats", "isbi2012_summary", "iou", "seg_measure", "threshold_metrics",
+           "AP_THRESHOLDS", "object_matches", "object_scores"]
 
 DEFAULT_THRESHOLDS = tuple(round(0.1 * k, 1) for k in range(1, 10))       # pixel_error_sweep's
 
@@ -712,11 +715,62 @@ def seg_measure(pred_instances, truth_instances_) -> float:
     return float(jacc[ref_ids].mean())
 
 
+AP_THRESHOLDS = tuple(round(0.5 + 0.05 * k, 2) for k in range(10))   # 0.5, 0.55, ..., 0.95 (DSB 2018)
+
+
+def object_matches(pred_instances, truth_instances_, thresholds: Sequence[float] = AP_THRESHOLDS) -> dict:
+    """Objects of a prediction matched to the true objects, one-to-one, at each IoU threshold (host-side).
+
+    A predicted and a true object match at t when their IoU exceeds t; for t >= 0.5 an object can exceed it with at
+    most one partner, so the matching is unique without an assignment step.
+
+    Returns
+    -------
+    dict: 'tp' (int array, true positives per threshold), 'n_pred', 'n_true' (object counts), 'thresholds'.
+    """
+    if any(not 0.5 <= float(t) < 1.0 for t in thresholds):
+        raise ValueError(f"thresholds must lie in [0.5, 1) (one-to-one matching), got {tuple(thresholds)}")
+    pred = _check_labels("pred_instances", pred_instances).astype(np.int64)
+    truth = _check_labels("truth_instances", truth_instances_, pred.shape).astype(np.int64)
+    n_pred, n_true = np.unique(pred[pred > 0]).size, np.unique(truth[truth > 0]).size
+    table = contingency_table(truth, pred, sparse_type="array").tocoo()
+    keep = (table.row > 0) & (table.col > 0) & (table.data > 0)
+    r, c, n = table.row[keep], table.col[keep], table.data[keep].astype(np.float64)
+    size_t = np.bincount(truth.ravel())
+    size_p = np.bincount(pred.ravel())
+    pair_iou = n / (size_t[r] + size_p[c] - n)
+    tp = np.array([np.count_nonzero(pair_iou > float(t)) for t in thresholds], np.int64)
+    return {"tp": tp, "n_pred": int(n_pred), "n_true": int(n_true), "thresholds": tuple(float(t) for t in thresholds)}
+
+
+def object_scores(matches: Sequence[dict]) -> dict:
+    """Object precision, recall and F1 at IoU 0.5 and mean average precision from ``object_matches`` of images.
+
+    Precision, recall and F1 pool the counts over the images (a data set's figure, not dominated by images with few
+    objects); ``mean_ap`` is the Data Science Bowl 2018 measure: per image the mean over thresholds of
+    TP / (TP + FP + FN), then the mean over images (an image with no object, true or predicted, scores 1).
+    """
+    if not matches:
+        raise ValueError("matches must be a non-empty list of object_matches() results")
+    at50 = [m["thresholds"].index(0.5) for m in matches]
+    tp = sum(int(m["tp"][i]) for m, i in zip(matches, at50))
+    n_pred = sum(m["n_pred"] for m in matches)
+    n_true = sum(m["n_true"] for m in matches)
+    aps = []
+    for m in matches:
+        union = m["n_pred"] + m["n_true"] - m["tp"]
+        aps.append(float(np.mean(np.where(union > 0, m["tp"] / np.maximum(union, 1), 1.0))))
+    return {"object_precision": tp / n_pred if n_pred else float(n_true == 0),
+            "object_recall": tp / n_true if n_true else float(n_pred == 0),
+            "object_f1": 2 * tp / (n_pred + n_true) if n_pred + n_true else 1.0,
+            "mean_ap": float(np.mean(aps)), "objects_predicted": n_pred, "objects_true": n_true}
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Fixed-threshold measures of one slice
 # ----------------------------------------------------------------------------------------------------------------
 
-def threshold_metrics(cell_prob, truth, threshold: float = 0.5) -> dict:
+def threshold_metrics(cell_prob, truth, threshold: float = 0.5, pred_instances=None) -> dict:
     """The measures of one 2-D slice at one threshold, beside ``isbi2012`` (host-side; ``unet-jax evaluate``).
 
     Parameters
@@ -727,18 +781,22 @@ def threshold_metrics(cell_prob, truth, threshold: float = 0.5) -> dict:
         Instances or a binary mask, cells > 0 (see ``truth_instances``).
     threshold : float in [0, 1)
         ``config.eval.threshold``.
+    pred_instances : int array (H, W), optional
+        The predicted objects (e.g. ``unet_jax.instances.label_instances``); default: the 4-connected components
+        of ``cell_prob > threshold``.
 
     Returns
     -------
     dict of str -> float: ``pixel_mismatch`` (fraction of wrong pixels), ``iou`` (cell class), ``seg`` (Cell
     Tracking Challenge SEG) and the SNEMI3D ``adapted_rand_error`` with its ``adapted_rand_precision`` and
-    ``adapted_rand_recall``.
+    ``adapted_rand_recall`` of the objects.
     """
     p = _check_prob(cell_prob)
     truth = _check_labels("truth", truth, p.shape)
     threshold = float(_check_thresholds([threshold])[0])
     inst = truth_instances(truth)
     pred = p > threshold
-    pred_inst = label_cells(pred)
+    pred_inst = label_cells(pred) if pred_instances is None else _check_labels("pred_instances", pred_instances,
+                                                                                p.shape)
     return dict(pixel_mismatch=pixel_mismatch(pred, inst > 0), iou=iou(pred, inst > 0),
                 seg=seg_measure(pred_inst, inst), **adapted_rand_error(pred_inst, inst))

@@ -6,7 +6,9 @@ a stem, e.g. x.png and x.tif; files named like these outputs are not taken as in
 never replaced without ``overwrite``)::
 
     NAME_prob.tif      float32 cell probability, (H, W) or (Z, H, W) for a stack
-    NAME_labels.tif    int32 instance labels (connected components of prob > eval.threshold, 4-connected)
+    NAME_labels.tif    uint16 object labels (uint32 past 65535 objects), 0 = background: by default a seeded
+                       watershed of prob > eval.threshold that splits touching objects (eval.instances,
+                       unet_jax.instances); 'components' gives its 4-connected components
     NAME_overlay.png   the image with the predicted cell borders (a stack: NAME_zNNN_overlay.png per slice)
 """
 from __future__ import annotations
@@ -16,9 +18,13 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
+import tifffile
+from tqdm.auto import tqdm
 
-from unet_jax.data.io import check_directory
-from unet_jax.evaluate import load_model, overlay, predict_image, write_png, write_tiff
+from unet_jax.data.io import check_directory, overlay, read_image, to_float_image, write_png, write_tiff
+from unet_jax.evaluate import load_model
+from unet_jax.inference import objects_of, predict_probabilities
+from unet_jax.instances import as_label_dtype
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +59,6 @@ def read_input(path, channels: int) -> Tuple[np.ndarray, bool]:
     RGB-saved greyscale is reduced to one channel when the model takes one. A multi-page TIFF, or a 3-D array
     whose last axis is not a channel axis (more than 4), is a stack of 2-D slices.
     """
-    from unet_jax.data.io import read_image, to_float_image
     arr = np.asarray(read_image(path))
     is_stack = arr.ndim == 4 or (arr.ndim == 3 and arr.shape[-1] > 4)
     if arr.ndim not in (2, 3, 4):
@@ -95,9 +100,7 @@ def planned_outputs(files: Sequence[Path], read_stack) -> List[Tuple[Path, str, 
 
 def _stack_depth(path: Path) -> int:
     """Slices of a stack input (0 for a 2-D image), from the file's header where possible."""
-    from unet_jax.data.io import read_image
     if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
         try:
             with tifffile.TiffFile(path) as f:
                 shape = f.series[0].shape
@@ -118,8 +121,6 @@ def predict_paths(workdir, inputs, output_dir, tta: bool = False, step: Optional
 
     Files already in ``output_dir`` under an output's name are never replaced unless ``overwrite``: the run
     stops first, before writing anything, naming them (they may be the user's own files, e.g. ground truth)."""
-    from scipy import ndimage as ndi
-    from tqdm.auto import tqdm
     files = list_inputs(inputs)
     out = check_directory(output_dir, "--output")
     plan = planned_outputs(files, _stack_depth)
@@ -128,7 +129,7 @@ def predict_paths(workdir, inputs, output_dir, tta: bool = False, step: Optional
         raise FileExistsError(f"{len(existing)} output file(s) already exist in {out}, e.g. {existing[0].name}; "
                               f"predict does not replace files it did not write: choose another --output or "
                               f"pass --overwrite")
-    apply_fn, config, variables = load_model(workdir, step, overrides)
+    model, config, variables, _ = load_model(workdir, step, overrides)
     channels = int(_in_channels(variables))
     threshold = float(config.eval.get("threshold", 0.5))
     written, failed = [], []
@@ -139,8 +140,8 @@ def predict_paths(workdir, inputs, output_dir, tta: bool = False, step: Optional
             failed.append(f"{path.name}: {str(e).splitlines()[0]}")
             continue
         stack = image if is_stack else image[None]
-        probs = np.stack([predict_image(apply_fn, config, s, variables, tta=tta)[..., 1] for s in stack])
-        labels = np.stack([ndi.label(p > threshold)[0].astype(np.int32) for p in probs])
+        probs = np.stack([predict_probabilities(model, variables, s, config.eval, tta=tta)[..., 1] for s in stack])
+        labels = as_label_dtype(np.stack([objects_of(p, config.eval) for p in probs]))
         if not labels.any():
             log.warning("%s: no foreground predicted (no pixel with probability above %g, maximum %.3f); if the "
                         "image does hold objects, the model did not learn them or the image differs from the "

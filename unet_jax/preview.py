@@ -1,17 +1,14 @@
 """A picture of the data augmentation: a PNG grid of augmented tiles with their label borders drawn over them.
 
-Host-side (numpy, scikit-image, tifffile); the augmentation itself is ``unet_jax.augment.augment_batch`` under jit.
-Run on the ISBI 2012 stacks::
+Host-side (numpy, scikit-image); the augmentation itself is ``unet_jax.augment.augment_batch`` under jit. From the
+command line::
 
-    python -m unet_jax.preview --data-dir ../shared/data/isbi2012 --out preview.png
-    python -m unet_jax.preview --data-dir ../shared/data/isbi2012 --set elastic_sigma=20 --set rotate=False
+    unet-jax augment-preview --config experiments/isbi2012.py --config.data.root=../shared/data/isbi2012 \
+        --config.augment.elastic_sigma=20 --output aug.png
 """
 from __future__ import annotations
 
-import argparse
-import ast
 import math
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -22,6 +19,7 @@ import skimage.io
 from skimage.segmentation import mark_boundaries
 
 from unet_jax import augment as aug
+from unet_jax.data import load_split
 
 BORDER_COLOR = (1.0, 0.15, 0.1)     # label borders, RGB in [0, 1]
 GAP = 4                             # white pixels between tiles
@@ -142,7 +140,6 @@ def preview_from_config(config, path, n: int = 8, seed: int = 0, tile: Optional[
     -------
     Path of the written PNG. Borders are drawn between the data set's object instances.
     """
-    from unet_jax.data import load_split
 
     examples = [e for e in load_split(config.data, config.weights, "train") if e["labelled"]]
     if not examples:
@@ -152,60 +149,3 @@ def preview_from_config(config, path, n: int = 8, seed: int = 0, tile: Optional[
     augment_preview([e["image"] for e in examples], [e["instances"] for e in examples], config.augment, path,
                     n=n, seed=seed, tile=tile)
     return Path(path)
-
-
-def main(argv=None) -> int:
-    """Host-side command line: write an augmentation preview of the ISBI 2012 training stacks."""
-    p = argparse.ArgumentParser(prog="python -m unet_jax.preview", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", required=True, help="directory with train-volume.tif and train-labels.tif")
-    p.add_argument("--out", default="preview.png", help="output PNG (default preview.png)")
-    p.add_argument("--n", type=int, default=8, help="number of tiles (default 8)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tile", type=int, default=256, help="tile size in pixels (default 256)")
-    p.add_argument("--columns", type=int, default=4, help="tiles per row (default 4)")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a field of the augment config, e.g. --set elastic_sigma=20 (repeatable)")
-    args = p.parse_args(argv)
-
-    import tifffile
-
-    data = Path(args.data_dir)
-    files = [data / "train-volume.tif", data / "train-labels.tif"]
-    missing = [str(f) for f in files if not f.exists()]
-    if missing:
-        p.error(f"--data-dir {data}: missing {missing}")
-    images = tifffile.imread(files[0])
-    labels = (tifffile.imread(files[1]) > 0).astype(np.int32)     # 255 = cell -> 1, 0 = membrane
-    if images.ndim == 2:
-        images, labels = images[None], labels[None]
-
-    from unet_jax.config import base_config
-
-    cfg = base_config().augment
-    for item in args.set:
-        field, sep, value = item.partition("=")
-        if not sep:
-            p.error(f"--set expects FIELD=VALUE, got {item!r}")
-        try:
-            value = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            pass
-        field = field.strip()
-        if field not in cfg:
-            p.error(f"--set {item!r}: unknown field {field!r}; expected one of {sorted(cfg.keys())}")
-        try:
-            setattr(cfg, field, value)
-        except (AttributeError, KeyError, TypeError) as e:
-            p.error(f"--set {item!r}: {e}")
-    try:
-        augment_preview(images, labels, cfg, args.out, n=args.n, seed=args.seed, tile=args.tile,
-                        columns=args.columns)
-    except ValueError as e:
-        p.error(str(e))
-    print(f"wrote {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -44,8 +44,9 @@ from typing import Callable, Iterator, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
-from unet_jax.model import PADDINGS, border, output_size
+from unet_jax.geometry import PADDINGS, border, output_size
 
 PAD_MODES = ("symmetric", "reflect")
 
@@ -126,7 +127,7 @@ def tile_grid(image_shape, tile_size: int, *, depth: int = 4, padding: str = "VA
     image_shape : (int, int)
         Image (H, W), both >= 1.
     tile_size : int
-        Input tile side T; must be a valid size for ``depth`` and ``padding`` (``unet_jax.model.output_size``
+        Input tile side T; must be a valid size for ``depth`` and ``padding`` (``unet_jax.geometry.output_size``
         raises a ValueError naming the nearest valid sizes otherwise).
     depth : int
         Number of 2x2 max-pools of the network.
@@ -442,7 +443,6 @@ def _predict_into(predictor, image, grid, out, batch_size, pad_mode, num_classes
 
     batches = iter_tile_batches(image, grid, batch_size, pad_mode)
     if progress:
-        from tqdm.auto import tqdm
         batches = tqdm(batches, total=-(-grid.num_tiles // batch_size), desc="tiles", unit="batch")
     pending = None
     for batch in batches:
@@ -543,7 +543,6 @@ def predict_stack(apply_fn: Callable, stack, tile_size: int, *, depth: int = 4, 
     out = None
     slices = range(stack.shape[0])
     if progress:
-        from tqdm.auto import tqdm
         slices = tqdm(slices, desc="slices", unit="slice")
     for z in slices:
         probs = _predict_into(predictor, stack[z], grid, None if out is None else out[z], batch_size, pad_mode,

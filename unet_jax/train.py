@@ -20,23 +20,8 @@ on one device. With ``model.norm='batch'`` the forward pass runs over each devic
 depends on the device split. Resuming is exact because the state (step, key, parameters, optimizer state) is
 all there is.
 
-Multi-host
-----------
-``config.train.distributed=True`` calls ``jax.distributed.initialize`` (JAX's own runtime) before anything else.
-On a cluster it detects the coordinator, process count and process id itself (SLURM, Open MPI, Kubernetes/GKE,
-Cloud TPU); otherwise set ``train.coordinator_address`` ('host:port' of process 0), ``train.num_processes`` and
-``train.process_id`` (or the environment variable ``JAX_COORDINATOR_ADDRESS``). Every process runs the same
-command with the same workdir (a shared filesystem: orbax coordinates the checkpoint writes, process 0 writes
-the logs). Two processes on one machine, CPU only (JAX's gloo CPU collectives join them;
-``tests/test_train.py`` runs the same through ``train_and_evaluate``)::
-
-    unet-jax train --config=experiments/synthetic.py --workdir=/tmp/run --config.train.distributed=True \\
-        --config.train.coordinator_address=127.0.0.1:12345 --config.train.num_processes=2 \\
-        --config.train.process_id=0 &
-    unet-jax train ... the same flags ... --config.train.process_id=1
-
-``train.batch_size`` is the global batch over all devices of all processes; each process loads the whole data
-set and computes only its own devices' samples.
+Several processes (``train.distributed=True``, README "Running on GPU/TPU and on several hosts") run the same
+command on a shared workdir; ``train.batch_size`` is the global batch over all devices of all processes.
 """
 from __future__ import annotations
 
@@ -57,13 +42,19 @@ import ml_collections
 import numpy as np
 import optax
 from jax import lax
+from tqdm.auto import tqdm
 
+from unet_jax import augment as augment_lib
 from unet_jax import checkpoint as ckpt_lib
-from unet_jax.config import ISBI_METRICS, validate
+from unet_jax.config import validate
+from unet_jax.data import MissingSplitError, load_split, sampler
+from unet_jax.data.io import check_directory
+from unet_jax.geometry import output_size, valid_input_size
 from unet_jax.guard import GUARD_FILE, DivergenceGuard
+from unet_jax.inference import evaluate_examples
 from unet_jax.logging_utils import MetricWriter, plot_training_curves
 from unet_jax.losses import center_crop, soft_dice_loss, weighted_softmax_cross_entropy
-from unet_jax.model import UNet, output_size, valid_input_size
+from unet_jax.model import UNet
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +65,7 @@ TRIVIAL_MARGIN = 0.01    # validation IoU must beat the trivial predictions' by 
 
 __all__ = ["TrainState", "NonFiniteLossError", "DivergenceError", "create_model", "create_learning_rate_schedule", "create_optimizer",
            "create_train_state", "make_train_step", "train_step", "replicate", "shard_state", "unshard_state",
-           "initialize_distributed", "predict_probabilities", "evaluate", "train_and_evaluate"]
+           "initialize_distributed", "train_and_evaluate"]
 
 
 class DivergenceError(FloatingPointError):
@@ -416,8 +407,6 @@ _STEP_CACHE: Dict[str, Callable] = {}
 
 
 def _build_train_step(config, num_devices: int) -> Callable:
-    from unet_jax import augment as augment_lib
-    from unet_jax.data import sampler
 
     model = create_model(config)
     optimizer = create_optimizer(config.optimizer, config.train.num_steps)
@@ -458,111 +447,6 @@ def shard_state(state: TrainState) -> TrainState:
 def unshard_state(state: TrainState) -> TrainState:
     """The first local replica of a replicated state (all replicas are equal)."""
     return flax.jax_utils.unreplicate(state)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Validation
-# ----------------------------------------------------------------------------------------------------------------
-
-@functools.lru_cache(maxsize=16)
-def _apply_fn(model: UNet) -> Callable:
-    """``(variables, tiles) -> logits`` in inference mode, one function object per model, so the compilations
-    ``unet_jax.tiling`` caches per function object serve every validation of a run."""
-    return lambda variables, x: model.apply(variables, x, train=False)
-
-
-def predict_probabilities(model: UNet, variables, image, tile_size: int, batch_size: int = 4) -> np.ndarray:
-    """Softmax probabilities (H, W, K) of one image by overlap-tile prediction (host-side driver).
-
-    ``unet_jax.tiling.predict_tiled`` with the variables passed as an argument of the compiled function, so
-    validating a changing model does not recompile.
-
-    Parameters
-    ----------
-    model : UNet
-    variables : dict
-        ``{'params': ...[, 'batch_stats': ...]}``.
-    image : float32 array (H, W, C) or (H, W)
-    tile_size : int
-        Valid input tile side for the model.
-    batch_size : int
-        Tiles per device call.
-    """
-    from unet_jax import tiling
-
-    return tiling.predict_tiled(_apply_fn(model), image, tile_size, depth=model.depth, padding=model.padding,
-                                batch_size=batch_size, num_classes=model.num_classes, variables=variables)
-
-
-def evaluate(model: UNet, variables, examples: Sequence[dict], config) -> Dict[str, float]:
-    """Validation metrics over full images (host-side driver; prediction is jitted).
-
-    Parameters
-    ----------
-    model : UNet
-    variables : dict
-        ``{'params': ...[, 'batch_stats': ...]}`` (one replica).
-    examples : list of dict
-        ``unet_jax.data.load_split`` output: 'image' float32 (H, W, C), 'instances' int32 (H, W), 'weights'
-        float32 (H, W).
-    config : ConfigDict
-        Full config; ``eval.tile_size``, ``eval.batch_size`` and ``eval.threshold`` are used.
-
-    Returns
-    -------
-    dict with
-
-    * 'loss': the weighted cross-entropy of the predicted probabilities (weights from the examples), pooled over
-      all pixels of all images (the training energy, on whole images);
-    * 'pixel_mismatch': fraction of wrongly classified pixels (``unet_jax.metrics.pixel_mismatch``; cell = P(cell) >
-      ``eval.threshold`` for two classes, arg-max otherwise), pooled over all images;
-    * 'pixel_error', 'rand_error', 'warping_error', 'vrand_thinned', 'vinfo_thinned' (two classes only): the
-      ISBI 2012 measures as the challenge's reference code defines them (``unet_jax.metrics.isbi2012``), at the one
-      threshold ``eval.threshold`` (no sweep), statistics pooled over all images as for a stack; computed for the
-      isbi2012 data set, or when ``train.best_metric`` is one of them (a few seconds per 512x512 image);
-    * 'iou' (two classes only): mean over images of the cell-class intersection over union at ``eval.threshold``
-      (the paper's measure on the cell tracking data);
-    * 'trivial_iou' (two classes only): the better 'iou' of the two trivial predictions, all background and all
-      foreground (a model that does not beat it learned nothing); 'foreground_fraction': mean share of cell
-      pixels in the truth.
-    """
-    from unet_jax import metrics as metrics_lib
-
-    if not examples:
-        raise ValueError("examples must be a non-empty list of validation examples, got an empty list")
-    num = den = wrong = total = 0.0
-    rand, ious, trivial, fg = [], [], [], []
-    threshold = float(config.eval.threshold)
-    challenge = config.data.name == "isbi2012" or config.train.best_metric in ISBI_METRICS
-    for ex in examples:
-        probs = predict_probabilities(model, variables, ex["image"], config.eval.tile_size, config.eval.batch_size)
-        truth = metrics_lib.truth_instances(ex["instances"])
-        labels = (truth > 0).astype(np.int64)
-        weights = np.asarray(ex["weights"], np.float64)
-        p_true = np.take_along_axis(probs, labels[..., None], axis=-1)[..., 0].astype(np.float64)
-        num += float((weights * -np.log(np.maximum(p_true, 1e-12))).sum())
-        den += float(weights.sum())
-        binary = probs.shape[-1] == 2
-        pred = probs[..., 1] > threshold if binary else probs.argmax(-1)
-        wrong += metrics_lib.pixel_mismatch(pred, labels) * labels.size
-        total += labels.size
-        if binary and challenge:
-            rand.append(metrics_lib.isbi2012_stats(np.clip(np.nan_to_num(probs[..., 1]), 0.0, 1.0), ex["instances"],
-                                                   thresholds=(threshold,)))
-        if binary:
-            ious.append(metrics_lib.iou(pred, labels))
-            trivial.append((metrics_lib.iou(np.zeros_like(labels), labels), metrics_lib.iou(np.ones_like(labels),
-                                                                                         labels)))
-            fg.append(labels.mean())
-    out = {"loss": num / den if den > 0 else 0.0, "pixel_mismatch": wrong / total}
-    if rand:
-        isbi = metrics_lib.isbi2012_summary(rand)
-        out.update({k: isbi[k] for k in ISBI_METRICS})
-    if ious:
-        out["iou"] = float(np.mean(ious))
-        out["trivial_iou"] = float(np.max(np.mean(trivial, axis=0)))
-        out["foreground_fraction"] = float(np.mean(fg))
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -651,13 +535,9 @@ def _record_config(config, workdir: Path, step: int, changes: list) -> None:
 
 def _load_validation(config) -> list:
     """The labelled validation examples, or [] (with a warning) when the data set has no validation split."""
-    from unet_jax.data import load_split
-
     try:
         examples = load_split(config.data, config.weights, "validation")
-    except ValueError as e:
-        if "'validation' split" not in str(e):
-            raise
+    except MissingSplitError as e:
         logger.warning("no validation split (%s): training without validation; best checkpoint = latest", e)
         return []
     return [ex for ex in examples if ex.get("labelled", True)]
@@ -722,9 +602,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
             raise ValueError(f"callbacks must be callables, got {cb!r}")
     if config.train.distributed:
         initialize_distributed(config.train)
-    from unet_jax.data import load_split, sampler
 
-    from unet_jax.data.io import check_directory
     workdir = check_directory(workdir, "workdir").resolve()
     is_main = jax.process_index() == 0
     tcfg = config.train
@@ -856,7 +734,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
                 guard.remember(step, jax.device_get(unshard_state(r_state)))
         if do_eval:
             if val_examples:
-                last_eval = evaluate(model, unshard_state(r_state).variables(), val_examples, config)
+                last_eval = evaluate_examples(model, unshard_state(r_state).variables(), val_examples, config)[0]
                 writer.write_scalars(step, last_eval, "validation")
                 logger.info("step %d validation %s", step, last_eval)
                 warn_if_trivial(step, last_eval)
@@ -924,7 +802,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
                 final_step = step
                 break
         if last_eval_step != final_step and val_examples:   # resumed a finished run: validate the final state
-            last_eval = evaluate(model, unshard_state(r_state).variables(), val_examples, config)
+            last_eval = evaluate_examples(model, unshard_state(r_state).variables(), val_examples, config)[0]
         ckpts.wait()
         best_step = ckpts.best_step() if tcfg.best_metric else None
         best_metrics = (ckpts.metrics(best_step) or {}) if best_step is not None else {}
@@ -974,7 +852,6 @@ def _train_part(state: TrainState) -> dict:
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
     # disable is passed only to switch the bar off, so tqdm's TQDM_DISABLE=1 environment override still works.
     return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr,
                 **({} if enabled else {"disable": True}))

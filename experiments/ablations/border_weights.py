@@ -5,6 +5,8 @@ default data with equal budgets and 3 seeds.
 """
 from unet_jax.config import synthetic_config as get_config  # noqa: F401
 
+__all__ = ["SEEDS", "get_config", "get_sweep"]   # get_config is the synthetic default's, re-exported for `ablate`
+
 SEEDS = 3
 
 

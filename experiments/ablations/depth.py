@@ -4,7 +4,9 @@ output is at least the depth-3 default's 36x36.
     unet-jax ablate --config experiments/ablations/depth.py --workdir runs/ablate_depth
 """
 from unet_jax.config import synthetic_config as get_config  # noqa: F401
-from unet_jax.model import valid_input_size
+from unet_jax.geometry import valid_input_size
+
+__all__ = ["SEEDS", "get_config", "get_sweep"]   # get_config is the synthetic default's, re-exported for `ablate`
 
 SEEDS = 3
 

@@ -4,6 +4,8 @@
 """
 from unet_jax.config import synthetic_config as get_config  # noqa: F401
 
+__all__ = ["SEEDS", "get_config", "get_sweep"]   # get_config is the synthetic default's, re-exported for `ablate`
+
 SEEDS = 3
 
 

@@ -20,19 +20,21 @@ so changing them prepares a new data set rather than reusing stale maps.
 
 Host API: ``load_split(data_config, weights_config, split)`` prepares the builder if needed (in
 ``data_config.data_dir``, default ``~/.cache/unet_jax/tfds``) and returns the split as a list of example dicts
-sorted by name. Device API (``unet_jax.data.sampler``): ``to_device_dataset`` / ``sample_tiles`` (pure jax) and
-``stream_tiles`` / ``prefetch_to_device`` for splits too large for the device (``fits_on_device``).
+sorted by name. Device API (``unet_jax.data.sampler``): ``to_device_dataset`` / ``sample_tiles`` (pure jax).
 """
 from __future__ import annotations
 
+import fcntl
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
+import tensorflow_datasets as tfds
 
+from unet_jax.data.common import field, weight_settings
 from unet_jax.data.sampler import (PAD_MODE, DeviceDataset, device_dataset_nbytes, fits_on_device,  # noqa: F401
-                                   gather_tiles, prefetch_to_device, sample_origins, sample_tiles, stream_tiles,
-                                   to_device_dataset)
+                                   gather_tiles, sample_origins, sample_tiles, to_device_dataset)
 
 DATASETS = ("synthetic_cells", "isbi2012", "ctc", "folder")
 SPLITS = ("train", "validation", "test")
@@ -40,9 +42,13 @@ DEFAULT_DATA_DIR = "~/.cache/unet_jax/tfds"
 
 log = logging.getLogger("unet_jax.data")
 
-__all__ = ["load_split", "make_builder", "prepare", "DATASETS", "SPLITS", "DEFAULT_DATA_DIR", "DeviceDataset",
-           "to_device_dataset", "sample_tiles", "sample_origins", "gather_tiles", "stream_tiles",
-           "prefetch_to_device", "fits_on_device", "device_dataset_nbytes", "PAD_MODE"]
+__all__ = ["load_split", "make_builder", "MissingSplitError", "prepare", "DATASETS", "SPLITS", "DEFAULT_DATA_DIR", "DeviceDataset",
+           "to_device_dataset", "sample_tiles", "sample_origins", "gather_tiles", "fits_on_device",
+           "device_dataset_nbytes", "PAD_MODE"]
+
+
+class MissingSplitError(ValueError):
+    """The data set has no such split (e.g. no validation split when its size setting is 0)."""
 
 
 def make_builder(data_config, weights_config=None):
@@ -69,8 +75,6 @@ def make_builder(data_config, weights_config=None):
     FileNotFoundError
         If ``root`` does not exist (the message lists the files expected there).
     """
-    from unet_jax.data.common import field, weight_settings
-
     name = field(data_config, "name", "synthetic_cells")
     if name not in DATASETS:
         raise ValueError(f"data.name must be one of {DATASETS}, got {name!r}")
@@ -133,10 +137,6 @@ def prepare(builder, root=None):
     its folder); whatever an interrupted build left (``incomplete.*`` folders, killed before TFDS could remove
     them) is removed before the next one starts, and a failed first build leaves no empty folder behind.
     """
-    import fcntl
-    import shutil
-
-    import tensorflow_datasets as tfds
 
     kwargs = {}
     if root is not None:
@@ -189,7 +189,8 @@ def load_split(data_config, weights_config, split: str) -> list:
     Raises
     ------
     ValueError
-        Bad split or settings, a split this data set lacks, or bad input files (the message names the file).
+        Bad split or settings, or bad input files (the message names the file); ``MissingSplitError`` (a
+        ValueError) for a split this data set lacks.
     FileNotFoundError
         Missing input files (the message lists what is expected, where it was searched, where to get it).
     """
@@ -199,7 +200,7 @@ def load_split(data_config, weights_config, split: str) -> list:
     prepare(builder, root)
     available = sorted(builder.info.splits.keys())
     if split not in available:
-        raise ValueError(f"the {builder.name} data set ({builder.builder_config.name}) has no {split!r} split; "
+        raise MissingSplitError(f"the {builder.name} data set ({builder.builder_config.name}) has no {split!r} split; "
                          f"it has {available} (a validation split needs validation_slices / validation_fraction "
                          f"/ num_validation > 0)")
     source = builder.as_data_source(split=split)

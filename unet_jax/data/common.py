@@ -24,13 +24,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import tensorflow_datasets as tfds
+from tqdm.auto import tqdm
 
-from unet_jax.weights import unet_weight_map
+from unet_jax.weights import check_class_weights, unet_weight_map
 
 __all__ = ["UNetConfig", "UNetBuilder", "features", "config_name", "normalize_class_weights", "field"]
 
@@ -50,8 +53,6 @@ def normalize_class_weights(class_weights):
     Host-side. The result is JSON-friendly (for config hashing); ``class_weights_arg`` turns it back into what
     ``unet_jax.weights.unet_weight_map`` takes. Raises ValueError naming ``class_weights`` for anything else.
     """
-    from unet_jax.weights import check_class_weights
-
     if isinstance(class_weights, str) and class_weights.lower() == "none":
         class_weights = None
     if hasattr(class_weights, "to_dict"):  # ml_collections.ConfigDict
@@ -134,7 +135,6 @@ def features(channels: Optional[int] = 1) -> tfds.features.FeaturesDict:
 
 def progress(iterable, total: int, desc: str):
     """tqdm progress bar over a slow preparation loop (shown on a terminal, silent otherwise)."""
-    from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=desc, unit="image", disable=None, leave=False)
 
@@ -163,7 +163,6 @@ class UNetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def manual_root(self, dl_manager):
         """The manual directory as a ``pathlib.Path``; FileNotFoundError listing what is expected if missing."""
-        from pathlib import Path
 
         try:
             root = Path(str(dl_manager.manual_dir))
@@ -202,3 +201,19 @@ class UNetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                                   class_weights=class_weights_arg(cfg.class_weights))
         return {"image": image.astype(np.float32), "instances": instances.astype(np.int32),
                 "weights": weights.astype(np.float32), "labelled": True, "name": name}
+
+
+def check_fraction(validation_fraction) -> float:
+    """``validation_fraction`` as a float, checked to be in [0, 1)."""
+    if isinstance(validation_fraction, bool) or not isinstance(validation_fraction, (int, float)) \
+            or not 0.0 <= validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must be a number in [0, 1), got {validation_fraction!r}")
+    return float(validation_fraction)
+
+
+def validation_count(n: int, fraction: float) -> int:
+    """How many of ``n`` examples are held out: ``round(fraction * n)``, at least 1 if fraction > 0 and n >= 2,
+    at most n - 1 (the training split is never empty)."""
+    if n < 2 or fraction <= 0:
+        return 0
+    return min(max(int(math.floor(fraction * n + 0.5)), 1), n - 1)

@@ -22,19 +22,19 @@ each sequence keeps frames that are neighbours in time (nearly identical) out of
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from pathlib import Path
 
 import tensorflow_datasets as tfds
 
 from unet_jax.data import io
-from unet_jax.data.common import UNetBuilder, UNetConfig, config_name, fingerprint_hash, progress
+from unet_jax.data.common import (UNetBuilder, UNetConfig, check_fraction, config_name, fingerprint_hash, progress,
+                                  validation_count)
 
 URL = "https://celltrackingchallenge.net/2d-datasets/"
 DATASETS = {"phc_c2dh_u373": "PhC-C2DH-U373", "dic_c2dh_hela": "DIC-C2DH-HeLa"}
 
-__all__ = ["Ctc", "CtcConfig", "make_config", "DATASETS", "URL", "validation_count"]
+__all__ = ["Ctc", "CtcConfig", "make_config", "DATASETS", "URL"]
 
 _SEG = re.compile(r"^man_seg(\d+)\.tiff?$")
 _SEQ = re.compile(r"^\d{2,}$")
@@ -45,21 +45,6 @@ class CtcConfig(UNetConfig):
     """CTC config: the weight-map fields, the data set folder name and ``validation_fraction``."""
     dataset: str = "PhC-C2DH-U373"
     validation_fraction: float = 0.2
-
-
-def _check_fraction(validation_fraction) -> float:
-    if isinstance(validation_fraction, bool) or not isinstance(validation_fraction, (int, float)) \
-            or not 0.0 <= validation_fraction < 1.0:
-        raise ValueError(f"validation_fraction must be a number in [0, 1), got {validation_fraction!r}")
-    return float(validation_fraction)
-
-
-def validation_count(n: int, fraction: float) -> int:
-    """How many of ``n`` examples are held out: ``round(fraction * n)``, at least 1 if fraction > 0 and n >= 2,
-    at most n - 1 (the training split is never empty)."""
-    if n < 2 or fraction <= 0:
-        return 0
-    return min(max(int(math.floor(fraction * n + 0.5)), 1), n - 1)
 
 
 def make_config(builder_config: str, weights: dict, validation_fraction: float = 0.2, root=None) -> CtcConfig:
@@ -74,7 +59,7 @@ def make_config(builder_config: str, weights: dict, validation_fraction: float =
     """
     if builder_config not in DATASETS:
         raise ValueError(f"builder_config for ctc must be one of {sorted(DATASETS)}, got {builder_config!r}")
-    fraction = _check_fraction(validation_fraction)
+    fraction = check_fraction(validation_fraction)
     fp = ""
     if root:
         fp = fingerprint_hash(io.file_fingerprint(root, (f"{DATASETS[builder_config]}/**/*.tif", "[0-9]*/*.tif",

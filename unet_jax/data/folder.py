@@ -37,7 +37,7 @@ import tensorflow_datasets as tfds
 
 from unet_jax.data import io
 from unet_jax.data.common import UNetBuilder, UNetConfig, config_name, fingerprint_hash, progress
-from unet_jax.data.ctc import _check_fraction, validation_count
+from unet_jax.data.common import check_fraction, validation_count
 
 log = logging.getLogger("unet_jax.data")
 summary = logging.getLogger("unet_jax.summary")    # shown by the command line without -v
@@ -55,7 +55,7 @@ class FolderConfig(UNetConfig):
 def make_config(weights: dict, validation_fraction: float = 0.2, mask_type: str = "auto",
                 root=None) -> FolderConfig:
     """A config named ``default-<hash>`` of the weights settings, split, mask type and input fingerprint."""
-    fraction = _check_fraction(validation_fraction)
+    fraction = check_fraction(validation_fraction)
     if mask_type not in io.MASK_TYPES:
         raise ValueError(f"mask_type must be one of {io.MASK_TYPES}, got {mask_type!r}")
     fp = fingerprint_hash(io.file_fingerprint(root, ("images/*", "masks/*"))) if root else ""

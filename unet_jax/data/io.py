@@ -16,10 +16,16 @@ Masks (``mask_to_instances``) become int32 instance labels (0 = background, 1..K
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
+import skimage.io
+import tifffile
 from scipy import ndimage as ndi
+from skimage.segmentation import find_boundaries
 
 from unet_jax.weights import instances_from_mask
 
@@ -57,7 +63,6 @@ def read_tiff(path) -> np.ndarray:
     ValueError
         If the file cannot be read (truncated, corrupt, not a TIFF); the message names the file.
     """
-    import tifffile
 
     path = Path(path)
     if not path.is_file():
@@ -97,7 +102,6 @@ def read_image(path) -> np.ndarray:
         return read_tiff(path)
     if not path.is_file():
         raise FileNotFoundError(f"file not found: {path}")
-    import imageio.v3 as iio
 
     try:
         return np.asarray(iio.imread(path))
@@ -383,3 +387,53 @@ def check_same_shape(image: np.ndarray, instances: np.ndarray, image_path, mask_
         raise ValueError(f"image {image_path} is {image.shape[0]}x{image.shape[1]} but its mask {mask_path} is "
                          f"{instances.shape[0]}x{instances.shape[1]} (height x width); they must match pixel "
                          f"for pixel: re-export the mask at the image's size")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Writing (evaluate, predict, ablate)
+# ----------------------------------------------------------------------------------------------------------------
+
+def atomic_write(path, write_fn):
+    """Call ``write_fn(tmp_path)`` then rename onto ``path``, so a failure leaves no half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)       # mkstemp makes 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_tiff(path, array):
+    """Write ``array`` as a TIFF at ``path`` (atomically, see ``atomic_write``); returns the path."""
+    return atomic_write(path, lambda p: tifffile.imwrite(p, np.asarray(array)))
+
+
+def write_png(path, rgb_uint8):
+    """Write an RGB uint8 image as a PNG at ``path`` (atomically); returns the path."""
+    return atomic_write(path, lambda p: skimage.io.imsave(p, rgb_uint8, check_contrast=False))
+
+
+def overlay(image, cell_prob, threshold=0.5, truth_instances=None) -> np.ndarray:
+    """RGB uint8 (H, W, 3): the image in grey, predicted cell borders in green and, given the truth, the wrongly
+    classified pixels (red: predicted membrane inside a true cell; blue: predicted cell on a true membrane)."""
+    img = np.asarray(image, np.float32)
+    if img.ndim == 3:
+        img = img.mean(axis=-1)
+    grey = np.clip(img, 0, 1)
+    rgb = np.stack([grey, grey, grey], -1)
+    pred = cell_prob > threshold
+    if truth_instances is not None:
+        truth = np.asarray(truth_instances) > 0
+        rgb[truth & ~pred] = 0.6 * rgb[truth & ~pred] + 0.4 * np.array([1.0, 0.0, 0.0])
+        rgb[~truth & pred] = 0.6 * rgb[~truth & pred] + 0.4 * np.array([0.0, 0.3, 1.0])
+    rgb[find_boundaries(pred, mode="inner")] = (0.0, 1.0, 0.0)
+    return (rgb * 255 + 0.5).astype(np.uint8)

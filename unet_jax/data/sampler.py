@@ -1,14 +1,11 @@
 """Random training tiles (paper section 3: large input tiles, batch of one image, mirrored borders).
 
-Two paths with the same sampling law:
-
-* ``to_device_dataset`` (host-side, once) puts a whole split on the accelerator, mirror-padded, and
-  ``sample_tiles`` (pure jax.numpy, jit-compiled) cuts a random batch of tiles out of it inside the train step;
-* ``stream_tiles`` (host-side iterator) cuts the same kind of tiles on the host for splits too large for device
-  memory (``fits_on_device`` decides), and ``prefetch_to_device`` copies them ahead of use.
+``to_device_dataset`` (host-side, once) puts a whole split on the accelerator, mirror-padded, and ``sample_tiles``
+(pure jax.numpy, jit-compiled) cuts a random batch of tiles out of it inside the train step; ``fits_on_device``
+tells whether a split fits next to the model (training warns when it may not).
 
 Geometry, for a tile of T = ``tile_size`` input pixels whose VALID network output is O = ``out_size`` pixels
-(``unet_jax.model.output_size``): the output window is O x O, centred in the tile, and the tile extends it by the
+(``unet_jax.geometry.output_size``): the output window is O x O, centred in the tile, and the tile extends it by the
 border b = (T - O) / 2 on every side. An output window lies wholly inside the image: its origin (oy, ox) is drawn
 uniformly from [0, H - O] x [0, W - O]. Where the tile's border reaches past the image, the image is mirrored
 with ``PAD_MODE`` = ``'symmetric'`` (``np.pad`` mode: the edge pixel is repeated, ``c b a | a b c``), the default
@@ -30,9 +27,7 @@ from __future__ import annotations
 
 import functools
 import os
-import queue
-import threading
-from typing import Iterator, NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -43,8 +38,8 @@ from unet_jax.tiling import PAD_MODES, mirror_indices
 PAD_MODE = "symmetric"
 FG_BLOCK = 8
 
-__all__ = ["DeviceDataset", "to_device_dataset", "sample_origins", "gather_tiles", "sample_tiles", "stream_tiles",
-           "prefetch_to_device", "device_dataset_nbytes", "fits_on_device", "PAD_MODE"]
+__all__ = ["DeviceDataset", "to_device_dataset", "sample_origins", "gather_tiles", "sample_tiles",
+           "device_dataset_nbytes", "fits_on_device", "PAD_MODE"]
 
 
 class DeviceDataset(NamedTuple):
@@ -185,7 +180,7 @@ def to_device_dataset(examples: Sequence, tile_size: int, out_size: int, pad_mod
     tile_size : int
         Network input tile T.
     out_size : int
-        Its output O (``unet_jax.model.output_size(tile_size, depth, padding)``); T - O must be even (>= 0).
+        Its output O (``unet_jax.geometry.output_size(tile_size, depth, padding)``); T - O must be even (>= 0).
     pad_mode : {'symmetric', 'reflect'}
         Mirror mode (``np.pad``); default ``PAD_MODE``, as in ``unet_jax.tiling``.
     device : jax.Device or Sharding, optional
@@ -338,99 +333,8 @@ def sample_tiles(dataset: DeviceDataset, key: jax.Array, batch_size: int, tile_s
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Streaming path (host-side)
+# Memory check (host-side)
 # ----------------------------------------------------------------------------------------------------------------
-
-def stream_tiles(examples_or_source, batch_size: int, tile_size: int, out_size: int, seed: int = 0,
-                 pad_mode: str = PAD_MODE) -> Iterator[tuple]:
-    """Endless host iterator of random tile batches, for splits too large for device memory. Host-side.
-
-    Same sampling law and geometry as ``sample_tiles`` (uniform image, uniform output-window origin, mirrored
-    border, zero weights on the extension of small images), drawn with ``numpy.random.default_rng(seed)``; only
-    the tile's window is mirrored and cut (``mirror_indices``), the image is never padded whole.
-
-    Parameters
-    ----------
-    examples_or_source : sequence of example dicts, or a random-access source of them
-        Anything with ``len()`` and ``[i]`` giving 'image', 'instances', 'weights' (e.g. ``load_split``'s list or
-        a TFDS ``builder.as_data_source()[split]``, read lazily).
-    batch_size, tile_size, out_size : int
-    seed : int
-    pad_mode : {'symmetric', 'reflect'}
-
-    Yields
-    ------
-    (images float32 (B, T, T, C), labels int32 (B, T, T), weights float32 (B, T, T)) as numpy arrays.
-    """
-    batch_size = _check_int("batch_size", batch_size, 1)
-    border = _check_geometry(tile_size, out_size)
-    _check_pad_mode(pad_mode)
-    n = len(examples_or_source) if hasattr(examples_or_source, "__len__") else 0
-    if n == 0 or not hasattr(examples_or_source, "__getitem__"):
-        raise ValueError(f"examples_or_source must be a non-empty sequence or random-access source of examples, "
-                         f"got {type(examples_or_source).__name__}")
-    rng = np.random.default_rng(seed)
-    t = tile_size
-
-    def gen():
-        while True:
-            out = []
-            for i in rng.integers(0, n, batch_size):
-                image, instances, weights = _example_arrays(examples_or_source[int(i)], int(i))
-                g = _geometry(image.shape[0], image.shape[1], out_size, border)
-                oy = int(rng.integers(0, g.eh - out_size + 1))
-                ox = int(rng.integers(0, g.ew - out_size + 1))
-                out.append(_window(image, instances, weights, g, oy, ox, t, t, pad_mode))
-            yield tuple(np.stack(parts) for parts in zip(*out))
-
-    return gen()
-
-
-def prefetch_to_device(iterator, size: int = 2, device=None) -> Iterator:
-    """Copy batches from a host iterator to the device ahead of use, in a background thread. Host-side.
-
-    A thread pulls from ``iterator`` and ``jax.device_put``s each batch (onto ``device``: a Device or Sharding,
-    default the default device) into a queue of at most ``size`` batches, so that host tile cutting and the
-    transfer overlap with the device's work. Exceptions in the thread are re-raised by the consumer.
-
-    Yields
-    ------
-    The iterator's batches (pytrees) as device arrays, in order.
-    """
-    size = _check_int("size", size, 1)
-    q: queue.Queue = queue.Queue(maxsize=size)
-    done = object()
-    stop = threading.Event()
-
-    def worker():
-        try:
-            for batch in iterator:
-                item = jax.device_put(batch, device)
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put(done)
-        except BaseException as err:  # noqa: BLE001 - handed to the consumer
-            q.put(err)
-
-    thread = threading.Thread(target=worker, daemon=True, name="unet_jax-prefetch")
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-
 
 def _free_device_bytes() -> Optional[int]:
     try:
@@ -461,7 +365,7 @@ def fits_on_device(examples: Sequence, limit_bytes: Optional[int] = None, tile_s
 
     Returns
     -------
-    bool; use ``to_device_dataset`` + ``sample_tiles`` if True, else ``stream_tiles`` + ``prefetch_to_device``.
+    bool: whether the padded split fits the budget.
     """
     if limit_bytes is None:
         free = _free_device_bytes()

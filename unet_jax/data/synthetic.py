@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
+from skimage.segmentation import find_boundaries, relabel_sequential
 
 from unet_jax.data.common import UNetBuilder, UNetConfig, config_name, progress
 
@@ -61,7 +62,6 @@ def synthetic_cells(size, rng: np.random.Generator, cell_diameter: float = 28.0)
     _, nearest = cKDTree(seeds).query(coords)
     cells = nearest.reshape(h, w).astype(np.int32) + 1
     # Membranes: the cell boundaries, thickened to 1-3 px (thicker pieces where a smooth random field is high).
-    from skimage.segmentation import find_boundaries, relabel_sequential
 
     thin = find_boundaries(cells, connectivity=1, mode="inner")
     thickness = ndi.gaussian_filter(rng.normal(size=(h, w)), 10)
@@ -102,7 +102,6 @@ def _split_disconnected(instances: np.ndarray) -> np.ndarray:
         sub = out[box]
         sub[pieces > 0] = pieces[pieces > 0] + (nxt - 1)
         nxt += m
-    from skimage.segmentation import relabel_sequential
 
     return relabel_sequential(out)[0].astype(np.int32)
 

@@ -1,0 +1,132 @@
+"""One inference path (paper section 2, "overlap-tile"): the probabilities of whole images and the measures of
+labelled examples, used alike by training's validation, ``unet-jax evaluate`` and ``unet-jax predict``.
+
+Host-side drivers around ``unet_jax.tiling.predict_tiled``; the network runs jit-compiled, its variables an argument
+of the compiled function, so a changing model (validation during training) does not recompile. Probabilities are
+float32 (H, W, K) softmax outputs; for two classes, class 1 is the cell (foreground).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from unet_jax import metrics
+from unet_jax.config import ISBI_METRICS
+from unet_jax.instances import label_instances
+from unet_jax.model import UNet
+from unet_jax.tiling import predict_tiled
+
+__all__ = ["predict_probabilities", "evaluate_examples", "objects_of"]
+
+
+@functools.lru_cache(maxsize=16)
+def _apply_fn(model: UNet) -> Callable:
+    """``(variables, tiles) -> logits`` in inference mode, one function object per model, so the compilations
+    ``unet_jax.tiling`` caches per function object serve every call with that model."""
+    return lambda variables, x: model.apply(variables, x, train=False)
+
+
+def predict_probabilities(model: UNet, variables, image, eval_config, tta: bool = False,
+                          progress: bool = False) -> np.ndarray:
+    """Softmax probabilities (H, W, K) float32 of one (H, W[, C]) image by overlap-tile prediction.
+
+    ``eval_config``: the ``eval`` config section (``tile_size``, ``batch_size``); ``tta`` averages the 8
+    flips/rotations; ``progress`` shows a bar over tile batches.
+    """
+    return predict_tiled(_apply_fn(model), image, int(eval_config.tile_size), depth=model.depth,
+                         padding=model.padding, batch_size=int(eval_config.batch_size), tta=tta,
+                         num_classes=model.num_classes, progress=progress, variables=variables)
+
+
+def evaluate_examples(model: UNet, variables, examples: Sequence[dict], config, *, tta: bool = False,
+                      sweep: bool = False, on_prediction: Optional[Callable[[dict, np.ndarray], None]] = None,
+                      progress: Optional[str] = None) -> Tuple[Dict[str, float], List[dict]]:
+    """Predict ``examples`` and measure the labelled ones: the evaluator of validation and of ``evaluate``.
+
+    Parameters
+    ----------
+    model, variables : the network and its ``{'params': ...[, 'batch_stats': ...]}``
+    examples : ``unet_jax.data.load_split`` output ('image', 'instances', 'weights', 'name', 'labelled')
+    config : the full experiment config (``eval.tile_size``, ``eval.batch_size``, ``eval.threshold``)
+    tta : average the 8 flips/rotations
+    sweep : the ISBI 2012 measures at the challenge's thresholds, per image and pooled (``evaluate``); False:
+        at ``eval.threshold`` only, pooled, and only for the isbi2012 data set or an ISBI ``train.best_metric``
+        (validation during training, a few seconds per 512x512 image)
+    on_prediction : called as ``on_prediction(example, probabilities)`` after each image (e.g. to write files)
+    progress : a progress-bar title, or None for no bar
+
+    Returns
+    -------
+    (summary, rows). ``summary`` pools the labelled images: 'loss' (the weighted cross-entropy of the
+    probabilities, the training energy on whole images), 'pixel_mismatch' (fraction of wrong pixels at
+    ``eval.threshold``, arg-max for more than two classes) and, for two classes, 'iou' (mean over images),
+    'trivial_iou' (the better of all-background and all-foreground: a model that does not beat it learned
+    nothing), 'foreground_fraction', the object measures of ``objects_of`` (``eval.instances``) against the true
+    objects ('seg', the mean over images; ``metrics.object_scores``: 'object_f1', 'object_precision',
+    'object_recall' at IoU 0.5 pooled over images, 'mean_ap') and the ISBI measures (``unet_jax.metrics.isbi2012``,
+    statistics summed over the images as for a stack). ``rows``: one dict per example, 'name' and, for labelled
+    two-class images, ``metrics.threshold_metrics`` at ``eval.threshold`` of those objects (and with ``sweep`` the
+    image's own ``isbi2012``).
+    """
+    if not examples:
+        raise ValueError("examples must be a non-empty list of examples, got an empty list")
+    threshold = float(config.eval.threshold)
+    challenge = sweep or config.data.name == "isbi2012" or config.train.best_metric in ISBI_METRICS
+    items = examples
+    if progress:
+        items = tqdm(examples, desc=progress, unit="image")
+    num = den = wrong = total = 0.0
+    rows, stats, ious, trivial, fg, matches = [], [], [], [], [], []
+    for ex in items:
+        probs = predict_probabilities(model, variables, ex["image"], config.eval, tta=tta)
+        if on_prediction is not None:
+            on_prediction(ex, probs)
+        row = {"name": ex["name"]}
+        rows.append(row)
+        if not (ex.get("labelled", True) and np.any(ex["instances"])):
+            continue
+        truth = metrics.truth_instances(ex["instances"])
+        labels = (truth > 0).astype(np.int64)
+        weights = np.asarray(ex["weights"], np.float64)
+        p_true = np.take_along_axis(probs, labels[..., None], axis=-1)[..., 0].astype(np.float64)
+        num += float((weights * -np.log(np.maximum(p_true, 1e-12))).sum())
+        den += float(weights.sum())
+        if probs.shape[-1] != 2:
+            wrong += metrics.pixel_mismatch(probs.argmax(-1), labels) * labels.size
+            total += labels.size
+            continue
+        cell_prob = np.clip(np.nan_to_num(probs[..., 1]), 0.0, 1.0)
+        objects = objects_of(cell_prob, config.eval)
+        row.update(metrics.threshold_metrics(cell_prob, truth, threshold, pred_instances=objects))
+        matches.append(metrics.object_matches(objects, truth))
+        wrong += row["pixel_mismatch"] * labels.size
+        total += labels.size
+        ious.append(row["iou"])
+        trivial.append((metrics.iou(np.zeros_like(labels), labels), metrics.iou(np.ones_like(labels), labels)))
+        fg.append(labels.mean())
+        if challenge:
+            stats.append(metrics.isbi2012_stats(cell_prob, truth, thresholds=None if sweep else (threshold,)))
+            if sweep:
+                row.update(metrics.isbi2012_summary(stats[-1:]))
+    summary: Dict[str, float] = {}
+    if total:
+        summary.update(loss=num / den if den > 0 else 0.0, pixel_mismatch=wrong / total)
+    if stats:
+        isbi = metrics.isbi2012_summary(stats)
+        summary.update(isbi if sweep else {k: isbi[k] for k in ISBI_METRICS})
+    if ious:
+        summary.update(iou=float(np.mean(ious)), trivial_iou=float(np.max(np.mean(trivial, axis=0))),
+                       foreground_fraction=float(np.mean(fg)), seg=float(np.nanmean([r["seg"] for r in rows
+                                                                                     if "seg" in r])))
+        summary.update(metrics.object_scores(matches))
+    return summary, rows
+
+
+def objects_of(cell_prob, eval_config) -> np.ndarray:
+    """The objects of a foreground probability as ``eval_config`` asks (``instances``, ``threshold``,
+    ``watershed_h``, ``min_object_size``): uint16/uint32 labels, 0 = background."""
+    return label_instances(cell_prob, threshold=float(eval_config.threshold), method=eval_config.instances,
+                           h=float(eval_config.watershed_h), min_size=int(eval_config.min_object_size))

@@ -1,6 +1,6 @@
 """ISBI 2012 reduced for a CPU: the paper's network at a quarter of the width (16 features), smaller tiles and
-Adam, so that it trains in at most an hour on 2 CPU cores
-(8000 steps: 45 min 27 s on the 2-core AMD EPYC benchmark machine). Same data, weights and augmentation as the paper.
+Adam, so that it trains in at most an hour on 2 CPU cores (8000 steps: 39-45 min on the 2-core AMD EPYC
+benchmark machine, README "Results"). Same data, weights and augmentation as the paper.
 
     unet-jax train --config experiments/isbi2012_cpu.py --config.data.root=/path/to/isbi2012 --workdir runs/isbi_cpu
 """

@@ -49,7 +49,8 @@ def evaluate_examples(model: UNet, variables, examples: Sequence[dict], config, 
     Parameters
     ----------
     model, variables : the network and its ``{'params': ...[, 'batch_stats': ...]}``
-    examples : ``unet_jax.data.load_split`` output ('image', 'instances', 'weights', 'name', 'labelled')
+    examples : ``unet_jax.data.load_split`` output ('image', 'instances', 'classes', 'weights', 'name',
+        'labelled')
     config : the full experiment config (``eval.tile_size``, ``eval.batch_size``, ``eval.threshold``)
     tta : average the 8 flips/rotations
     sweep : the ISBI 2012 measures at the challenge's thresholds, per image and pooled (``evaluate``); False:
@@ -69,7 +70,9 @@ def evaluate_examples(model: UNet, variables, examples: Sequence[dict], config, 
     'object_recall' at IoU 0.5 pooled over images, 'mean_ap') and the ISBI measures (``unet_jax.metrics.isbi2012``,
     statistics summed over the images as for a stack). ``rows``: one dict per example, 'name' and, for labelled
     two-class images, ``metrics.threshold_metrics`` at ``eval.threshold`` of those objects (and with ``sweep`` the
-    image's own ``isbi2012``).
+    image's own ``isbi2012``). With more than two classes (class masks): 'iou' is the mean over the classes
+    1..K-1 of the arg-max's per-class IoU ('iou_classK' each, per image and averaged), and the objects are those
+    of P(any class but background).
     """
     if not examples:
         raise ValueError("examples must be a non-empty list of examples, got an empty list")
@@ -89,14 +92,21 @@ def evaluate_examples(model: UNet, variables, examples: Sequence[dict], config, 
         if not (ex.get("labelled", True) and np.any(ex["instances"])):
             continue
         truth = metrics.truth_instances(ex["instances"])
-        labels = (truth > 0).astype(np.int64)
+        labels = np.asarray(ex["classes"], np.int64) if "classes" in ex else (truth > 0).astype(np.int64)
         weights = np.asarray(ex["weights"], np.float64)
         p_true = np.take_along_axis(probs, labels[..., None], axis=-1)[..., 0].astype(np.float64)
         num += float((weights * -np.log(np.maximum(p_true, 1e-12))).sum())
         den += float(weights.sum())
-        if probs.shape[-1] != 2:
-            wrong += metrics.pixel_mismatch(probs.argmax(-1), labels) * labels.size
+        if probs.shape[-1] != 2:      # class masks: per-class IoU of the arg-max, objects of any class
+            pred = probs.argmax(-1)
+            wrong += metrics.pixel_mismatch(pred, labels) * labels.size
             total += labels.size
+            row.update({f"iou_class{k}": metrics.iou(pred == k, labels == k) for k in range(1, probs.shape[-1])})
+            row["iou"] = float(np.mean([row[f"iou_class{k}"] for k in range(1, probs.shape[-1])]))
+            ious.append(row["iou"])
+            objects = objects_of(1.0 - probs[..., 0], config.eval)
+            row["seg"] = metrics.seg_measure(objects, truth)
+            matches.append(metrics.object_matches(objects, truth))
             continue
         cell_prob = np.clip(np.nan_to_num(probs[..., 1]), 0.0, 1.0)
         objects = objects_of(cell_prob, config.eval)
@@ -118,11 +128,17 @@ def evaluate_examples(model: UNet, variables, examples: Sequence[dict], config, 
         isbi = metrics.isbi2012_summary(stats)
         summary.update(isbi if sweep else {k: isbi[k] for k in ISBI_METRICS})
     if ious:
-        summary.update(iou=float(np.mean(ious)), trivial_iou=float(np.max(np.mean(trivial, axis=0))),
-                       foreground_fraction=float(np.mean(fg)), seg=float(np.nanmean([r["seg"] for r in rows
-                                                                                     if "seg" in r])))
+        summary.update(iou=float(np.mean(ious)), seg=float(np.nanmean([r["seg"] for r in rows if "seg" in r])))
+        summary.update({k: float(np.mean([r[k] for r in rows if k in r])) for k in rows_keys(rows, "iou_class")})
         summary.update(metrics.object_scores(matches))
+    if trivial:
+        summary.update(trivial_iou=float(np.max(np.mean(trivial, axis=0))), foreground_fraction=float(np.mean(fg)))
     return summary, rows
+
+
+def rows_keys(rows: Sequence[dict], prefix: str) -> List[str]:
+    """The sorted keys starting with ``prefix`` that any row has."""
+    return sorted({k for r in rows for k in r if k.startswith(prefix)})
 
 
 def objects_of(cell_prob, eval_config) -> np.ndarray:

@@ -9,6 +9,8 @@ never replaced without ``overwrite``)::
     NAME_labels.tif    uint16 object labels (uint32 past 65535 objects), 0 = background: by default a seeded
                        watershed of prob > eval.threshold that splits touching objects (eval.instances,
                        unet_jax.instances); 'components' gives its 4-connected components
+    NAME_classes.tif   more than two classes (class masks): uint8 arg-max class per pixel, 0 = background; then
+                       NAME_prob.tif holds every class's probability, (H, W, K) or (Z, H, W, K)
     NAME_overlay.png   the image with the predicted cell borders (a stack: NAME_zNNN_overlay.png per slice)
 """
 from __future__ import annotations
@@ -29,7 +31,7 @@ from unet_jax.instances import as_label_dtype
 log = logging.getLogger(__name__)
 
 SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
-OUTPUT_ENDINGS = ("_prob.tif", "_labels.tif", "_overlay.png")    # what predict writes; never read back as input
+OUTPUT_ENDINGS = ("_prob.tif", "_labels.tif", "_classes.tif", "_overlay.png")    # what predict writes; never read back as input
 
 
 def list_inputs(path) -> List[Path]:
@@ -88,13 +90,15 @@ def output_stems(files: Sequence[Path]) -> List[str]:
     return [f.stem if counts[f.stem] == 1 else f"{f.stem}_{f.suffix.lstrip('.').lower()}" for f in files]
 
 
-def planned_outputs(files: Sequence[Path], read_stack) -> List[Tuple[Path, str, List[str]]]:
-    """(input, stem, output file names) for each input; ``read_stack(path)`` tells whether it is a stack."""
+def planned_outputs(files: Sequence[Path], read_stack, num_classes: int = 2) -> List[Tuple[Path, str, List[str]]]:
+    """(input, stem, output file names) for each input; ``read_stack(path)`` tells whether it is a stack; more
+    than two classes add a class map."""
     plan = []
     for path, stem in zip(files, output_stems(files)):
         n = read_stack(path)
         overlays = [f"{stem}_z{z:03d}_overlay.png" for z in range(n)] if n else [f"{stem}_overlay.png"]
-        plan.append((path, stem, [f"{stem}_prob.tif", f"{stem}_labels.tif"] + overlays))
+        classes = [f"{stem}_classes.tif"] if num_classes > 2 else []
+        plan.append((path, stem, [f"{stem}_prob.tif", f"{stem}_labels.tif"] + classes + overlays))
     return plan
 
 
@@ -123,13 +127,14 @@ def predict_paths(workdir, inputs, output_dir, tta: bool = False, step: Optional
     stops first, before writing anything, naming them (they may be the user's own files, e.g. ground truth)."""
     files = list_inputs(inputs)
     out = check_directory(output_dir, "--output")
-    plan = planned_outputs(files, _stack_depth)
+    model, config, variables, _ = load_model(workdir, step, overrides)
+    k = int(model.num_classes)
+    plan = planned_outputs(files, _stack_depth, k)
     existing = [out / name for _, _, names in plan for name in names if (out / name).exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{len(existing)} output file(s) already exist in {out}, e.g. {existing[0].name}; "
                               f"predict does not replace files it did not write: choose another --output or "
                               f"pass --overwrite")
-    model, config, variables, _ = load_model(workdir, step, overrides)
     channels = int(_in_channels(variables))
     threshold = float(config.eval.get("threshold", 0.5))
     written, failed = [], []
@@ -140,14 +145,19 @@ def predict_paths(workdir, inputs, output_dir, tta: bool = False, step: Optional
             failed.append(f"{path.name}: {str(e).splitlines()[0]}")
             continue
         stack = image if is_stack else image[None]
-        probs = np.stack([predict_probabilities(model, variables, s, config.eval, tta=tta)[..., 1] for s in stack])
+        full = np.stack([predict_probabilities(model, variables, s, config.eval, tta=tta) for s in stack])
+        probs = full[..., 1] if k == 2 else 1.0 - full[..., 0]    # P(object): any class but background
         labels = as_label_dtype(np.stack([objects_of(p, config.eval) for p in probs]))
         if not labels.any():
             log.warning("%s: no foreground predicted (no pixel with probability above %g, maximum %.3f); if the "
                         "image does hold objects, the model did not learn them or the image differs from the "
                         "training images (brightness, scale, modality)", path, threshold, float(probs.max()))
-        written.append(write_tiff(out / f"{stem}_prob.tif", probs if is_stack else probs[0]))
+        saved = probs if k == 2 else full       # more classes: (..., H, W, K), one channel per class
+        written.append(write_tiff(out / f"{stem}_prob.tif", saved if is_stack else saved[0]))
         written.append(write_tiff(out / f"{stem}_labels.tif", labels if is_stack else labels[0]))
+        if k > 2:
+            classes = full.argmax(-1).astype(np.uint8 if k <= 256 else np.uint16)
+            written.append(write_tiff(out / f"{stem}_classes.tif", classes if is_stack else classes[0]))
         for z, (img, p) in enumerate(zip(stack, probs)):
             name = f"{stem}_z{z:03d}_overlay.png" if is_stack else f"{stem}_overlay.png"
             written.append(write_png(out / name, overlay(img, p, threshold)))

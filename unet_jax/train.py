@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from unet_jax import augment as augment_lib
 from unet_jax import checkpoint as ckpt_lib
 from unet_jax.config import validate
-from unet_jax.data import MissingSplitError, load_split, sampler
+from unet_jax.data import MissingSplitError, check_class_ids, load_split, sampler
 from unet_jax.data.io import check_directory
 from unet_jax.geometry import output_size, valid_input_size
 from unet_jax.guard import GUARD_FILE, DivergenceGuard
@@ -619,6 +619,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
     val_examples = _load_validation(config)
     if not train_examples:
         raise ValueError(f"data {config.data.name!r} has no training examples")
+    check_class_ids(train_examples + val_examples, model.num_classes)
     channels = int(np.asarray(train_examples[0]["image"]).shape[-1])
     if not sampler.fits_on_device(train_examples, tile_size=tile, out_size=out):
         logger.warning("the training set (%.0f MB padded) may not fit on the device next to the model; the train "

@@ -42,8 +42,8 @@ DEFAULT_DATA_DIR = "~/.cache/unet_jax/tfds"
 
 log = logging.getLogger("unet_jax.data")
 
-__all__ = ["load_split", "make_builder", "MissingSplitError", "prepare", "DATASETS", "SPLITS", "DEFAULT_DATA_DIR", "DeviceDataset",
-           "to_device_dataset", "sample_tiles", "sample_origins", "gather_tiles", "fits_on_device",
+__all__ = ["load_split", "make_builder", "MissingSplitError", "prepare", "check_class_ids", "DATASETS", "SPLITS",
+           "DEFAULT_DATA_DIR", "DeviceDataset", "to_device_dataset", "sample_tiles", "sample_origins", "gather_tiles", "fits_on_device",
            "device_dataset_nbytes", "PAD_MODE"]
 
 
@@ -165,9 +165,20 @@ def _to_example(record) -> dict:
     name = record["name"]
     return {"image": np.asarray(record["image"], np.float32),
             "instances": np.asarray(record["instances"], np.int32),
+            "classes": np.asarray(record["classes"], np.int32),
             "weights": np.asarray(record["weights"], np.float32),
             "name": name.decode() if isinstance(name, bytes) else str(name),
             "labelled": bool(record["labelled"])}
+
+
+def check_class_ids(examples, num_classes: int) -> None:
+    """ValueError naming the first example whose class ids (``classes``) reach ``num_classes``."""
+    for ex in examples:
+        top = int(np.max(ex["classes"])) if "classes" in ex and np.size(ex["classes"]) else 0
+        if top >= num_classes:
+            raise ValueError(f"{ex['name']}: mask has class id {top} but model.num_classes is {num_classes} (ids "
+                             f"0..{num_classes - 1}, 0 = background); set --config.model.num_classes={top + 1}, "
+                             f"or fix the mask (an instance mask needs data.mask_type='instance' or 'auto')")
 
 
 def load_split(data_config, weights_config, split: str) -> list:
@@ -183,8 +194,8 @@ def load_split(data_config, weights_config, split: str) -> list:
 
     Returns
     -------
-    list of dicts, sorted by name: ``image`` float32 (H, W, C) in [0, 1], ``instances`` int32 (H, W), ``weights``
-    float32 (H, W), ``name`` str, ``labelled`` bool (False: no ground truth; instances and weights are 0).
+    list of dicts, sorted by name: ``image`` float32 (H, W, C) in [0, 1], ``instances`` int32 (H, W), ``classes``
+    int32 (H, W) (class ids, 0 = background), ``weights`` float32 (H, W), ``name`` str, ``labelled`` bool (False: no ground truth; instances and weights are 0).
 
     Raises
     ------

@@ -7,6 +7,8 @@ Every builder is a ``tfds.core.GeneratorBasedBuilder`` written with ``file_forma
 =============  =====================================  ===============================================================
 ``image``      float32 (H, W, C), values in [0, 1]    C = 1 (greyscale) or 3 (colour, ``folder`` only)
 ``instances``  int32 (H, W)                           0 = background/membrane, 1..K = objects; all 0 if unlabelled
+``classes``    int32 (H, W)                           class id per pixel, 0 = background: ``instances > 0`` for
+                                                      two classes, the mask's ids for class masks (``folder``)
 ``weights``    float32 (H, W)                         ``unet_weight_map(instances, w0, sigma, class_weights)``;
                                                       all 0 if unlabelled
 ``labelled``   bool scalar                            False for examples without ground truth (ISBI 2012 test)
@@ -127,6 +129,7 @@ def features(channels: Optional[int] = 1) -> tfds.features.FeaturesDict:
     return tfds.features.FeaturesDict({
         "image": tfds.features.Tensor(shape=(None, None, channels), dtype=np.float32, encoding="zlib"),
         "instances": tfds.features.Tensor(shape=(None, None), dtype=np.int32, encoding="zlib"),
+        "classes": tfds.features.Tensor(shape=(None, None), dtype=np.int32, encoding="zlib"),
         "weights": tfds.features.Tensor(shape=(None, None), dtype=np.float32, encoding="zlib"),
         "labelled": tfds.features.Tensor(shape=(), dtype=np.bool_),
         "name": tfds.features.Text(),
@@ -183,7 +186,8 @@ class UNetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             lines.append(f"get the data from {self.URL}")
         return "\n".join(lines)
 
-    def make_example(self, image: np.ndarray, instances: Optional[np.ndarray], name: str) -> dict:
+    def make_example(self, image: np.ndarray, instances: Optional[np.ndarray], name: str,
+                     classes: Optional[np.ndarray] = None) -> dict:
         """The feature dict of one example; computes the weight map (zeros and ``labelled=False`` if no labels).
 
         Parameters
@@ -191,16 +195,39 @@ class UNetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         image : float32 (H, W, C) in [0, 1]
         instances : int32 (H, W) or None (unlabelled)
         name : str
+        classes : int32 (H, W) class ids or None (two classes: ``instances > 0``)
         """
         cfg = self.builder_config
         h, w = image.shape[:2]
         if instances is None:
-            return {"image": image.astype(np.float32), "instances": np.zeros((h, w), np.int32),
+            zeros = np.zeros((h, w), np.int32)
+            return {"image": image.astype(np.float32), "instances": zeros, "classes": zeros,
                     "weights": np.zeros((h, w), np.float32), "labelled": False, "name": name}
-        weights = unet_weight_map(instances, w0=cfg.w0, sigma=cfg.sigma,
-                                  class_weights=class_weights_arg(cfg.class_weights))
+        if classes is None or classes.max() <= 1:     # two classes: the paper's weight map
+            classes = (instances > 0).astype(np.int32)
+            weights = unet_weight_map(instances, w0=cfg.w0, sigma=cfg.sigma,
+                                      class_weights=class_weights_arg(cfg.class_weights))
+        else:    # the border term between touching objects of any class, class weights per class id
+            weights = (class_weight_map(classes, cfg.class_weights)
+                       + unet_weight_map(instances, w0=cfg.w0, sigma=cfg.sigma, class_weights=None) - 1.0)
         return {"image": image.astype(np.float32), "instances": instances.astype(np.int32),
-                "weights": weights.astype(np.float32), "labelled": True, "name": name}
+                "classes": classes.astype(np.int32), "weights": weights.astype(np.float32), "labelled": True,
+                "name": name}
+
+
+def class_weight_map(classes: np.ndarray, class_weights) -> np.ndarray:
+    """w_c(x) float32 (H, W) of normalised ``class_weights`` for class ids: None -> 1; 'balanced' -> n / (classes
+    present * pixels of the class); (wb, wf) -> wb on background, wf on every other class."""
+    classes = np.asarray(classes)
+    if class_weights is None:
+        return np.ones(classes.shape, np.float32)
+    if class_weights == "balanced":
+        counts = np.bincount(classes.ravel())
+        present = np.count_nonzero(counts)
+        table = np.where(counts > 0, classes.size / (present * np.maximum(counts, 1)), 0.0)
+        return table[classes].astype(np.float32)
+    wb, wf = class_weights
+    return np.where(classes > 0, wf, wb).astype(np.float32)
 
 
 def check_fraction(validation_fraction) -> float:

@@ -74,8 +74,8 @@ def make_config(builder_config: str, weights: dict, validation_fraction: float =
 class Ctc(UNetBuilder):
     """TFDS builder ``ctc``; see the module docstring for the layout, splits and conversion."""
     name = "ctc"
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "classes feature."}
     BUILDER_CONFIGS = [CtcConfig(name=k, dataset=v, description=v) for k, v in DATASETS.items()]
     MANUAL_DOWNLOAD_INSTRUCTIONS = (f"Download the training data set from {URL}, unzip it and pass the folder "
                                     f"holding 01/, 01_GT/SEG/, 02/, 02_GT/SEG/ (or its parent) as the manual "

@@ -16,7 +16,10 @@ Images may differ in size and need not be square. What is done with messy files 
 * masks: binary (two values, e.g. 0/255 or 0/1: cells are the pixels above half the maximum, split into cells by
   4-connected components) or instance labels (0 = background, one integer id per cell: kept). Binary masks with
   anti-aliased edges (grey values only along the edges) are thresholded at half their maximum.
-  ``mask_type`` ('auto', 'binary', 'instance') overrides the detection (``unet_jax.data.io.mask_to_instances``).
+  ``mask_type`` ('auto', 'binary', 'instance') overrides the detection (``unet_jax.data.io.mask_to_instances``);
+* class masks (``mask_type='classes'``, never auto-detected): each pixel value is a class id 0..K-1 (0 =
+  background; palette PNGs give their indices), ``model.num_classes`` = K; objects for the weight maps are the
+  4-connected components of each class (``unet_jax.data.io.mask_to_classes``).
 
 Rejected with a ValueError naming the file and how to fix it: an image without a mask or a mask without an image,
 two images with the same stem, image and mask of different sizes, colour masks, negative, NaN or non-integer
@@ -115,8 +118,8 @@ def find_pairs(root) -> list:
 class Folder(UNetBuilder):
     """TFDS builder ``folder``; see the module docstring for the layout, conversions and splits."""
     name = "folder"
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "classes feature (class masks)."}
     BUILDER_CONFIGS = [FolderConfig(name="default", description="auto-detected masks, 20% validation")]
     MANUAL_DOWNLOAD_INSTRUCTIONS = ("Put your images in <root>/images/ and their masks, with the same names, in "
                                     "<root>/masks/, and pass <root> as the manual directory (unet_jax: data.root).")
@@ -125,21 +128,30 @@ class Folder(UNetBuilder):
     CHANNELS = None
 
     def _read(self, image_path: Path, mask_path: Path, channels: int = 0, report: dict | None = None):
+        """(image, instances, classes or None) of one pair; ``classes`` only for ``mask_type='classes'``."""
         image = io.to_float_image(io.read_image(image_path), image_path)
-        instances = io.mask_to_instances(io.read_image(mask_path), mask_path, self.builder_config.mask_type,
-                                         report)
+        classes = None
+        if self.builder_config.mask_type == "classes":
+            classes, instances = io.mask_to_classes(io.read_mask(mask_path), mask_path)
+            if report is not None:
+                report["kind"] = "classes"
+        else:
+            instances = io.mask_to_instances(io.read_image(mask_path), mask_path, self.builder_config.mask_type,
+                                             report)
         io.check_same_shape(image, instances, image_path, mask_path)
         if channels == 3 and image.shape[-1] == 1:
             image = np.repeat(image, 3, axis=-1)
-        return image, instances
+        return image, instances, classes
 
     def _split_generators(self, dl_manager):
         root = self.manual_root(dl_manager)
         pairs = find_pairs(root)
-        channels, kinds, empty, full, fractions = set(), {}, [], [], []
+        channels, kinds, empty, full, fractions, ids = set(), {}, [], [], [], set()
         for name, image_path, mask_path in progress(pairs, len(pairs), "folder: checking files"):
             report = {}
-            image, instances = self._read(image_path, mask_path, report=report)
+            image, instances, classes = self._read(image_path, mask_path, report=report)
+            if classes is not None:
+                ids.update(np.unique(classes).tolist())
             channels.add(image.shape[-1])
             kinds[report["kind"]] = kinds.get(report["kind"], 0) + 1
             fractions.append(float(np.mean(instances > 0)))
@@ -147,6 +159,8 @@ class Folder(UNetBuilder):
         summary.info("folder %s: %d masks read as %s; foreground %.1f%% of the pixels (%.1f%%-%.1f%% per image)",
                      root, len(pairs), ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())), 100 * np.mean(fractions),
                      100 * min(fractions), 100 * max(fractions))
+        if ids:
+            summary.info("folder %s: class masks with the ids %s (0 = background)", root, sorted(ids))
         for names, what in ((empty, "no foreground (all background)"), (full, "only foreground")):
             if names:
                 log.warning("folder %s: %d of %d masks have %s: %s%s; check that they mark the objects (cells > 0) "
@@ -169,7 +183,7 @@ class Folder(UNetBuilder):
             level = log.level
             log.setLevel(max(logging.WARNING, level))  # the checking pass already logged the conversions
             try:
-                image, instances = self._read(image_path, mask_path, channels)
+                image, instances, classes = self._read(image_path, mask_path, channels)
             finally:
                 log.setLevel(level)
-            yield name, self.make_example(image, instances, name)
+            yield name, self.make_example(image, instances, name, classes)

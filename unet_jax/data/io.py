@@ -34,10 +34,11 @@ log = logging.getLogger("unet_jax.data")
 PERCENTILES = (1.0, 99.8)
 FLOAT_LIMIT = 1e30   # larger float pixel values are refused: (x - lo) / (hi - lo) must stay finite in float32
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
-MASK_TYPES = ("auto", "binary", "instance")
+MASK_TYPES = ("auto", "binary", "instance", "classes")
 PLATEAU_SHARE = 0.2    # soft mask edges: at most this share of the in-between pixels lie inside a plateau
 
-__all__ = ["read_tiff", "read_image", "to_float_image", "percentile_normalize", "mask_to_instances",
+__all__ = ["read_tiff", "read_image", "read_mask", "to_float_image", "percentile_normalize", "mask_to_instances",
+           "mask_to_classes",
            "PERCENTILES", "IMAGE_SUFFIXES", "MASK_TYPES"]
 
 
@@ -108,6 +109,20 @@ def read_image(path) -> np.ndarray:
     except Exception as err:
         raise ValueError(f"cannot read image file {path} ({type(err).__name__}: {err}); the file may be truncated "
                          f"or corrupt: export it again") from err
+
+
+def read_mask(path) -> np.ndarray:
+    """Read a mask file like ``read_image``, except that a palette (indexed-colour) PNG gives its palette indices,
+    which is how painting tools save class masks."""
+    path = Path(path)
+    if path.suffix.lower() == ".png" and path.is_file():
+        try:
+            if iio.immeta(path).get("mode") == "P":
+                log.info("mask %s: palette PNG; its palette indices are the values", path)
+                return np.asarray(iio.imread(path, mode="P"))
+        except Exception:   # read_image names the file in its error
+            pass
+    return read_image(path)
 
 
 def file_fingerprint(root, patterns=("**/*",)) -> list:
@@ -379,6 +394,55 @@ def mask_to_instances(arr, path="<array>", mask_type: str = "auto", report: dict
     if hi > np.iinfo(np.int32).max:
         raise ValueError(f"mask {path} has ids up to {hi}, beyond int32; renumber the cells 1..K")
     return arr.astype(np.int32)
+
+
+def mask_to_classes(arr, path="<array>", num_classes: int | None = None) -> tuple:
+    """Class ids and objects from a multi-class mask (pixel value = class id, 0 = background). Host-side.
+
+    Parameters
+    ----------
+    arr : integer array (H, W) (or RGB-saved greyscale); a palette PNG read with ``read_mask`` gives its indices
+    path : str or Path
+        Only used in messages.
+    num_classes : int, optional
+        Classes of the network, background included: ids must lie in 0..num_classes-1.
+
+    Returns
+    -------
+    (classes, instances): int32 arrays (H, W); ``instances`` numbers the 4-connected components of each class
+    1..K across all classes, so touching objects of different classes are different objects (weight maps).
+
+    Raises
+    ------
+    ValueError
+        Naming ``path``: non-integer or negative values, ids >= ``num_classes`` (e.g. an instance mask given as
+        classes), colour masks, wrong shapes.
+    """
+    arr = _mask_2d(np.asarray(arr), path)
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.int32)
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"mask {path} has unsupported dtype {arr.dtype}: expected integer class ids")
+    values = np.unique(arr)
+    if not np.all(np.isfinite(values)) or np.any(values != np.round(values)) or values.min() < 0:
+        raise ValueError(f"mask {path} is a class mask (data.mask_type='classes') but holds values that are not "
+                         f"class ids 0, 1, 2, ... (e.g. {values[(values != np.round(values)) | (values < 0)][:1]}); "
+                         f"save one integer id per class, 0 = background")
+    top = int(values.max())
+    if num_classes is not None and top >= num_classes:
+        hint = (" (this looks like an instance mask, one id per object: use data.mask_type='instance' or "
+                "'auto')" if values.size > num_classes else "")
+        raise ValueError(f"mask {path} has class id {top} but model.num_classes is {num_classes} (ids 0.."
+                         f"{num_classes - 1}, 0 = background){hint}; set --config.model.num_classes={top + 1} or "
+                         f"fix the mask")
+    classes = arr.astype(np.int32)
+    instances = np.zeros(classes.shape, np.int32)
+    offset = 0
+    for c in values[values > 0].astype(int):
+        comp, n = ndi.label(classes == c, structure=ndi.generate_binary_structure(2, 1))
+        instances[comp > 0] = comp[comp > 0] + offset
+        offset += n
+    return classes, instances
 
 
 def check_same_shape(image: np.ndarray, instances: np.ndarray, image_path, mask_path) -> None:

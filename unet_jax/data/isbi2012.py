@@ -64,8 +64,8 @@ def _stack(arr: np.ndarray, path) -> np.ndarray:
 class Isbi2012(UNetBuilder):
     """TFDS builder ``isbi2012``; see the module docstring for the files, splits and conversion."""
     name = "isbi2012"
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "classes feature."}
     BUILDER_CONFIGS = [Isbi2012Config(name="default", description="paper settings, slices 25-29 validation")]
     MANUAL_DOWNLOAD_INSTRUCTIONS = (f"Download {', '.join(FILES)} from {URL} and pass their directory as the "
                                     f"manual directory (unet_jax: data.root).")

@@ -10,8 +10,8 @@ border b = (T - O) / 2 on every side. An output window lies wholly inside the im
 uniformly from [0, H - O] x [0, W - O]. Where the tile's border reaches past the image, the image is mirrored
 with ``PAD_MODE`` = ``'symmetric'`` (``np.pad`` mode: the edge pixel is repeated, ``c b a | a b c``), the default
 of overlap-tile inference in ``unet_jax.tiling``, so training and inference see the same extrapolation. Class
-labels (``instances > 0``) and weights are mirrored the same way, so all three come out at tile size; the loss
-centre-crops labels and weights to the logits, and augmentation warps all three together.
+labels (``classes``, or ``instances > 0``) and weights are mirrored the same way, so all three come out at tile
+size; the loss centre-crops labels and weights to the logits, and augmentation warps all three together.
 
 Images smaller than O (in height or width): the image is first extended by mirroring to O (the extra pixels split
 as evenly as possible before and after it), so it fits one output window. In that extension the weights are 0:
@@ -51,7 +51,7 @@ class DeviceDataset(NamedTuple):
         Image i occupies ``[:Ei + 2b, :Fi + 2b]`` (its size, at least O, plus the border b on both sides);
         zeros beyond.
     labels : int32 (N, Hp, Wp)
-        Class labels ``instances > 0``, padded the same way.
+        Class labels (``classes``, or ``instances > 0``), padded the same way.
     weights : float32 (N, Hp, Wp)
         Weight maps, padded the same way (0 where an image smaller than O was extended, and beyond each image).
     sizes : int32 (N, 2)
@@ -95,7 +95,8 @@ def _check_pad_mode(pad_mode: str) -> str:
 
 
 def _example_arrays(example, i) -> tuple:
-    """(image (H, W, C) float32, instances (H, W), weights (H, W) float32) of one example dict, checked."""
+    """(image (H, W, C) float32, class labels (H, W) int32, weights (H, W) float32) of one example dict, checked.
+    The labels are the example's ``classes`` if it has them, else ``instances > 0``."""
     if not hasattr(example, "__getitem__"):
         raise ValueError(f"examples[{i}] must be a dict with 'image', 'instances' and 'weights', got "
                          f"{type(example).__name__}")
@@ -111,7 +112,10 @@ def _example_arrays(example, i) -> tuple:
     if instances.shape != image.shape[:2] or weights.shape != image.shape[:2]:
         raise ValueError(f"examples[{i}]: instances {instances.shape} and weights {weights.shape} must be "
                          f"{image.shape[:2]}, the image's (H, W)")
-    return image.astype(np.float32, copy=False), instances, weights.astype(np.float32, copy=False)
+    labels = np.asarray(example["classes"]) if "classes" in example else (instances > 0)
+    if labels.shape != instances.shape:
+        raise ValueError(f"examples[{i}]: classes {labels.shape} must be {image.shape[:2]}, the image's (H, W)")
+    return image.astype(np.float32, copy=False), labels.astype(np.int32), weights.astype(np.float32, copy=False)
 
 
 class _Geometry(NamedTuple):
@@ -129,7 +133,7 @@ def _geometry(h: int, w: int, out_size: int, border: int) -> _Geometry:
     return _Geometry(h, w, eh, ew, (eh - h) // 2, (ew - w) // 2, border)
 
 
-def _window(image, instances, weights, g: _Geometry, py: int, px: int, th: int, tw: int, mode: str):
+def _window(image, labels, weights, g: _Geometry, py: int, px: int, th: int, tw: int, mode: str):
     """The padded-coordinate window [py, py + th) x [px, px + tw) of one example (host-side numpy).
 
     Padded coordinate p holds image row p - border - top, mirrored (``mirror_indices``) where outside the image;
@@ -138,7 +142,7 @@ def _window(image, instances, weights, g: _Geometry, py: int, px: int, th: int, 
     rows = mirror_indices(py - g.border - g.top, th, g.h, mode)
     cols = mirror_indices(px - g.border - g.left, tw, g.w, mode)
     img = image[np.ix_(rows, cols)]
-    lab = (instances[np.ix_(rows, cols)] > 0).astype(np.int32)
+    lab = labels[np.ix_(rows, cols)]
     wts = weights[np.ix_(rows, cols)].astype(np.float32)
     if g.eh > g.h or g.ew > g.w:
         e_y = np.arange(py, py + th) - g.border          # extent coordinates
@@ -188,8 +192,8 @@ def to_device_dataset(examples: Sequence, tile_size: int, out_size: int, pad_mod
 
     Returns
     -------
-    DeviceDataset with images (N, Hp, Wp, C) float32, labels (N, Hp, Wp) int32 (``instances > 0``), weights
-    (N, Hp, Wp) float32 and sizes (N, 2) int32; Hp = max_i max(H_i, O) + T - O (likewise Wp).
+    DeviceDataset with images (N, Hp, Wp, C) float32, labels (N, Hp, Wp) int32 (``classes``, or
+    ``instances > 0``), weights (N, Hp, Wp) float32 and sizes (N, 2) int32; Hp = max_i max(H_i, O) + T - O (likewise Wp).
     """
     border = _check_geometry(tile_size, out_size)
     _check_pad_mode(pad_mode)
@@ -208,15 +212,15 @@ def to_device_dataset(examples: Sequence, tile_size: int, out_size: int, pad_mod
     images = np.zeros((n, hp, wp, c), np.float32)
     labels = np.zeros((n, hp, wp), np.int32)
     weights = np.zeros((n, hp, wp), np.float32)
-    for i, ((image, instances, wmap), g) in enumerate(zip(arrays, geoms)):
+    for i, ((image, lab, wmap), g) in enumerate(zip(arrays, geoms)):
         th, tw = g.eh + 2 * border, g.ew + 2 * border
         images[i, :th, :tw], labels[i, :th, :tw], weights[i, :th, :tw] = _window(
-            image, instances, wmap, g, 0, 0, th, tw, pad_mode)
+            image, lab, wmap, g, 0, 0, th, tw, pad_mode)
     sizes = np.array([(g.eh, g.ew) for g in geoms], np.int32).reshape(n, 2)
     foreground = np.zeros((n, -(-max(g.eh for g in geoms) // FG_BLOCK), -(-max(g.ew for g in geoms) // FG_BLOCK)),
                           bool)
-    for i, ((_, instances, _), g) in enumerate(zip(arrays, geoms)):
-        ys, xs = np.nonzero(instances > 0)
+    for i, ((_, lab, _), g) in enumerate(zip(arrays, geoms)):
+        ys, xs = np.nonzero(lab > 0)
         foreground[i, (ys + g.top) // FG_BLOCK, (xs + g.left) // FG_BLOCK] = True
     return DeviceDataset(*jax.device_put((images, labels, weights, sizes, foreground), device))
 

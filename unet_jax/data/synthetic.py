@@ -146,8 +146,8 @@ def make_config(weights: dict, num_train: int = 24, num_validation: int = 6, ima
 class SyntheticCells(UNetBuilder):
     """TFDS builder ``synthetic_cells``; see the module docstring. No manual directory."""
     name = "synthetic_cells"
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "classes feature."}
     BUILDER_CONFIGS = [SyntheticConfig(name="default", description="24 + 6 images of 256 x 256, seed 0")]
     DESCRIPTION = __doc__
     CHANNELS = 1

@@ -57,14 +57,14 @@ def build_task(task: str, root: Path, shared: Path = SHARED) -> tuple:
     return train, test
 
 
-WATERSHED_H = (1.0, 2.0, 3.0, 4.0)
+WATERSHED = ((2.0, 0.0), (2.0, 2.0), (3.0, 2.0), (4.0, 2.0))     # (watershed_h, watershed_smooth) scored
 
 
 def score(workdir: Path, test: Path, tta: bool = False, challenge: bool = False) -> dict:
     """Foreground IoU / Dice of the kept checkpoint on the test folder, pooled over pixels and per image, and the
     object measures (``unet_jax.metrics.object_scores``: F1, precision and recall at IoU 0.5, DSB mean AP; the
     mean CTC SEG) of the objects ``predict`` writes, for 'components' and for 'watershed' at several
-    ``watershed_h``. ``challenge``: also the ISBI 2012 measures of the test images as one stack
+    ``watershed_h`` and ``watershed_smooth``. ``challenge``: also the ISBI 2012 measures of the test images as one stack
     (``unet_jax.metrics.isbi2012``; for ``isbi_cells``, whose test images are slices 25-29)."""
     from unet_jax import metrics
     from unet_jax.data import io
@@ -76,7 +76,7 @@ def score(workdir: Path, test: Path, tta: bool = False, challenge: bool = False)
     threshold = float(config.eval.threshold)
     inter = union = pred_sum = true_sum = total = 0
     methods = {"components": dict(method="components")}
-    methods.update({f"watershed_h{h:g}": dict(method="watershed", h=h) for h in WATERSHED_H})
+    methods.update({f"watershed_h{h:g}_s{sm:g}": dict(method="watershed", h=h, smooth=sm) for h, sm in WATERSHED})
     matches = {name: [] for name in methods}
     segs = {name: [] for name in methods}
     per_image, probs, truths = [], [], []

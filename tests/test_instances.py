@@ -43,7 +43,8 @@ def test_labels_are_uint16_and_min_size_removes_specks():
 
 
 @pytest.mark.parametrize("kwargs, match", [({"method": "stardist"}, "method"), ({"h": 0}, "h must"),
-                                           ({"min_size": -1}, "min_size")])
+                                           ({"min_size": -1}, "min_size"),
+                                           ({"smooth": -1.0}, "smooth")])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         label_instances(np.zeros((8, 8), np.float32), **kwargs)

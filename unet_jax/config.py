@@ -106,10 +106,11 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Overlap-tile inference for validation, evaluate and predict. Objects (predict's label images, evaluate's
     # object measures): 'watershed' splits touching objects (unet_jax.instances; watershed_h: the depth in pixels a
-    # distance-transform peak needs to seed an object), 'components' keeps connected components; objects smaller
-    # than min_object_size pixels are dropped.
+    # peak of the distance transform, smoothed by watershed_smooth pixels, needs to seed an object), 'components'
+    # keeps connected components; objects smaller than min_object_size pixels are dropped.
     c.eval = ml_collections.ConfigDict(dict(tile_size=572, batch_size=4, tta=False, threshold=0.5,
-                                            instances="watershed", watershed_h=2.0, min_object_size=0))
+                                            instances="watershed", watershed_h=2.0, watershed_smooth=2.0,
+                                            min_object_size=0))
     return c
 
 
@@ -169,6 +170,7 @@ def validate_eval(config: ml_collections.ConfigDict) -> None:
     _bool("eval.tta", e.tta)
     _one_of("eval.instances", e.instances, INSTANCE_METHODS)
     _float("eval.watershed_h", e.watershed_h, min_open=True)
+    _float("eval.watershed_smooth", e.watershed_smooth)
     _int("eval.min_object_size", e.min_object_size, 0)
     try:
         output_size(e.tile_size, m.depth, m.padding)

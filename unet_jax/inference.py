@@ -143,6 +143,7 @@ def rows_keys(rows: Sequence[dict], prefix: str) -> List[str]:
 
 def objects_of(cell_prob, eval_config) -> np.ndarray:
     """The objects of a foreground probability as ``eval_config`` asks (``instances``, ``threshold``,
-    ``watershed_h``, ``min_object_size``): uint16/uint32 labels, 0 = background."""
+    ``watershed_h``, ``watershed_smooth``, ``min_object_size``): uint16/uint32 labels, 0 = background."""
     return label_instances(cell_prob, threshold=float(eval_config.threshold), method=eval_config.instances,
-                           h=float(eval_config.watershed_h), min_size=int(eval_config.min_object_size))
+                           h=float(eval_config.watershed_h), min_size=int(eval_config.min_object_size),
+                           smooth=float(eval_config.watershed_smooth))

@@ -205,8 +205,12 @@ def write_stablehlo(model: UNet, variables, output: Path, info: dict) -> List[Pa
                 jax_version=jax.__version__, calling_convention_version=exported.calling_convention_version,
                 usage="jax.export.deserialize(open(PATH, 'rb').read()).call(x)")
     data = bytes(exported.serialize())
-    return [atomic_write(output, lambda p: Path(p).write_bytes(data)),
-            atomic_write(Path(f"{output}.json"), lambda p: Path(p).write_text(json.dumps(meta, indent=1) + "\n"))]
+    sidecar = atomic_write(Path(f"{output}.json"), lambda p: Path(p).write_text(json.dumps(meta, indent=1) + "\n"))
+    try:
+        return [atomic_write(output, lambda p: Path(p).write_bytes(data)), sidecar]
+    except BaseException:
+        sidecar.unlink(missing_ok=True)           # no description without its model
+        raise
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -385,8 +389,9 @@ def _package_files(model: UNet, variables, proto, folder: Path, info: dict) -> N
     expected = np.asarray(probability_fn(_float32(model), variables)(preprocess(raw).transpose(0, 2, 3, 1)))
     np.save(folder / "test_input.npy", raw)
     np.save(folder / "test_output.npy", expected.transpose(0, 3, 1, 2).astype(np.float32))
-    tifffile.imwrite(folder / "sample_input.tif", raw[0])
-    tifffile.imwrite(folder / "sample_output.tif", expected[0].transpose(2, 0, 1).astype(np.float32))
+    tifffile.imwrite(folder / "sample_input.tif", raw[0], photometric="minisblack")
+    tifffile.imwrite(folder / "sample_output.tif", expected[0].transpose(2, 0, 1).astype(np.float32),
+                     photometric="minisblack")
     _write_cover(folder / "cover.png", preprocess(raw)[0], expected[0])
     (folder / "README.md").write_text(package_readme(info))
     rdf = bioimageio_rdf(info, {f.name: _sha256(f) for f in folder.iterdir()})

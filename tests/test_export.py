@@ -224,7 +224,7 @@ def test_failed_package_leaves_nothing(tmp_path, monkeypatch):
 
 def test_missing_onnx_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)
-    with pytest.raises(ImportError, match=r"pip install unet-jax\[export\]"):
+    with pytest.raises(ImportError, match=r"pip install 'unet-jax\[export\]'"):
         export.import_onnx()
 
 

@@ -1,11 +1,11 @@
-"""The ``unet-jax`` command line: ``train``, ``evaluate``, ``predict``, ``ablate``, ``augment-preview``.
+"""The ``unet-jax`` command line: ``train``, ``evaluate``, ``predict``, ``export``, ``ablate``, ``augment-preview``.
 
 Host-side. Each subcommand parses its arguments and calls one importable function; nothing else happens here.
 Configs are Python files with ``get_config()`` returning an ``ml_collections.ConfigDict`` (see experiments/);
 ``--config.SECTION.KEY=VALUE`` overrides one field (unknown keys are an error). Errors a user can fix (bad
-config key or value, invalid tile size, missing data, missing workdir, unreadable input) print one line on
-stderr and exit with code 2; ``--debug`` shows the traceback instead. Anything else is a bug and keeps its
-traceback (exit code 1).
+config key or value, invalid tile size, missing data, missing workdir, unreadable input, an export's missing
+optional dependency) print one line on stderr and exit with code 2; ``--debug`` shows the traceback instead.
+Anything else is a bug and keeps its traceback (exit code 1).
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from unet_jax import configure_cpu
 from unet_jax.ablate import run_sweep
 from unet_jax.config import UsageError, resolve_config
 from unet_jax.evaluate import evaluate
+from unet_jax.export import FORMATS, INSTALL_HINT, export_model
 from unet_jax.predict import predict_paths
 from unet_jax.preview import preview_from_config
 from unet_jax.train import TRIVIAL_MARGIN, train_and_evaluate
@@ -97,6 +98,22 @@ def _cmd_predict(args, overrides):
     print(f"wrote {len(written)} files to {args.output}")
 
 
+def _cmd_export(args, overrides):
+    if overrides:
+        raise UsageError(f"export takes no config overrides (--config.{overrides[0][0]}): the network and its "
+                         f"settings come from the workdir's checkpoint; choose the tile with --tile-size")
+    try:
+        paths, info = export_model(args.workdir, args.format, args.output, step=args.step, overwrite=args.overwrite,
+                                   tile_size=args.tile_size, return_info=True)
+    except ImportError as e:
+        if INSTALL_HINT not in str(e):     # not export's optional dependency (onnx): a bug, keep the traceback
+            raise
+        raise UsageError(str(e)) from e
+    extra = "".join(f"; {p}" for p in paths[1:])
+    print(f"wrote {paths[0]} ({args.format}, checkpoint step {info['step']}, input tile {info['tile_size']} -> "
+          f"output {info['output_size']}, halo {info['halo']}{extra})")
+
+
 def _cmd_ablate(args, overrides):
     summary = run_sweep(args.config, args.workdir, overrides=overrides, seeds=args.seeds)
     print(summary["markdown"])
@@ -155,6 +172,25 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--overwrite", action="store_true",
                    help="replace files in --output that have an output's name (default: refuse, write nothing)")
     r.set_defaults(func=_cmd_predict)
+
+    x = sub.add_parser("export", help="export a trained workdir's network: StableHLO, ONNX, bioimage.io package",
+                       description="Writes the network with its kept (or --step) checkpoint's weights for use "
+                                   "outside this package, for one fixed square input tile and any batch size: "
+                                   "stablehlo: OUTPUT (jax.export, NHWC, float32 input in [0, 1], softmax "
+                                   "probabilities out) and OUTPUT.json (shapes, halo, pre-processing); onnx: one "
+                                   "NCHW .onnx file; bioimageio: a bioimage.io model package (rdf.yaml, ONNX "
+                                   "weights, test tensors) as a folder, or a zip if OUTPUT ends in .zip (for "
+                                   "deepImageJ in Fiji, napari). onnx and bioimageio need "
+                                   "pip install 'unet-jax[export]'. Takes no --config overrides.")
+    x.add_argument("--workdir", required=True, help="a workdir written by `unet-jax train`")
+    x.add_argument("--step", type=int, default=None, help="checkpoint step (default: best, else latest)")
+    x.add_argument("--format", required=True, choices=FORMATS)
+    x.add_argument("--output", required=True, help="output file (.stablehlo, .onnx, .zip) or package folder")
+    x.add_argument("--tile-size", type=int, default=None,
+                   help="input tile side in pixels (default: the workdir's eval.tile_size); must be a valid "
+                        "U-Net input size (an invalid one is refused with the nearest valid sizes)")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing output (default: refuse)")
+    x.set_defaults(func=_cmd_export)
 
     a = sub.add_parser("ablate", help="run an ablation sweep (variants x seeds) and tabulate the results",
                        description="Runs each variant of the sweep file's get_sweep() with equal budgets and "

@@ -35,7 +35,7 @@ PLATFORMS = ("cpu", "cuda")       # the StableHLO artifact runs on either
 OPSET = 17
 ONNX_IR_VERSION = 8               # the IR version of opset 17, readable by older runtimes
 BIOIMAGEIO_FORMAT = "0.5.4"
-INSTALL_HINT = "pip install unet-jax[export]"
+INSTALL_HINT = "pip install 'unet-jax[export]'"
 UNET_DOI = "10.1007/978-3-319-24574-4_28"
 PREPROCESSING = {
     "uint8": "x / 255",
@@ -51,7 +51,7 @@ PREPROCESSING = {
 # ----------------------------------------------------------------------------------------------------------------
 
 def export_model(workdir, fmt: str, output, step: Optional[int] = None, overwrite: bool = False,
-                 tile_size: Optional[int] = None) -> List[Path]:
+                 tile_size: Optional[int] = None, return_info: bool = False):
     """Export a trained workdir's network (``unet-jax export``). Host-side.
 
     Parameters
@@ -69,20 +69,29 @@ def export_model(workdir, fmt: str, output, step: Optional[int] = None, overwrit
         Replace existing outputs (default: refuse with FileExistsError).
     tile_size : int, optional
         Input tile side in pixels (default: ``config.eval.tile_size``); must be a valid U-Net input size.
+    return_info : bool
+        Also return ``model_info`` of the exported network (step, tile and output size, halo, ...).
 
     Returns
     -------
-    list of Path: the files (or the package folder) written.
+    list of Path: the files (or the package folder) written; with ``return_info``, (that list, info dict).
+
+    Every check (format, existing outputs, output folder, onnx installed, checkpoint, tile size) runs before
+    anything is created, so a refused export leaves the file system as it was.
     """
     _check_format(fmt)
     output = Path(output)
-    _check_outputs(_targets(fmt, output), overwrite)
-    if fmt != "stablehlo":
+    _check_outputs(_targets(fmt, output), overwrite, create=False)
+    if fmt == "stablehlo":
+        import_flatbuffers()
+    else:
         import_onnx()
     model, config, variables, step = load_model(workdir, step)
     tile = int(tile_size if tile_size is not None else config.eval.tile_size)
-    return export_network(model, variables, fmt, output, tile, overwrite=overwrite, step=step,
-                          source=Path(workdir))
+    info = model_info(model, variables, tile, step=step, source=Path(workdir))      # checks the tile size
+    paths = export_network(model, variables, fmt, output, tile, overwrite=overwrite, step=step,
+                           source=Path(workdir))
+    return (paths, info) if return_info else paths
 
 
 def export_network(model: UNet, variables, fmt: str, output, tile_size: int, overwrite: bool = False,
@@ -112,6 +121,16 @@ def import_onnx():
     return onnx
 
 
+def import_flatbuffers():
+    """The ``flatbuffers`` module (``jax.export`` serialisation needs it), or ImportError saying how to install it."""
+    try:
+        import flatbuffers
+    except ImportError as err:
+        raise ImportError(f"StableHLO export needs the flatbuffers package (jax.export serialisation): "
+                          f"{INSTALL_HINT}") from err
+    return flatbuffers
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Checks and metadata
 # ----------------------------------------------------------------------------------------------------------------
@@ -125,13 +144,20 @@ def _targets(fmt: str, output: Path) -> List[Path]:
     return [output, Path(f"{output}.json")] if fmt == "stablehlo" else [output]
 
 
-def _check_outputs(paths: List[Path], overwrite: bool) -> None:
+def _check_outputs(paths: List[Path], overwrite: bool, create: bool = True) -> None:
     """FileExistsError for existing outputs (unless ``overwrite``); a clear error for a folder that cannot be
-    written (a parent that is a file: ValueError; no write permission: PermissionError)."""
+    written (a parent that is a file: ValueError; no write permission: PermissionError). ``create``: make the
+    output folder; else only check that its nearest existing ancestor is writable."""
     for path in paths:
         if (path.exists() or path.is_symlink()) and not overwrite:
             raise FileExistsError(f"--output {str(path)!r} already exists; choose another path or pass --overwrite")
     folder = check_directory(paths[0].parent, "--output folder")
+    if not create:
+        existing = next(p for p in (folder, *folder.absolute().parents) if p.exists())
+        if not os.access(existing, os.W_OK | os.X_OK):
+            what = "the --output folder" if existing == folder else "a folder in --output's path"
+            raise PermissionError(f"cannot write to {what} {str(existing)!r}: permission denied")
+        return
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -198,6 +224,7 @@ def export_stablehlo(model: UNet, variables, tile_size: int, platforms=PLATFORMS
 
 def write_stablehlo(model: UNet, variables, output: Path, info: dict) -> List[Path]:
     """Write the serialised StableHLO to ``output`` and its description to ``output`` + '.json'."""
+    import_flatbuffers()
     exported = export_stablehlo(model, variables, info["tile_size"])
     t, o = info["tile_size"], info["output_size"]
     meta = dict(info, format="stablehlo", layout="NHWC", input_shape=["batch", t, t, info["channels"]],

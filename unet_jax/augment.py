@@ -1,45 +1,10 @@
 """Data augmentation (paper section 3.1) on the accelerator, in pure jax.numpy.
 
-The paper trains from very few images, so it augments them: shift and rotation invariance, robustness to
-deformations and to gray-value variations; above all random elastic deformations, with displacement vectors on a
-coarse 3x3 grid drawn from a Gaussian with 10 pixels standard deviation and per-pixel displacements from bicubic
-interpolation.
-
-Everything here runs inside ``jax.jit`` (and ``jax.vmap``): the train step calls ``augment`` once per sample (under
-``vmap``); ``augment_batch`` is the batched form the preview uses. The config
-values (the ``augment`` section of ``unet_jax.config.base_config()``) are static Python values read at trace time, so a part
-that is switched off costs nothing.
-
-Geometry, one resampling
-------------------------
-All geometric parts are composed into ONE coordinate map and every array is resampled once (no repeated
-interpolation). Coordinates are (row, col) in pixels, pixel ``(i, j)`` sits at ``(i, j)``; ``c = ((H-1)/2,
-(W-1)/2)`` is the image centre. Output pixel ``p`` takes its value from input position::
-
-    q(p) = c + M @ (p + d(p) - c) + t
-
-with ``d`` the elastic displacement field (``displacement_field``), ``M = R(angle) @ D / zoom`` (``rotation_matrix``,
-``dihedral_matrix``: flips and 90-degree rotations, ``zoom``: scale) and ``t`` the shift. This is the same as first
-applying the affine part and then the elastic deformation to the result, resampled once. (The Gaussian field is
-isotropic, so turning it by ``M`` keeps its distribution; a zoom scales it by ``1 / zoom``.)
-
-Resampling (``warp``): the image and the weights with linear interpolation, the labels with nearest neighbour (so
-no new label values appear), outside the image with the ``mirror`` boundary (``d c b | a b c d | c b a``, scipy's
-``mode='mirror'``), as the paper's overlap-tile strategy mirrors missing context. Because linear and nearest
-interpolation of a mirror-extended signal is itself mirror-symmetric, positions are reflected into the image once
-and shared by all arrays; the result equals ``jax.scipy.ndimage.map_coordinates(..., mode='mirror')`` with
-``order=1`` / ``order=0`` (checked by the tests), without its per-array index arithmetic.
-
-Elastic grid: grid point ``(a, b)`` of a ``gy x gx`` grid sits at pixel ``(a (H-1)/(gy-1), b (W-1)/(gx-1))``: the
-first and last grid points lie on the border pixels. Between them the displacements are
-interpolated with the interpolating cubic B-spline with mirror boundary (scipy.ndimage's ``order=3,
-mode='mirror'``) along each axis, i.e. bicubic. The (H, gy) and (W, gx) interpolation matrices depend only on the
-static shapes; they are computed host-side at trace time (cached) and enter the jitted function as constants.
-``coordinate_map`` folds the elastic field, the affine part and the pixel grid into one small matrix product, so
-the per-pixel field is never formed on its own and the resampling reads two materialised coordinate planes.
-
-Gray values (``gray_value_augment``), on the image only: gamma ``x ** exp(u)``, contrast ``(x - mean) * s +
-mean``, brightness ``x + b``, Gaussian noise, then clipping back to [0, 1].
+The paper's random elastic deformations (displacements on a coarse 3x3 grid, Gaussian with 10 pixels standard
+deviation, bicubic interpolation), plus shifts, rotations, flips, zoom and gray-value variations. All geometric
+parts are composed into one coordinate map (``coordinate_map``) and every array is resampled once (``warp``).
+Entry points: ``augment`` (one example, jit/vmap-able; the train step vmaps it), ``augment_batch`` (the preview's
+batched form) and ``read_config`` (the static ``augment`` config section). Design notes: BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -235,6 +200,9 @@ def _cubic_interpolation_matrix(n: int, g: int) -> np.ndarray:
 def displacement_field(grid_displacements: jax.Array, shape) -> jax.Array:
     """Per-pixel displacements from a coarse grid by bicubic (cubic B-spline) interpolation.
 
+    Along each axis: the interpolating cubic B-spline with mirror boundary (scipy.ndimage's ``order=3,
+    mode='mirror'``).
+
     Parameters
     ----------
     grid_displacements : float (2, gy, gx)
@@ -291,7 +259,8 @@ def coordinate_map(shape, matrix: Optional[jax.Array] = None, offset: Optional[j
                    grid_displacements: Optional[jax.Array] = None) -> jax.Array:
     """The sampling positions ``q(p) = c + matrix @ (p + d(p) - c) + offset`` of every output pixel.
 
-    ``d`` is ``displacement_field(grid_displacements, shape)``. Every term is a product of a row basis ``[B_y, i,
+    Coordinates are (row, col) in pixels; pixel ``(i, j)`` sits at ``(i, j)``. ``d`` is
+    ``displacement_field(grid_displacements, shape)``. Every term is a product of a row basis ``[B_y, i,
     1]`` and a column basis ``[B_x, j, 1]`` (``B``: the cubic interpolation matrices), so the whole map is one
     small matrix product ``[B_y, i, 1] @ C_k @ [B_x, j, 1]^T`` per coordinate, with the (g+2) x (g+2)
     coefficients ``C_k`` built from ``matrix``, ``offset`` and the grid: the per-pixel field is never formed on its
@@ -373,6 +342,9 @@ def _reflect(x: jax.Array, n: int) -> jax.Array:
 
 def warp(image: jax.Array, labels: Optional[jax.Array], weights: Optional[jax.Array], coords: jax.Array):
     """Resample image, labels and weights once at ``coords`` (mirror boundary).
+
+    Equals ``jax.scipy.ndimage.map_coordinates(..., mode='mirror')`` with ``order=1`` (image, weights) /
+    ``order=0`` (labels) (checked by the tests).
 
     Parameters
     ----------
@@ -586,8 +558,9 @@ def augment(key: jax.Array, image: jax.Array, labels: Optional[jax.Array], weigh
     weights : float32 (H, W) or None
         Weight map, linearly interpolated.
     config : ConfigDict, Mapping or AugmentConfig
-        The ``augment`` section of ``unet_jax.config.base_config()`` (static values, read at trace time); ``enabled=False``
-        returns the inputs. See ``random_coordinate_map`` and ``gray_value_augment`` for each part.
+        The ``augment`` section of ``unet_jax.config.base_config()`` (static values, read at trace time, so a
+        part that is switched off costs nothing); ``enabled=False`` returns the inputs. See
+        ``random_coordinate_map`` and ``gray_value_augment`` for each part.
 
     Returns
     -------

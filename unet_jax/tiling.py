@@ -1,39 +1,10 @@
 """Overlap-tile inference (paper section 2, figure 2) and test-time augmentation.
 
-An image of any size is segmented tile by tile. Missing context beyond the image border is extrapolated by
-mirroring the input; this module uses numpy's ``'symmetric'`` mode by default (the edge pixel is repeated:
-``... c b a | a b c ... x y z | z y x ...``), which is defined for every image size, one pixel included, and
-commutes with flips and 90-degree rotations. ``pad_mode='reflect'`` (edge pixel not repeated) is available too.
-Pads wider than the image keep mirroring, exactly as ``np.pad`` does.
-
-Geometry (tile_size = T input pixels, O = ``output_size(T, depth, padding)`` output pixels):
-
-* ``'VALID'`` (the paper's network): the image is mirror-padded by ``border(depth)`` pixels on the top and left
-  and by as much as needed on the bottom and right, so that the padded size is ``(n - 1) * step + T``. Tile
-  origins lie on a grid of ``step`` = the largest multiple of ``2**depth`` that is at most O (for depth 4,
-  O = 16k + 4 and step = 16k: neighbouring outputs overlap by 4 pixels). Every origin is then on the grid of the
-  pooling layers, so each tile computes exactly the pixels a single pass over the whole padded image would; the
-  tiled result equals that single pass up to float rounding (``tests/test_tiling.py`` checks 1e-5).
-* ``'SAME'``: tiles overlap by ``overlap`` pixels (default: half a tile, rounded down to a multiple of
-  ``2**depth``) and their softmax outputs are blended with a separable raised-cosine window (a Tukey window
-  whose cosine ramps are ``overlap`` pixels long; for overlap = T/2 this is the Hann window). The window sums are
-  computed exactly and divided out, so the weights are normalised everywhere. The image is mirror-padded by
-  ``overlap`` pixels on the top and left, which places every image pixel on the plateau (or peak) of some tile's
-  window, away from the zero-padded tile edges.
-
-Memory: tiles are gathered straight from the (unpadded) input image with mirrored index arrays; neither the
-padded image nor the set of all tiles is ever built. Besides the input image and the output (H, W, K) float32
-probabilities, ``predict_tiled`` holds at most two tile batches (one on the device being computed while the
-previous one is written back) and, for SAME, two 1-D window-sum vectors.
-
-Test-time augmentation (``tta=True``) averages the softmax probabilities of the 8 symmetries of the square
-(dihedral group D4: 4 rotations by 90 degrees, each with and without a transpose) of every input tile, each
-prediction mapped back by the inverse transform. The paper's ISBI 2012 submission averaged the outputs of 7
-rotated versions of the input (Ronneberger et al. 2015, section 4); the full D4 group is used here because its
-average is exactly invariant under the group.
-
-All functions here are host-side (numpy) except the jit-compiled per-batch function built by
-``make_batch_predictor``, which is pure jax.numpy.
+An image of any size is segmented tile by tile, missing context beyond its border extrapolated by mirroring.
+VALID tiles reproduce one pass over the mirror-padded image (up to float rounding); SAME tiles are blended with a
+raised-cosine window (``tile_grid``, ``blend_window``). Entry points: ``predict_tiled`` (one image), ``predict_stack`` (a
+stack) and ``make_batch_predictor`` (the jit-compiled per-batch function, pure jax.numpy; everything else here is
+host-side numpy). Design notes: BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -121,6 +92,12 @@ def _check_int(name, value, minimum):
 def tile_grid(image_shape, tile_size: int, *, depth: int = 4, padding: str = "VALID",
               overlap: Optional[int] = None) -> TileGrid:
     """Plan the tiles covering an image (host-side).
+
+    VALID (the paper's network): the image is mirror-padded by ``border(depth)`` pixels on the top and left, and
+    tile origins lie on a grid of ``step`` = the largest multiple of ``2**depth`` that is at most O, so each tile
+    computes exactly the pixels of one pass over the whole padded image (equal up to float rounding). SAME: tiles
+    overlap by ``overlap`` pixels and the image is mirror-padded by ``overlap`` on the top and left, so every
+    image pixel lies on the plateau (or peak) of some tile's ``blend_window``.
 
     Parameters
     ----------
@@ -488,19 +465,21 @@ def predict_tiled(apply_fn: Callable, image, tile_size: int, *, depth: int = 4, 
         The network's number of poolings.
     padding : {'VALID', 'SAME'}
         The network's padding. VALID: exact equality with one pass over the mirror-padded image. SAME: tiles
-        blended with a raised-cosine window (see the module docstring).
+        blended with a raised-cosine window whose sums are divided out (see ``tile_grid``).
     batch_size : int
         Tiles per apply_fn call; the last batch is padded so one compiled shape serves all batches.
     num_classes : int or None
         Expected K (checked against apply_fn's output); None takes it from the output.
     tta : bool
-        Average over the 8 flips/rotations of each tile (see the module docstring; the paper used 7 rotations).
+        Average the probabilities over the 8 symmetries of the square (dihedral group D4) of each tile, each
+        mapped back by its inverse transform (the paper used 7 rotations).
     progress : bool
         Show a tqdm progress bar over batches.
     overlap : int or None
         SAME only: blending overlap in pixels (see ``tile_grid``).
     pad_mode : {'symmetric', 'reflect'}
-        How the image is mirrored beyond its border (default 'symmetric').
+        How the image is mirrored beyond its border, as ``np.pad``: 'symmetric' (default) repeats the edge pixel
+        (``... c b a | a b c ...``), 'reflect' does not.
     variables : pytree or None
         If given, ``apply_fn(variables, x)`` is called with the variables as an argument of the compiled function
         (not constants baked into it): ``predict_tiled(model.apply, image, 572, variables=variables)``.
@@ -508,7 +487,9 @@ def predict_tiled(apply_fn: Callable, image, tile_size: int, *, depth: int = 4, 
     Returns
     -------
     float32 array (H, W, K)
-        Softmax probabilities; channel 1 is P(cell) for the paper's two classes.
+        Softmax probabilities; channel 1 is P(cell) for the paper's two classes. Besides the image and this
+        output, at most two tile batches are held (tiles are gathered with mirrored indices; the padded image is
+        never built).
     """
     image = _as_hwc(image)
     batch_size, num_classes = _check_common(batch_size, num_classes, pad_mode)

@@ -32,7 +32,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence
 
 import flax
 import flax.jax_utils
@@ -217,7 +217,11 @@ def create_optimizer(optimizer_config, num_steps: int) -> optax.GradientTransfor
     -------
     optax.GradientTransformation
     """
-    schedule = create_learning_rate_schedule(optimizer_config, num_steps)
+    return _optimizer_with_schedule(optimizer_config, create_learning_rate_schedule(optimizer_config, num_steps))
+
+
+def _optimizer_with_schedule(optimizer_config, schedule: optax.Schedule) -> optax.GradientTransformation:
+    """``create_optimizer`` with its learning-rate schedule given (so that one schedule object serves both)."""
     o = optimizer_config
     parts = []
     if o.grad_clip_norm > 0:
@@ -371,6 +375,8 @@ def _global_norm(tree) -> jax.Array:
 
 
 def _step_cache_key(config, num_devices: int) -> str:
+    """The ``_STEP_CACHE`` key: JSON of every config field ``_build_step_parts`` reads (the model, the optimizer
+    and its schedule, the train step), so configs with equal keys build equal parts."""
     d = config.to_dict()
     keep = {k: d[k] for k in ("model", "optimizer", "augment", "loss")}
     keep["train"] = {k: d["train"][k] for k in ("tile_size", "batch_size", "num_steps", "foreground_fraction")}
@@ -397,19 +403,34 @@ def make_train_step(config, num_devices: Optional[int] = None) -> Callable:
     if config.train.batch_size % num_devices:
         raise ValueError(f"config.train.batch_size must be a multiple of the number of devices ({num_devices}), "
                          f"got {config.train.batch_size}")
+    return _step_parts(config, num_devices).p_step
+
+
+class _StepParts(NamedTuple):
+    """What a config's train step is built from, and the step: built once per ``_step_cache_key``."""
+    model: UNet
+    optimizer: optax.GradientTransformation
+    schedule: optax.Schedule        # the optimizer's learning-rate schedule (for logging)
+    p_step: Callable                # the pmapped step, made with this model and optimizer
+
+
+# Cached per config (``_step_cache_key``), so that runs with equal configs (ablation sweeps, tests) reuse the
+# compiled step. ``train_and_evaluate`` takes its model and optimizer from here too, so a run builds them once.
+_STEP_CACHE: Dict[str, _StepParts] = {}
+
+
+def _step_parts(config, num_devices: int) -> _StepParts:
+    """The cached ``_StepParts`` of a config (built on first use)."""
     key = _step_cache_key(config, num_devices)
     if key not in _STEP_CACHE:
-        _STEP_CACHE[key] = _build_train_step(config, num_devices)
+        _STEP_CACHE[key] = _build_step_parts(config, num_devices)
     return _STEP_CACHE[key]
 
 
-_STEP_CACHE: Dict[str, Callable] = {}
-
-
-def _build_train_step(config, num_devices: int) -> Callable:
-
+def _build_step_parts(config, num_devices: int) -> _StepParts:
     model = create_model(config)
-    optimizer = create_optimizer(config.optimizer, config.train.num_steps)
+    schedule = create_learning_rate_schedule(config.optimizer, config.train.num_steps)
+    optimizer = _optimizer_with_schedule(config.optimizer, schedule)
     tile = int(config.train.tile_size)
     out = output_size(tile, model.depth, model.padding)
     aug_config = augment_lib.read_config(config.augment)
@@ -427,7 +448,8 @@ def _build_train_step(config, num_devices: int) -> Callable:
                              augment_fn=augment_fn if aug_config.enabled else None,
                              global_batch=int(config.train.batch_size), num_devices=num_devices,
                              dice_weight=float(config.loss.dice_weight))
-    return jax.pmap(step, axis_name=AXIS, donate_argnums=(0,))
+    return _StepParts(model=model, optimizer=optimizer, schedule=schedule,
+                      p_step=jax.pmap(step, axis_name=AXIS, donate_argnums=(0,)))
 
 
 def replicate(tree):
@@ -611,7 +633,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
     if tcfg.batch_size % num_devices:
         raise ValueError(f"config.train.batch_size must be a multiple of the number of devices ({num_devices}), "
                          f"got {tcfg.batch_size}")
-    model = create_model(config)
+    parts = _step_parts(config, num_devices)   # the model, optimizer and schedule of the step (built once)
+    model = parts.model
     tile = int(tcfg.tile_size)
     out = output_size(tile, model.depth, model.padding)
 
@@ -627,9 +650,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
                            train_examples, tile, out) / 2 ** 20)
     dataset = sampler.to_device_dataset(train_examples, tile, out)
 
-    optimizer = create_optimizer(config.optimizer, tcfg.num_steps)
-    schedule = create_learning_rate_schedule(config.optimizer, tcfg.num_steps)
-    state = jax.device_get(create_train_state(jax.random.PRNGKey(config.seed), config, model, channels, optimizer))
+    schedule = parts.schedule
+    state = jax.device_get(create_train_state(jax.random.PRNGKey(config.seed), config, model, channels,
+                                              parts.optimizer))
 
     changes: list = []
     if is_main:
@@ -766,7 +789,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
             guard.save(workdir)
         scaled = _scaled_learning_rate(config, guard.lr_scale)
         p_step = make_train_step(scaled, num_devices)
-        schedule = create_learning_rate_schedule(scaled.optimizer, num_steps)
+        schedule = _step_parts(scaled, num_devices).schedule
         # Fresh random tiles from here on: the same ones might lead the same way.
         guard.good_state = guard.good_state.replace(
             key=jax.random.fold_in(guard.good_state.key, len(guard.events)))

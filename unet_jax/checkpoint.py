@@ -1,21 +1,8 @@
 """Checkpoints with orbax-checkpoint: periodic saves, keep the latest K and the best, fall back past corrupt ones.
 
-Host-side (file IO); the arrays saved are numpy copies of the train state.
-
-Layout of a workdir written by ``unet_jax.train.train_and_evaluate``::
-
-    workdir/config.json                 the resolved experiment config (``save_config`` / ``load_config``)
-    workdir/checkpoints/<step>/         one orbax checkpoint per saved step, with the items
-        variables/                      {'params': ..., 'batch_stats': ... (norm='batch' only)}
-        train/                          {'step', 'key', 'opt_state'}: what resuming needs beyond the variables
-        metrics/                        the validation metrics of that step (when it was evaluated)
-        digest/                         SHA-256 of each item's arrays, checked on restore (``array_digest``)
-
-Orbax writes each step into a temporary directory and renames it when complete, so a run killed during a save
-leaves no half-written step behind (the temporary directory is removed by the next run). ``Checkpoints`` keeps
-the ``keep`` most recent steps plus the best one by a validation metric; evaluation code only needs
-``restore_params(workdir)``, which loads the variables without any optimizer state. A step whose arrays no longer
-match the digest written with them (bytes changed on disk) is treated like an unreadable one.
+Host-side (file IO; the arrays saved are numpy copies of the train state). ``Checkpoints`` manages
+``workdir/checkpoints/<step>/`` (layout in its docstring); evaluation only needs ``restore_params(workdir)``, which
+loads the variables without any optimizer state; ``save_config`` / ``load_config`` keep ``workdir/config.json``.
 """
 from __future__ import annotations
 
@@ -226,6 +213,18 @@ class Checkpoints:
 
     Every process of a multi-host run must construct it and call ``save``/``restore`` together (orbax
     coordinates; the primary process writes).
+
+    Layout (``directory`` = ``workdir/checkpoints``, beside ``workdir/config.json`` of ``save_config``)::
+
+        <directory>/<step>/     one orbax checkpoint per saved step, with the items
+            variables/          {'params': ..., 'batch_stats': ... (norm='batch' only)}
+            train/              {'step', 'key', 'opt_state'}: what resuming needs beyond the variables
+            metrics/            the validation metrics of that step (when it was evaluated)
+            digest/             SHA-256 of each item's arrays, checked on restore (``array_digest``)
+
+    Orbax writes each step into a temporary directory and renames it when complete, so a run killed during a save
+    leaves no half-written step behind (the temporary directory is removed by the next run). A step whose arrays
+    no longer match the digest written with them (bytes changed on disk) is treated like an unreadable one.
     """
 
     def __init__(self, directory, *, keep: int = 3, best_metric: Optional[str] = "pixel_mismatch",

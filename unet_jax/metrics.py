@@ -1,29 +1,10 @@
-"""Evaluation metrics of the paper's experiments (section 4): ISBI 2012 EM and ISBI cell tracking.
+"""Evaluation metrics of the paper's experiments (section 4): ISBI 2012 EM and ISBI cell tracking. Host-side.
 
-Host-side (numpy, scipy, scikit-image); nothing here runs inside jit.
-
-Conventions
------------
-* Predictions are ``cell_prob``: float (H, W) in [0, 1], the softmax probability of class 1 = cell (channel 1 of
-  ``unet_jax.tiling.predict_tiled``'s output). This is the map the ISBI 2012 challenge asks for (1 = cell,
-  0 = membrane); a threshold t gives the cell mask ``cell_prob > t``.
-* Ground truth ``truth`` is int (H, W) with cells > 0 and membranes/background 0: either instance labels
-  (1..K, e.g. Cell Tracking Challenge masks) or a binary mask (bool, or a single non-zero value, e.g. the ISBI
-  2012 labels 255 = cell, 0 = membrane), which ``truth_instances`` turns into 4-connected components.
-* Segments of a binary mask are its 4-connected components; membranes are 8-connected (the (4, 8) pair of
-  digital topology, so a one-pixel-wide diagonal membrane separates two cells).
-
-Metrics (errors: lower is better; scores: higher is better)
------------------------------------------------------------
-* ``isbi2012``: the ISBI 2012 challenge's measures exactly as its reference code computes them (Fiji's
-  Trainable_Segmentation, package ``trainableSegmentation.metrics``; see the section "ISBI 2012 challenge"): pixel
-  error, Rand error, warping error and the two measures the challenge ranks by today, V_Rand and V_Info after
-  border thinning, each at its best threshold, with a stack's statistics pooled over its slices.
-* ``pixel_mismatch`` (fraction of wrong pixels at one threshold), ``iou`` of the cell class and the Cell Tracking
-  Challenge ``seg_measure``; ``threshold_metrics`` gives these for one slice at one threshold.
-* ``adapted_rand_error``: the SNEMI3D / scikit-image adapted Rand error (not the ISBI 2012 convention).
-* ``object_matches`` / ``object_scores``: objects matched one-to-one at IoU > t; precision, recall and F1 at
-  IoU 0.5 and the Data Science Bowl 2018 mean average precision over t = 0.5, 0.55, ..., 0.95.
+Inputs: ``cell_prob`` float (H, W) in [0, 1], P(cell) (channel 1 of ``unet_jax.tiling.predict_tiled``; 1 = cell,
+0 = membrane, as the ISBI 2012 challenge asks), cells ``cell_prob > t``; ``truth`` int (H, W), cells > 0 (instance
+labels, or a binary mask: ``truth_instances``). Entry points: ``isbi2012`` (the challenge's measures as its
+reference code computes them), ``threshold_metrics`` (pixel mismatch, IoU, SEG at one threshold),
+``adapted_rand_error`` (SNEMI3D), ``object_matches`` / ``object_scores`` (object F1, DSB 2018 mean AP).
 """
 from __future__ import annotations
 
@@ -125,7 +106,10 @@ def truth_instances(truth) -> np.ndarray:
 
 
 def label_cells(cell_mask) -> np.ndarray:
-    """Instances of a binary cell mask: 4-connected components, int32 (H, W), 0 = membrane (host-side)."""
+    """Instances of a binary cell mask: 4-connected components, int32 (H, W), 0 = membrane (host-side).
+
+    Cells 4-connected and membranes 8-connected are the (4, 8) pair of digital topology, so a one-pixel-wide
+    diagonal membrane separates two cells. All metrics here segment binary masks this way."""
     cell_mask = _check_labels("cell_mask", cell_mask)
     return ndi.label(cell_mask > 0, structure=_FOUR)[0].astype(np.int32)
 

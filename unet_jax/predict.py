@@ -1,17 +1,8 @@
 """Segment users' images with a trained workdir: 2-D images or stacks (tif/png) to probability TIFFs, instance
 label TIFFs and overlay PNGs. Host-side driver; the network runs jit-compiled through overlap-tile inference.
 
-For each input NAME it writes to the output directory (NAME is the file's stem, or stem_suffix when two inputs share
-a stem, e.g. x.png and x.tif; files named like these outputs are not taken as inputs, and existing files are
-never replaced without ``overwrite``)::
-
-    NAME_prob.tif      float32 cell probability, (H, W) or (Z, H, W) for a stack
-    NAME_labels.tif    uint16 object labels (uint32 past 65535 objects), 0 = background: by default a seeded
-                       watershed of prob > eval.threshold that splits touching objects (eval.instances,
-                       unet_jax.instances); 'components' gives its 4-connected components
-    NAME_classes.tif   more than two classes (class masks): uint8 arg-max class per pixel, 0 = background; then
-                       NAME_prob.tif holds every class's probability, (H, W, K) or (Z, H, W, K)
-    NAME_overlay.png   the image with the predicted cell borders (a stack: NAME_zNNN_overlay.png per slice)
+Entry point: ``predict_paths`` (``unet-jax predict``; the files it writes are listed in its docstring); helpers
+``list_inputs``, ``read_input``, ``planned_outputs``.
 """
 from __future__ import annotations
 
@@ -122,6 +113,17 @@ def _stack_depth(path: Path) -> int:
 def predict_paths(workdir, inputs, output_dir, tta: bool = False, step: Optional[int] = None,
                   overrides: Sequence[Tuple[str, str]] = (), overwrite: bool = False) -> List[Path]:
     """Predict every image named by ``inputs`` (file or folder) with the workdir's model; returns files written.
+
+    For each input NAME it writes to ``output_dir`` (NAME is the file's stem, or stem_suffix when two inputs share
+    a stem, e.g. x.png and x.tif; files named like these outputs are not taken as inputs)::
+
+        NAME_prob.tif      float32 cell probability, (H, W) or (Z, H, W) for a stack
+        NAME_labels.tif    uint16 object labels (uint32 past 65535 objects), 0 = background: by default a seeded
+                           watershed of prob > eval.threshold that splits touching objects (eval.instances,
+                           unet_jax.instances); 'components' gives its 4-connected components
+        NAME_classes.tif   more than two classes (class masks): uint8 arg-max class per pixel, 0 = background; then
+                           NAME_prob.tif holds every class's probability, (H, W, K) or (Z, H, W, K)
+        NAME_overlay.png   the image with the predicted cell borders (a stack: NAME_zNNN_overlay.png per slice)
 
     Files already in ``output_dir`` under an output's name are never replaced unless ``overwrite``: the run
     stops first, before writing anything, naming them (they may be the user's own files, e.g. ground truth)."""

@@ -1,27 +1,11 @@
 """Training (paper section 3): SGD on random tiles, weighted pixel-wise cross-entropy, one jit-compiled step.
 
-The whole of one optimisation step runs on the accelerator inside one ``jax.pmap``-ed function
-(``make_train_step``): tile sampling from the on-device dataset (``unet_jax.data.sampler``), augmentation
-(``unet_jax.augment``), the forward pass, the weighted loss (``unet_jax.losses``), gradients averaged over
-devices with ``lax.pmean`` and the optax update. ``train_and_evaluate(config, workdir)`` drives it in the style
-of the Flax examples: periodic validation, a tqdm progress bar, metrics to ``workdir/metrics.jsonl`` and
-TensorBoard event files, a training-curve PNG, orbax checkpoints (``unet_jax.checkpoint``) and exact resume.
-
-Randomness and device independence
-----------------------------------
-The train state holds one PRNG key that never changes. Step ``s`` (the step counter before the update) uses
-``step_key = fold_in(key, s)``; sample ``i`` of the global batch (``0 <= i < train.batch_size``) uses
-``fold_in(step_key, i)``, split into its tile-sampling, augmentation and dropout keys. Device ``d`` of ``n``
-computes the samples ``d * B/n ... (d + 1) * B/n - 1`` (``d = lax.axis_index('batch')``, global over all
-processes), so the global batch, and the result, do not depend on how it is split over devices or hosts. The loss
-is the weighted mean over the whole global batch (numerator and denominator each averaged over devices), exactly as
-on one device. With ``model.norm='batch'`` the forward pass runs over each device's part of the batch at once
-(batch statistics are per device, then averaged) and dropout uses one key per device, so only that setting
-depends on the device split. Resuming is exact because the state (step, key, parameters, optimizer state) is
-all there is.
-
-Several processes (``train.distributed=True``, README "Running on GPU/TPU and on several hosts") run the same
-command on a shared workdir; ``train.batch_size`` is the global batch over all devices of all processes.
+``train_step`` is one whole optimisation step on the accelerator (tile sampling, augmentation, forward pass,
+weighted loss, gradients averaged over devices, optax update); ``make_train_step`` pmaps it for a config.
+``train_and_evaluate(config, workdir)`` drives it in the style of the Flax examples, with validation, metrics,
+orbax checkpoints (``unet_jax.checkpoint``) and exact resume. Random keys: sample i of step s uses
+``split(fold_in(fold_in(key, s), i), 3)`` (tile, augmentation, dropout), so the result does not depend on the
+device split; the full scheme is in ``train_step``'s docstring.
 """
 from __future__ import annotations
 
@@ -112,7 +96,9 @@ class TrainState:
     opt_state : pytree
         optax state (including the gradient accumulator of ``optimizer.grad_accum_steps > 1``).
     key : uint32 (2,)
-        The run's PRNG key; constant, each step folds in its step number (see the module docstring).
+        The run's PRNG key; constant, each step folds in its step number (the scheme: ``train_step``).
+
+    Resuming is exact because the state (step, key, parameters, optimizer state) is all there is.
     """
     step: Any
     params: Any
@@ -312,6 +298,16 @@ def train_step(state: TrainState, dataset, *, model: UNet, optimizer: optax.Grad
     cross-entropy of ``unet_jax.losses``, plus ``dice_weight`` times the soft Dice loss), 'pixel_mismatch' (fraction of output pixels whose arg-max class is wrong,
     unweighted), 'grad_norm' (global norm of the averaged gradient, before clipping) and 'params_finite' (1.0 if
     every updated parameter is finite, else 0.0).
+
+    Randomness and device independence: the state holds one PRNG key that never changes. Step ``s`` (the step
+    counter before the update) uses ``step_key = fold_in(key, s)``; sample ``i`` of the global batch
+    (``0 <= i < global_batch``) uses ``fold_in(step_key, i)``, split into its tile-sampling, augmentation and
+    dropout keys. Device ``d`` of ``n`` computes the samples ``d * B/n ... (d + 1) * B/n - 1``
+    (``d = lax.axis_index('batch')``, global over all processes), so the global batch, and the result, do not
+    depend on how it is split over devices or hosts. The loss is the weighted mean over the whole global batch
+    (numerator and denominator each averaged over devices), exactly as on one device. With ``model.norm='batch'``
+    the forward pass runs over each device's part of the batch at once (batch statistics are per device, then
+    averaged) and dropout uses one key per device, so only that setting depends on the device split.
     """
     local_batch = global_batch // num_devices
     device = lax.axis_index(AXIS)
@@ -587,7 +583,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
     schedule still counts ``train.num_steps``, and running again resumes towards them.
 
     One process trains in a workdir at a time: a second gets a ValueError naming the first (an exclusive lock on
-    ``WORKDIR/.train.lock``, released however the run ends).
+    ``WORKDIR/.train.lock``, released however the run ends). Several processes (``train.distributed=True``,
+    README "Running on GPU/TPU and on several hosts") run the same command on a shared workdir;
+    ``train.batch_size`` is the global batch over all devices of all processes.
 
     Parameters
     ----------

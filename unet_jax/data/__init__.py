@@ -1,26 +1,9 @@
 """Data: TFDS builders for the paper's data sets and your own, a host loader, and the on-device tile sampler.
 
-Builders (``tfds.core.GeneratorBasedBuilder``, ``file_format='array_record'``, read with ``as_data_source()``;
-no TensorFlow needed). Importing the module registers the builder with TFDS under its name:
-
-==================  ==========================================  ======================================
-name                module                                      input
-==================  ==========================================  ======================================
-``synthetic_cells``  ``unet_jax.data.synthetic``                generated (default; no download)
-``isbi2012``         ``unet_jax.data.isbi2012``                 manual dir with the challenge's TIFFs
-``ctc``              ``unet_jax.data.ctc`` (configs             manual dir, Cell Tracking Challenge
-                     ``phc_c2dh_u373``, ``dic_c2dh_hela``)       layout
-``folder``           ``unet_jax.data.folder``                   manual dir with images/ and masks/
-==================  ==========================================  ======================================
-
-Each example: ``image`` float32 (H, W, C) in [0, 1], ``instances`` int32 (H, W), ``weights`` float32 (H, W) (the
-paper's weight map, precomputed), ``labelled`` bool and ``name`` (see ``unet_jax.data.common``). The weight-map
-settings, the split settings and a fingerprint of the input files are part of the builder config and its name,
-so changing them prepares a new data set rather than reusing stale maps.
-
-Host API: ``load_split(data_config, weights_config, split)`` prepares the builder if needed (in
-``data_config.data_dir``, default ``~/.cache/unet_jax/tfds``) and returns the split as a list of example dicts
-sorted by name. Device API (``unet_jax.data.sampler``): ``to_device_dataset`` / ``sample_tiles`` (pure jax).
+Builders (``DATASETS``; formats in each builder class's docstring): ``synthetic_cells`` (generated, the default),
+``isbi2012``, ``ctc`` and ``folder`` (your own images/ and masks/), written as array_record and read with
+``as_data_source()`` (no TensorFlow needed). Host API: ``load_split(data_config, weights_config, split)``
+(``make_builder``, ``prepare``). Device API (``unet_jax.data.sampler``): ``to_device_dataset`` / ``sample_tiles``.
 """
 from __future__ import annotations
 
@@ -53,6 +36,20 @@ class MissingSplitError(ValueError):
 
 def make_builder(data_config, weights_config=None):
     """The TFDS builder (not yet prepared) and manual directory for a data config. Host-side.
+
+    =================== =============================================== ====================================
+    ``data.name``       builder (``tfds.core.GeneratorBasedBuilder``)   input
+    =================== =============================================== ====================================
+    ``synthetic_cells`` ``unet_jax.data.synthetic.SyntheticCells``      generated (default; no download)
+    ``isbi2012``        ``unet_jax.data.isbi2012.Isbi2012``             manual dir with the challenge's TIFFs
+    ``ctc``             ``unet_jax.data.ctc.Ctc`` (``builder_config``   manual dir, Cell Tracking Challenge
+                        ``phc_c2dh_u373`` or ``dic_c2dh_hela``)         layout
+    ``folder``          ``unet_jax.data.folder.Folder``                 manual dir with images/ and masks/
+    =================== =============================================== ====================================
+
+    Importing a builder's module registers it with TFDS under its name. The weight-map settings, the split
+    settings and a fingerprint of the input files are part of the builder config and its name, so changing them
+    prepares a new data set rather than reusing stale maps.
 
     Parameters
     ----------
@@ -183,6 +180,9 @@ def check_class_ids(examples, num_classes: int) -> None:
 
 def load_split(data_config, weights_config, split: str) -> list:
     """Load one split as a list of example dicts, preparing the TFDS data set first if needed. Host-side.
+
+    The data set is prepared (``prepare``) in ``data_config.data_dir`` (default ``DEFAULT_DATA_DIR``,
+    ``~/.cache/unet_jax/tfds``) and read with ``as_data_source()``.
 
     Parameters
     ----------

@@ -1,17 +1,8 @@
 """Reading and converting image and mask files for the data set builders. Host-side (numpy/scipy, file IO).
 
-Every reader names the offending file in its errors: libraries such as tifffile raise errors that do not (a
-truncated TIFF gives ``ValueError('failed to read 7864320 bytes, got 3934439')``), so they are caught and
-re-raised as ``ValueError`` with the path and a hint how to fix it.
-
-Image intensities (``to_float_image``) become float32 in [0, 1]:
-
-* 8-bit (and bool) images: divided by 255 (1), keeping absolute intensities comparable between images;
-* 16-bit, other integer and float images not already in [0, 1]: normalised per image by percentiles,
-  ``(x - p1) / (p99.8 - p1)`` clipped to [0, 1] (``PERCENTILES``); a constant image becomes all 0;
-* float images already in [0, 1]: kept; NaN, infinite or huge (|x| > ``FLOAT_LIMIT``) values are refused.
-
-Masks (``mask_to_instances``) become int32 instance labels (0 = background, 1..K = objects).
+Readers (``read_image``, ``read_tiff``, ``read_mask``) name the offending file in their errors; ``to_float_image``
+makes float32 (H, W, C) images in [0, 1], ``mask_to_instances`` / ``mask_to_classes`` int32 labels;
+``write_tiff``, ``write_png`` (atomic) and ``overlay`` serve evaluate and predict.
 """
 from __future__ import annotations
 
@@ -62,7 +53,9 @@ def read_tiff(path) -> np.ndarray:
     FileNotFoundError
         If ``path`` does not exist.
     ValueError
-        If the file cannot be read (truncated, corrupt, not a TIFF); the message names the file.
+        If the file cannot be read (truncated, corrupt, not a TIFF); the message names the file and how to fix
+        it. tifffile's own errors do not name it (a truncated TIFF gives ``ValueError('failed to read 7864320
+        bytes, got 3934439')``), so they are caught and re-raised.
     """
 
     path = Path(path)
@@ -222,13 +215,19 @@ def to_float_image(arr, path="<array>", greyscale_rgb: bool = True) -> np.ndarra
 
     Returns
     -------
-    float32 array (H, W, C) in [0, 1] with C = 1 (greyscale) or 3 (colour). Intensity scaling: see the module
-    docstring (8-bit / 255; 16-bit, other integers and out-of-range floats by per-image percentiles).
+    float32 array (H, W, C) in [0, 1] with C = 1 (greyscale) or 3 (colour). Intensity scaling:
+
+    * 8-bit (and bool) images: divided by 255 (1), keeping absolute intensities comparable between images;
+    * 16-bit, other integer and float images not already in [0, 1]: normalised per image by percentiles,
+      ``(x - p1) / (p99.8 - p1)`` clipped to [0, 1] (``PERCENTILES``, ``percentile_normalize``); a constant
+      image becomes all 0;
+    * float images already in [0, 1]: kept.
 
     Raises
     ------
     ValueError
-        For unsupported shapes or dtypes and for NaN/infinite values, naming ``path``.
+        For unsupported shapes or dtypes and for NaN, infinite or huge (|x| > ``FLOAT_LIMIT``) values, naming
+        ``path``.
     """
     arr = _channels_last(np.asarray(arr), path, "image")
     if not (arr.dtype == np.bool_ or np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype,

@@ -1,20 +1,7 @@
-"""ISBI 2012 EM segmentation challenge (paper section 4, first data set) as a TFDS builder. Host-side.
+"""ISBI 2012 EM segmentation challenge (paper section 4, first data set) as the TFDS builder ``isbi2012``.
 
-Manual directory: the challenge's three files, as downloaded from
-https://imagej.net/events/isbi-2012-segmentation-challenge ::
-
-    train-volume.tif   30 x 512 x 512 uint8 stack, serial-section TEM of the Drosophila larva ventral nerve cord
-    train-labels.tif   30 x 512 x 512 uint8 stack, 255 = cell interior, 0 = membrane
-    test-volume.tif    30 x 512 x 512 uint8 stack, no labels (held by the organisers)
-
-Splits: ``train`` = the first ``30 - validation_slices`` slices of the training stack, ``validation`` = the last
-``validation_slices`` (default 5: slices 0-24 / 25-29; 0 = no validation split), ``test`` = the 30 test slices,
-unlabelled (``labelled`` False, instances and weights all 0).
-
-Conversion: image = slice / 255 (float32 (512, 512, 1)); instances = 4-connected components of the cell pixels
-(``labels == 255``; ``unet_jax.weights.instances_from_mask``), so each cell is one object and the membranes are
-background; weights = ``unet_weight_map(instances, w0, sigma, class_weights)``. Names: ``train-volume_z00`` ..
-``train-volume_z29``, ``test-volume_z00`` .. (sorted by name = slice order).
+Host-side. ``Isbi2012`` (its docstring: the three files of the manual directory, splits, conversion and names);
+``make_config`` names a config from its settings.
 """
 from __future__ import annotations
 
@@ -62,7 +49,24 @@ def _stack(arr: np.ndarray, path) -> np.ndarray:
 
 
 class Isbi2012(UNetBuilder):
-    """TFDS builder ``isbi2012``; see the module docstring for the files, splits and conversion."""
+    """TFDS builder ``isbi2012``: the ISBI 2012 EM segmentation challenge's training and test stacks.
+
+    Manual directory: the challenge's three files (``FILES``), as downloaded from
+    https://imagej.net/events/isbi-2012-segmentation-challenge ::
+
+        train-volume.tif   30 x 512 x 512 uint8 stack, serial-section TEM of the Drosophila larva ventral nerve cord
+        train-labels.tif   30 x 512 x 512 uint8 stack, 255 = cell interior, 0 = membrane
+        test-volume.tif    30 x 512 x 512 uint8 stack, no labels (held by the organisers)
+
+    Splits: ``train`` = the first ``30 - validation_slices`` slices of the training stack, ``validation`` = the last
+    ``validation_slices`` (default 5: slices 0-24 / 25-29; 0 = no validation split), ``test`` = the 30 test slices,
+    unlabelled (``labelled`` False, instances and weights all 0).
+
+    Conversion: image = slice / 255 (float32 (512, 512, 1)); instances = 4-connected components of the cell pixels
+    (``labels == 255``; ``unet_jax.weights.instances_from_mask``), so each cell is one object and the membranes are
+    background; weights = ``unet_weight_map(instances, w0, sigma, class_weights)``. Names: ``train-volume_z00`` ..
+    ``train-volume_z29``, ``test-volume_z00`` .. (sorted by name = slice order).
+    """
     name = "isbi2012"
     VERSION = tfds.core.Version("1.1.0")
     RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "classes feature."}

@@ -1,27 +1,9 @@
 """Random training tiles (paper section 3: large input tiles, batch of one image, mirrored borders).
 
-``to_device_dataset`` (host-side, once) puts a whole split on the accelerator, mirror-padded, and ``sample_tiles``
-(pure jax.numpy, jit-compiled) cuts a random batch of tiles out of it inside the train step; ``fits_on_device``
-tells whether a split fits next to the model (training warns when it may not).
-
-Geometry, for a tile of T = ``tile_size`` input pixels whose VALID network output is O = ``out_size`` pixels
-(``unet_jax.geometry.output_size``): the output window is O x O, centred in the tile, and the tile extends it by the
-border b = (T - O) / 2 on every side. An output window lies wholly inside the image: its origin (oy, ox) is drawn
-uniformly from [0, H - O] x [0, W - O]. Where the tile's border reaches past the image, the image is mirrored
-with ``PAD_MODE`` = ``'symmetric'`` (``np.pad`` mode: the edge pixel is repeated, ``c b a | a b c``), the default
-of overlap-tile inference in ``unet_jax.tiling``, so training and inference see the same extrapolation. Class
-labels (``classes``, or ``instances > 0``) and weights are mirrored the same way, so all three come out at tile
-size; the loss centre-crops labels and weights to the logits, and augmentation warps all three together.
-
-Images smaller than O (in height or width): the image is first extended by mirroring to O (the extra pixels split
-as evenly as possible before and after it), so it fits one output window. In that extension the weights are 0:
-the loss counts every real pixel once and ignores the mirrored copies (labels there are mirrored, like the image).
-
-"Uniform" sampling: the image index is uniform over the N images (each image equally likely, whatever its
-size), and given the image the origin is uniform over its (H - O + 1) x (W - O + 1) valid positions (for small
-images: the one position). Every pixel is then inside some output window, but not equally often: a pixel within
-O of an image edge lies in fewer windows than one in the middle. ``tests/test_sampler.py`` checks both the origin
-law and the coverage.
+``to_device_dataset`` (host-side, once) puts a whole split on the accelerator, mirror-padded (tile geometry and
+padding in its docstring), and ``sample_tiles`` (pure jax.numpy, jit-compiled) cuts a random batch of tiles out of
+it inside the train step (sampling law: ``sample_origins``); ``fits_on_device`` tells whether a split fits next to
+the model (training warns when it may not).
 """
 from __future__ import annotations
 
@@ -176,6 +158,18 @@ def to_device_dataset(examples: Sequence, tile_size: int, out_size: int, pad_mod
                       device=None) -> DeviceDataset:
     """Mirror-pad a split once on the host and put it on the device for ``sample_tiles``. Host-side.
 
+    Geometry, for a tile of T = ``tile_size`` input pixels whose VALID network output is O = ``out_size`` pixels:
+    the output window is O x O, centred in the tile, and the tile extends it by the border b = (T - O) / 2 on every
+    side. An output window lies wholly inside the image. Where the tile's border reaches past the image, the image
+    is mirrored with ``pad_mode`` (default ``PAD_MODE`` = ``'symmetric'``: the edge pixel is repeated,
+    ``c b a | a b c``), the default of overlap-tile inference in ``unet_jax.tiling``, so training and inference see
+    the same extrapolation. Class labels and weights are mirrored the same way, so all three come out at tile size;
+    the loss centre-crops labels and weights to the logits, and augmentation warps all three together.
+
+    Images smaller than O (in height or width) are first extended by mirroring to O (the extra pixels split as
+    evenly as possible before and after), so they fit one output window. In that extension the weights are 0: the
+    loss counts every real pixel once and ignores the mirrored copies (labels there are mirrored, like the image).
+
     Parameters
     ----------
     examples : sequence of dicts
@@ -229,6 +223,11 @@ def to_device_dataset(examples: Sequence, tile_size: int, out_size: int, pad_mod
 def sample_origins(dataset: DeviceDataset, key: jax.Array, batch_size: int, out_size: int,
                    foreground: float = 0.0):
     """Random image indices and output-window origins (pure jax; jit-compiled).
+
+    Uniform law: the image index is uniform over the N images (each image equally likely, whatever its size), and
+    given the image the origin is uniform over its (E - O + 1) x (F - O + 1) valid positions (for images smaller
+    than O: the one position). Every pixel then lies in some output window, but a pixel within O of an image edge
+    in fewer windows than one in the middle. ``tests/test_sampler.py`` checks both the origin law and the coverage.
 
     Parameters
     ----------

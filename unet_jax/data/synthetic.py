@@ -1,15 +1,8 @@
-"""Synthetic EM-like images of touching cells: the default data set, generated in seconds, no download.
-Host-side (numpy, scipy, scikit-image).
+"""Synthetic EM-like images of touching cells: the default data set (TFDS builder ``synthetic_cells``), generated
+in seconds, no download. Host-side (numpy, scipy, scikit-image).
 
-Each image mimics an ISBI 2012 slice: cells packed edge to edge (a Voronoi tessellation of random seeds, its
-edges bent by a smooth random warp), separated by thin dark membranes (2-4 pixels wide, 2.7 on average; ISBI's
-are about 6), with textured bright interiors (per-cell brightness, smooth mottling, small dark vesicles), then
-blurred and given Gaussian noise.
-Ground truth is ISBI-like: instance labels with the membranes as background (0), one id per cell.
-
-Determinism: example ``i`` of split ``s`` is drawn from ``numpy.random.default_rng([seed, s, i])`` (s = 0 train,
-1 validation), so it depends only on (seed, split, index, image_size): the same for any ``num_train`` or
-``num_validation``, different between splits and seeds.
+``synthetic_cells`` draws one image and its labels, ``synthetic_example`` one example of a split,
+``SyntheticCells`` is the builder (its docstring: splits, names, determinism).
 """
 from __future__ import annotations
 
@@ -30,6 +23,12 @@ __all__ = ["SyntheticCells", "SyntheticConfig", "make_config", "synthetic_cells"
 
 def synthetic_cells(size, rng: np.random.Generator, cell_diameter: float = 28.0):
     """One synthetic EM-like image with its instance labels. Host-side.
+
+    The image mimics an ISBI 2012 slice: cells packed edge to edge (a Voronoi tessellation of random seeds, its
+    edges bent by a smooth random warp), separated by thin dark membranes (2-4 pixels wide, 2.7 on average; ISBI's
+    are about 6), with textured bright interiors (per-cell brightness, smooth mottling, small dark vesicles), then
+    blurred and given Gaussian noise. Ground truth is ISBI-like: instance labels with the membranes as background
+    (0), one id per cell.
 
     Parameters
     ----------
@@ -144,7 +143,14 @@ def make_config(weights: dict, num_train: int = 24, num_validation: int = 6, ima
 
 
 class SyntheticCells(UNetBuilder):
-    """TFDS builder ``synthetic_cells``; see the module docstring. No manual directory."""
+    """TFDS builder ``synthetic_cells``: generated EM-like images of touching cells (``synthetic_cells``).
+
+    No manual directory. Splits ``train`` (``num_train`` images) and ``validation`` (``num_validation``; none if
+    0) of ``image_size`` x ``image_size`` pixels; names ``train_00000``, ``validation_00000``, ... Determinism:
+    example ``i`` of split ``s`` is drawn from ``numpy.random.default_rng([seed, s, i])`` (s = 0 train,
+    1 validation; ``synthetic_example``), so it depends only on (seed, split, index, image_size): the same for any
+    ``num_train`` or ``num_validation``, different between splits and seeds.
+    """
     name = "synthetic_cells"
     VERSION = tfds.core.Version("1.1.0")
     RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "classes feature."}

@@ -69,13 +69,15 @@ def score(workdir: Path, test: Path, tta: bool = False, challenge: bool = False)
     from unet_jax import metrics
     from unet_jax.data import io
     from unet_jax.evaluate import load_model
-    from unet_jax.inference import predict_probabilities
+    from unet_jax.inference import foreground_probability, predict_probabilities
     from unet_jax.instances import label_instances
     model, config, variables, step = load_model(workdir)
     channels = variables["params"]["down_0"]["Conv_0"]["kernel"].shape[2]
     threshold = float(config.eval.threshold)
     inter = union = pred_sum = true_sum = total = 0
     methods = {"components": dict(method="components")}
+    if config.data.get("target", "foreground") == "contours":
+        methods["contours"] = dict(method="contours")
     methods.update({f"watershed_h{h:g}_s{sm:g}": dict(method="watershed", h=h, smooth=sm) for h, sm in WATERSHED})
     matches = {name: [] for name in methods}
     segs = {name: [] for name in methods}
@@ -86,13 +88,15 @@ def score(workdir: Path, test: Path, tta: bool = False, challenge: bool = False)
             image = np.repeat(image, channels, axis=-1)
         truth_instances = io.mask_to_instances(io.read_image(test / "masks" / p.name), p)
         truth = truth_instances > 0
-        prob = predict_probabilities(model, variables, image, config.eval, tta=tta)[..., 1]
+        full = predict_probabilities(model, variables, image, config.eval, tta=tta)
+        prob = foreground_probability(full)
         pred = prob > threshold
         if challenge:
             probs.append(prob)
             truths.append(truth_instances)
         for name, kwargs in methods.items():
-            objects = label_instances(prob, threshold, **kwargs)
+            objects = label_instances(prob, threshold, interior=full[..., 1] if kwargs["method"] == "contours" else None,
+                                      min_fraction=float(config.eval.min_object_fraction), **kwargs)
             matches[name].append(metrics.object_matches(objects, truth_instances))
             segs[name].append(metrics.seg_measure(objects, truth_instances))
         i, u = int((pred & truth).sum()), int((pred | truth).sum())

@@ -12,9 +12,15 @@ from scipy import ndimage as ndi
 from unet_jax.data import load_split, make_builder
 from unet_jax.data.io import PERCENTILES, percentile_normalize
 from unet_jax.data.synthetic import synthetic_cells, synthetic_example
-from unet_jax.weights import unet_weight_map
+from unet_jax.weights import contour_classes, separation_border, unet_weight_map
 
 WEIGHTS = {"w0": 10.0, "sigma": 5.0, "class_weights": "balanced"}
+
+
+def _target(instances):
+    """The two-class training target's objects: the annotation less the separation border where objects touch."""
+    instances = np.asarray(instances, np.int32)
+    return np.where(separation_border(instances), 0, instances)
 FOUR = ndi.generate_binary_structure(2, 1)
 
 
@@ -263,7 +269,10 @@ def test_ctc_annotated_frames_instances_kept_and_normalised(tmp_path):
         np.testing.assert_array_equal(ex["instances"], mask.astype(np.int32))      # ids 7, 12, 300 kept
         lo, hi = np.percentile(img.astype(np.float64), PERCENTILES)
         np.testing.assert_allclose(ex["image"][..., 0], np.clip((img - lo) / (hi - lo), 0, 1), atol=1e-6)
-        np.testing.assert_allclose(ex["weights"], unet_weight_map(mask.astype(np.int32), **WEIGHTS), rtol=1e-6)
+        np.testing.assert_allclose(ex["weights"], unet_weight_map(_target(mask), **WEIGHTS), rtol=1e-6)
+        # cells 7 and 12 touch along row 8/9: the target is background on both rows there, cell 300 is whole
+        np.testing.assert_array_equal(ex["classes"], _target(mask) > 0)
+        assert not ex["classes"][8:10, 3:12].any() and ex["classes"][16:22, 15:28].all()
     with pytest.raises(ValueError, match="no 'test' split"):
         load_split(cfg, WEIGHTS, "test")
 
@@ -371,7 +380,21 @@ def test_folder_messy_user_data(tmp_path, caplog):
     np.testing.assert_allclose(c["image"][..., 0], grey / 255.0, atol=1e-7)
     np.testing.assert_array_equal(c["instances"], (mask_c > 127.5).astype(np.int32))  # threshold at half
     for ex in train:
-        np.testing.assert_allclose(ex["weights"], unet_weight_map(ex["instances"], **WEIGHTS), rtol=1e-6)
+        np.testing.assert_allclose(ex["weights"], unet_weight_map(_target(ex["instances"]), **WEIGHTS), rtol=1e-6)
+    assert not b["classes"][3:20, 14:16].any()          # ids 3 and 9 touch: a 2-pixel background gap
+    assert b["classes"].sum() == (mask_b > 0).sum() - 2 * 17
+    # the gap is expensive to get wrong (the paper's border term, between two objects 2 pixels apart)
+    assert b["weights"][10, 14] > 1.5 * b["weights"][10, 5]
+    # contours: background / interior / 2-pixel outline of every object, weights per class plus the border term
+    cont = load_split(dict(cfg, data_dir=str(tmp_path / "tfds3"), target="contours"), WEIGHTS, "train")
+    for ex, two in zip(cont, train):
+        np.testing.assert_array_equal(ex["instances"], two["instances"])
+        np.testing.assert_array_equal(ex["classes"], contour_classes(ex["instances"]))
+    assert set(np.unique(cont[1]["classes"])) == {0, 1, 2} and (cont[1]["classes"][3:20, 13:17] == 2).all()
+    # without the separation border the target is the annotation's foreground
+    other = load_split(dict(cfg, data_dir=str(tmp_path / "tfds2")), dict(WEIGHTS, separation_border=False), "train")
+    np.testing.assert_array_equal(other[1]["classes"], mask_b > 0)
+    np.testing.assert_allclose(other[1]["weights"], unet_weight_map(mask_b.astype(np.int32), **WEIGHTS), rtol=1e-6)
     text = caplog.text
     assert "c.png: greyscale saved as RGB" in text and "converted to one channel" in text
     assert "anti-aliased binary mask" in text and "thresholded at half" in text
@@ -514,6 +537,10 @@ def test_load_split_bad_arguments(tmp_path):
         load_split(base, dict(WEIGHTS, sigma=0.0), "train")
     with pytest.raises(ValueError, match="class_weights"):
         load_split(base, dict(WEIGHTS, class_weights="inverse"), "train")
+    with pytest.raises(ValueError, match="data.target must be one of"):
+        load_split(dict(base, target="edges"), WEIGHTS, "train")
+    with pytest.raises(ValueError, match="separation_border must be True or False"):
+        load_split(base, dict(WEIGHTS, separation_border="yes"), "train")
     with pytest.raises(ValueError, match="num_train"):
         load_split(dict(base, num_train=0), WEIGHTS, "train")
     with pytest.raises(ValueError, match="no 'validation' split"):
@@ -521,6 +548,7 @@ def test_load_split_bad_arguments(tmp_path):
     builder, root = make_builder(base, WEIGHTS)
     assert root is None and builder.name == "synthetic_cells"
     assert builder.builder_config.w0 == 10.0 and builder.builder_config.class_weights == "balanced"
+    assert builder.builder_config.separation_border is True          # the paper's target by default
 
 
 def test_class_weights_from_config_forms():

@@ -208,6 +208,22 @@ def test_validate_accepts_every_class_weights_form_the_data_layer_takes(value):
     validate(c)
 
 
+def test_validate_contours_target_needs_three_classes_and_contours_instances_need_it():
+    c = base_config()
+    c.data.target = "contours"
+    with pytest.raises(ValueError, match="num_classes=3"):
+        validate(c)
+    c.model.num_classes = 3
+    c.eval.instances = "contours"
+    validate(c)
+    c.data.target = "foreground"
+    with pytest.raises(ValueError, match="needs a model trained with data.target='contours'"):
+        validate(c)
+    c.data.target = "edges"
+    with pytest.raises(ValueError, match="config.data.target must be one of"):
+        validate(c)
+
+
 @pytest.mark.parametrize("value", ["balance", "weighted", ""])
 def test_validate_rejects_bad_class_weights(value):
     c = base_config()

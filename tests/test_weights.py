@@ -4,7 +4,8 @@ import pytest
 import tifffile
 from scipy import ndimage as ndi
 
-from unet_jax.weights import BORDER_TOL, class_labels, instances_from_mask, unet_weight_map, unet_weight_map_reference
+from unet_jax.weights import (BORDER_TOL, class_labels, contour_classes, instances_from_mask, separation_border,
+                              unet_weight_map, unet_weight_map_reference)
 
 TOL = 1e-4  # required agreement (absolute) between the fast map and the reference
 
@@ -320,3 +321,38 @@ def test_class_labels():
     assert c.dtype == np.int32 and c.shape == inst.shape
     np.testing.assert_array_equal(c, (inst > 0).astype(np.int32))
     assert set(np.unique(c)) == {0, 1}
+
+
+def test_separation_border_carves_only_where_objects_touch():
+    inst = np.zeros((10, 12), np.int32)
+    inst[1:5, 1:5] = 1
+    inst[1:5, 5:9] = 2          # touches 1 along a column
+    inst[6:9, 9:11] = 3         # touches 2 only diagonally, and nothing else
+    inst[5, 9] = 0
+    border = separation_border(inst)
+    want = np.zeros_like(border)
+    want[1:5, 4:6] = True       # one column of each of the two touching objects
+    np.testing.assert_array_equal(border, want)
+    c = class_labels(inst, separate=True)
+    np.testing.assert_array_equal(c, ((inst > 0) & ~want).astype(np.int32))
+    np.testing.assert_array_equal(class_labels(inst), (inst > 0).astype(np.int32))
+    # the carved target keeps every object, now 4-disconnected from its neighbours
+    assert ndi.label(c, structure=ndi.generate_binary_structure(2, 1))[1] == 3
+    assert not separation_border(special_objects() * 0).any()
+
+
+def test_contour_classes_outline_every_object_and_split_touching_ones():
+    inst = np.zeros((12, 16), np.int32)
+    inst[1:11, 1:8] = 1
+    inst[1:11, 8:15] = 2        # touches 1 along a column
+    c = contour_classes(inst)
+    assert c.dtype == np.int32 and set(np.unique(c)) == {0, 1, 2}
+    np.testing.assert_array_equal(c > 0, inst > 0)
+    # a 2-pixel outline on every side, also where the objects touch: interiors 4 pixels apart
+    want = np.zeros_like(c)
+    want[3:9, 3:6] = want[3:9, 10:13] = 1
+    np.testing.assert_array_equal(c == 1, want == 1)
+    assert (contour_classes(inst, width=1) == 1).sum() == 2 * 8 * 5
+    assert ndi.label(c == 1)[1] == 2
+    with pytest.raises(ValueError, match="width"):
+        contour_classes(inst, width=0)

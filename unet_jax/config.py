@@ -20,7 +20,7 @@ import ml_collections
 
 from unet_jax.augment import read_config as read_augment_config
 from unet_jax.data import DATASETS
-from unet_jax.data.common import normalize_class_weights
+from unet_jax.data.common import TARGETS, normalize_class_weights
 from unet_jax.data.io import MASK_TYPES
 from unet_jax.geometry import PADDINGS, output_size
 from unet_jax.instances import INSTANCE_METHODS
@@ -53,10 +53,14 @@ def base_config() -> ml_collections.ConfigDict:
         validation_slices=5,        # isbi2012: the last N of the 30 training slices are validation
         validation_fraction=0.2,    # ctc / folder: fraction of examples held out for validation
         mask_type="auto",           # folder: 'auto' | 'binary' | 'instance' (unet_jax.data.io.mask_to_instances)
+        target="foreground",        # two classes (the paper's); 'contours': background, interior, contour
+                                    # (unet_jax.weights.contour_classes; needs model.num_classes=3)
         num_train=24, num_validation=6, image_size=256, seed=0))   # synthetic_cells: size and generator seed
 
-    # unet_jax.weights.unet_weight_map (precomputed per example when the data set is prepared).
-    c.weights = ml_collections.ConfigDict(dict(w0=10.0, sigma=5.0, class_weights="balanced"))
+    # unet_jax.weights.unet_weight_map (precomputed per example when the data set is prepared); separation_border:
+    # two-class targets are background where annotated objects touch (unet_jax.weights.separation_border).
+    c.weights = ml_collections.ConfigDict(dict(w0=10.0, sigma=5.0, class_weights="balanced",
+                                               separation_border=True))
 
     # unet_jax.losses, in the train step: the weighted cross-entropy (the paper's energy) plus dice_weight times
     # the soft Dice loss of the foreground (unet_jax.losses.soft_dice_loss; 0 = the paper's loss alone).
@@ -107,10 +111,12 @@ def base_config() -> ml_collections.ConfigDict:
     # Overlap-tile inference for validation, evaluate and predict. Objects (predict's label images, evaluate's
     # object measures): 'watershed' splits touching objects (unet_jax.instances; watershed_h: the depth in pixels a
     # peak of the distance transform, smoothed by watershed_smooth pixels, needs to seed an object), 'components'
-    # keeps connected components; objects smaller than min_object_size pixels are dropped.
+    # keeps connected components, 'contours' grows the predicted interiors of a data.target='contours' model;
+    # objects smaller than min_object_size pixels or than min_object_fraction of the image's median object area
+    # (specks and fragments) are dropped.
     c.eval = ml_collections.ConfigDict(dict(tile_size=572, batch_size=4, tta=False, threshold=0.5,
                                             instances="watershed", watershed_h=2.0, watershed_smooth=2.0,
-                                            min_object_size=0))
+                                            min_object_size=0, min_object_fraction=0.2))
     return c
 
 
@@ -154,11 +160,14 @@ def synthetic_config() -> ml_collections.ConfigDict:
 
 
 def fill_eval_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Add the eval fields a run saved before they existed, with their defaults (a restored ``config.json``)."""
-    for key, value in base_config().eval.items():
-        if key not in config.eval:
-            with config.eval.unlocked():
-                config.eval[key] = value
+    """Add the eval fields (and data.target, weights.separation_border) a run saved before they existed, with their
+    defaults (a restored ``config.json``)."""
+    base = base_config()
+    for section, keys in (("eval", list(base.eval)), ("data", ["target"]), ("weights", ["separation_border"])):
+        for key in keys:
+            if key not in config[section]:
+                with config[section].unlocked():
+                    config[section][key] = base[section][key]
     return config
 
 
@@ -169,9 +178,13 @@ def validate_eval(config: ml_collections.ConfigDict) -> None:
     _float("eval.threshold", e.threshold, 0.0, 1.0, min_open=True, max_open=True)
     _bool("eval.tta", e.tta)
     _one_of("eval.instances", e.instances, INSTANCE_METHODS)
+    if e.instances == "contours" and config.data.get("target", "foreground") != "contours":
+        raise ValueError("config.eval.instances='contours' needs a model trained with data.target='contours' (it "
+                         "grows the predicted object interiors); use 'watershed' or 'components' for this model")
     _float("eval.watershed_h", e.watershed_h, min_open=True)
     _float("eval.watershed_smooth", e.watershed_smooth)
     _int("eval.min_object_size", e.min_object_size, 0)
+    _float("eval.min_object_fraction", e.min_object_fraction, 0.0, 1.0, max_open=True)
     try:
         output_size(e.tile_size, m.depth, m.padding)
     except ValueError as err:
@@ -234,6 +247,11 @@ def validate(config) -> None:
     _float("data.validation_fraction", d.validation_fraction, 0.0, 1.0, max_open=True)
     _int("data.validation_slices", d.validation_slices, 0)
     _one_of("data.mask_type", d.mask_type, MASK_TYPES)
+    _one_of("data.target", d.target, TARGETS)
+    if d.target == "contours" and (m.num_classes != 3 or d.mask_type == "classes"):
+        raise ValueError(f"config.data.target='contours' trains three classes (background, interior, contour) on "
+                         f"binary or instance masks: set model.num_classes=3 (got {m.num_classes}) and a mask_type "
+                         f"other than 'classes' (got {d.mask_type!r})")
 
     _float("weights.w0", config.weights.w0)
     _float("weights.sigma", config.weights.sigma, min_open=True)
@@ -241,6 +259,9 @@ def validate(config) -> None:
         normalize_class_weights(config.weights.class_weights)
     except ValueError as err:
         raise ValueError(f"config.weights.{err}") from None
+    if not isinstance(config.weights.separation_border, bool):
+        raise ValueError(f"config.weights.separation_border must be True or False, got "
+                         f"{config.weights.separation_border!r}")
     _float("loss.dice_weight", config.loss.dice_weight)
     read_augment_config(config.augment)
 

@@ -25,7 +25,7 @@ from unet_jax.checkpoint import restore_params
 from unet_jax.config import UsageError, apply_overrides, fill_eval_defaults, validate_eval
 from unet_jax.data import load_split
 from unet_jax.data.io import atomic_write, check_directory, ensure_directory, overlay, write_png, write_tiff
-from unet_jax.inference import evaluate_examples
+from unet_jax.inference import evaluate_examples, foreground_probability
 from unet_jax.train import create_model
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def evaluate(workdir, split: str = "validation", tta: bool = False, step: Option
     def write(ex, probs):
         if not write_images:
             return
-        cell_prob = probs[..., 1]
+        cell_prob = foreground_probability(probs)
         labelled = ex.get("labelled", True) and np.any(ex["instances"])
         stem = Path(str(ex["name"]).replace("/", "_")).stem     # CTC names are 'SEQ/tNNN'
         write_tiff(out / f"{stem}_prob.tif", cell_prob.astype(np.float32))

@@ -3,7 +3,8 @@ labelled examples, used alike by training's validation, ``unet-jax evaluate`` an
 
 Host-side drivers around ``unet_jax.tiling.predict_tiled``; the network runs jit-compiled, its variables an argument
 of the compiled function, so a changing model (validation during training) does not recompile. Probabilities are
-float32 (H, W, K) softmax outputs; for two classes, class 1 is the cell (foreground).
+float32 (H, W, K) softmax outputs; for two classes, class 1 is the cell (foreground); a ``data.target='contours'``
+network has three (background, interior, contour).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from unet_jax.instances import label_instances
 from unet_jax.model import UNet
 from unet_jax.tiling import predict_tiled
 
-__all__ = ["predict_probabilities", "evaluate_examples", "objects_of"]
+__all__ = ["predict_probabilities", "evaluate_examples", "foreground_probability", "objects_of"]
 
 
 @functools.lru_cache(maxsize=16)
@@ -70,7 +71,8 @@ def evaluate_examples(model: UNet, variables, examples: Sequence[dict], config, 
     'object_recall' at IoU 0.5 pooled over images, 'mean_ap') and the ISBI measures (``unet_jax.metrics.isbi2012``,
     statistics summed over the images as for a stack). ``rows``: one dict per example, 'name' and, for labelled
     two-class images, ``metrics.threshold_metrics`` at ``eval.threshold`` of those objects (and with ``sweep`` the
-    image's own ``isbi2012``). With more than two classes (class masks): 'iou' is the mean over the classes
+    image's own ``isbi2012``); a contours network is measured the same way, on P(interior or contour). With
+    more than two classes (class masks): 'iou' is the mean over the classes
     1..K-1 of the arg-max's per-class IoU ('iou_classK' each, per image and averaged), and the objects are those
     of P(any class but background).
     """
@@ -97,19 +99,18 @@ def evaluate_examples(model: UNet, variables, examples: Sequence[dict], config, 
         p_true = np.take_along_axis(probs, labels[..., None], axis=-1)[..., 0].astype(np.float64)
         num += float((weights * -np.log(np.maximum(p_true, 1e-12))).sum())
         den += float(weights.sum())
-        if probs.shape[-1] != 2:      # class masks: per-class IoU of the arg-max, objects of any class
+        objects = objects_of(probs, config)
+        if not is_foreground(probs, config):   # class masks: per-class IoU of the arg-max, objects of any class
             pred = probs.argmax(-1)
             wrong += metrics.pixel_mismatch(pred, labels) * labels.size
             total += labels.size
             row.update({f"iou_class{k}": metrics.iou(pred == k, labels == k) for k in range(1, probs.shape[-1])})
             row["iou"] = float(np.mean([row[f"iou_class{k}"] for k in range(1, probs.shape[-1])]))
             ious.append(row["iou"])
-            objects = objects_of(1.0 - probs[..., 0], config.eval)
             row["seg"] = metrics.seg_measure(objects, truth)
             matches.append(metrics.object_matches(objects, truth))
             continue
-        cell_prob = np.clip(np.nan_to_num(probs[..., 1]), 0.0, 1.0)
-        objects = objects_of(cell_prob, config.eval)
+        cell_prob = foreground_probability(probs)
         row.update(metrics.threshold_metrics(cell_prob, truth, threshold, pred_instances=objects))
         matches.append(metrics.object_matches(objects, truth))
         wrong += row["pixel_mismatch"] * labels.size
@@ -141,9 +142,24 @@ def rows_keys(rows: Sequence[dict], prefix: str) -> List[str]:
     return sorted({k for r in rows for k in r if k.startswith(prefix)})
 
 
-def objects_of(cell_prob, eval_config) -> np.ndarray:
-    """The objects of a foreground probability as ``eval_config`` asks (``instances``, ``threshold``,
-    ``watershed_h``, ``watershed_smooth``, ``min_object_size``): uint16/uint32 labels, 0 = background."""
-    return label_instances(cell_prob, threshold=float(eval_config.threshold), method=eval_config.instances,
-                           h=float(eval_config.watershed_h), min_size=int(eval_config.min_object_size),
-                           smooth=float(eval_config.watershed_smooth))
+def is_foreground(probs, config) -> bool:
+    """Whether ``probs`` (..., K) is a foreground network's: two classes, or a ``data.target='contours'`` one."""
+    return probs.shape[-1] == 2 or config.data.get("target", "foreground") == "contours"
+
+
+def foreground_probability(probs) -> np.ndarray:
+    """P(object) of softmax probabilities (..., K): class 1 for two classes, any class but background else."""
+    fg = probs[..., 1] if probs.shape[-1] == 2 else 1.0 - probs[..., 0]
+    return np.clip(np.nan_to_num(fg), 0.0, 1.0)
+
+
+def objects_of(probs, config) -> np.ndarray:
+    """The objects of one image's softmax probabilities (H, W, K) as the config asks (``eval.instances``,
+    ``eval.threshold``, ``eval.watershed_h``, ``eval.watershed_smooth``, ``eval.min_object_size``,
+    ``eval.min_object_fraction``; 'contours' seeds from P(interior) of a ``data.target='contours'`` network):
+    uint16/uint32 labels, 0 = background."""
+    e = config.eval
+    return label_instances(foreground_probability(probs), threshold=float(e.threshold), method=e.instances,
+                           h=float(e.watershed_h), min_size=int(e.min_object_size), smooth=float(e.watershed_smooth),
+                           interior=probs[..., 1] if e.instances == "contours" else None,
+                           min_fraction=float(e.min_object_fraction))

@@ -4,7 +4,9 @@
 ``'watershed'``: a seeded watershed of the foreground's distance transform (smoothed by a Gaussian of ``smooth``
 pixels, so ragged outlines do not seed objects of their own), one seed per h-maximum (a peak that rises ``h``
 pixels above every saddle to a higher peak), so two touching round objects joined by a neck at least ``h`` pixels
-narrower than either's radius come out apart. Labels are uint16 (uint32 past 65535 objects), as Fiji
+narrower than either's radius come out apart. ``'contours'``, for a network trained on three classes (background,
+interior, contour; ``unet_jax.weights.contour_classes``): one seed per 4-connected component of
+``interior > 0.5``, grown over the foreground by a watershed of the interior probability. Labels are uint16 (uint32 past 65535 objects), as Fiji
 and napari read them.
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ from skimage.segmentation import watershed
 
 __all__ = ["INSTANCE_METHODS", "label_instances", "as_label_dtype"]
 
-INSTANCE_METHODS = ("components", "watershed")
+INSTANCE_METHODS = ("components", "watershed", "contours")
 _FOUR = ndi.generate_binary_structure(2, 1)
 
 
@@ -30,7 +32,7 @@ def as_label_dtype(labels) -> np.ndarray:
 
 
 def label_instances(fg_prob, threshold: float = 0.5, method: str = "watershed", h: float = 2.0,
-                    min_size: int = 0, smooth: float = 2.0) -> np.ndarray:
+                    min_size: int = 0, smooth: float = 2.0, interior=None, min_fraction: float = 0.0) -> np.ndarray:
     """One label per object of a foreground probability map.
 
     Parameters
@@ -39,13 +41,18 @@ def label_instances(fg_prob, threshold: float = 0.5, method: str = "watershed", 
         P(foreground), e.g. ``predict_probabilities(...)[..., 1]``.
     threshold : float in [0, 1)
         Foreground is ``fg_prob > threshold``.
-    method : 'watershed' or 'components'
+    method : 'watershed', 'components' or 'contours' (needs ``interior``)
     h : float > 0
         Watershed only: the depth, in pixels of the distance transform, a peak needs to seed its own object.
     min_size : int >= 0
         Objects of fewer pixels are removed (0 keeps all).
+    min_fraction : float in [0, 1)
+        Objects smaller than this fraction of the median object area of the image are removed (specks and
+        fragments; relative, so it follows the objects' scale; 0 keeps all).
     smooth : float >= 0
         Watershed only: sigma in pixels of the Gaussian applied to the distance transform (0: none).
+    interior : float array (H, W) in [0, 1] or None
+        'contours' only: P(object interior) of a three-class network (``probs[..., 1]``).
 
     Returns
     -------
@@ -62,8 +69,21 @@ def label_instances(fg_prob, threshold: float = 0.5, method: str = "watershed", 
         raise ValueError(f"smooth must be a number >= 0 (pixels), got {smooth!r}")
     if isinstance(min_size, bool) or not isinstance(min_size, numbers.Integral) or min_size < 0:
         raise ValueError(f"min_size must be an integer >= 0 (pixels), got {min_size!r}")
+    if isinstance(min_fraction, bool) or not isinstance(min_fraction, numbers.Real) or not 0 <= min_fraction < 1:
+        raise ValueError(f"min_fraction must be a number in [0, 1), got {min_fraction!r}")
     fg = np.nan_to_num(prob) > threshold
-    if method == "components":
+    if method == "contours":
+        inner = np.nan_to_num(np.asarray(interior if interior is not None else np.nan, np.float64))
+        if interior is None or inner.shape != prob.shape:
+            raise ValueError(f"method 'contours' needs interior, P(interior) of the shape of fg_prob {prob.shape}, "
+                             f"got {None if interior is None else inner.shape}")
+        markers = ndi.label(fg & (inner > 0.5), structure=_FOUR)[0]
+        labels = watershed(-inner, markers, mask=fg)
+        missed = fg & (labels == 0)      # foreground without an interior: its own object
+        if missed.any():
+            extra = ndi.label(missed, structure=_FOUR)[0]
+            labels = np.where(missed, extra + labels.max(), labels)
+    elif method == "components":
         labels = ndi.label(fg, structure=_FOUR)[0]
     else:
         dist = ndi.distance_transform_edt(fg)
@@ -76,9 +96,12 @@ def label_instances(fg_prob, threshold: float = 0.5, method: str = "watershed", 
         if missed.any():
             extra = ndi.label(missed, structure=_FOUR)[0]
             labels = np.where(missed, extra + labels.max(), labels)
-    if min_size:
-        sizes = np.bincount(labels.ravel())
-        labels = np.where(sizes[labels] >= min_size, labels, 0)
+    sizes = np.bincount(labels.ravel())
+    cut = min_size
+    if min_fraction and labels.max():
+        cut = max(cut, min_fraction * float(np.median(sizes[1:][sizes[1:] > 0])))
+    if cut:
+        labels = np.where(sizes[labels] >= cut, labels, 0)
     labels = _relabel(labels)
     return as_label_dtype(labels)
 

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from unet_jax.data.io import check_directory, overlay, read_image, to_float_image, write_png, write_tiff
 from unet_jax.evaluate import load_model
-from unet_jax.inference import objects_of, predict_probabilities
+from unet_jax.inference import foreground_probability, objects_of, predict_probabilities
 from unet_jax.instances import as_label_dtype
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,7 @@ def predict_paths(workdir, inputs, output_dir, tta: bool = False, step: Optional
         NAME_labels.tif    uint16 object labels (uint32 past 65535 objects), 0 = background: by default a seeded
                            watershed of prob > eval.threshold that splits touching objects (eval.instances,
                            unet_jax.instances); 'components' gives its 4-connected components
+                           (a data.target='contours' network: its predicted interiors grown over the foreground)
         NAME_classes.tif   more than two classes (class masks): uint8 arg-max class per pixel, 0 = background; then
                            NAME_prob.tif holds every class's probability, (H, W, K) or (Z, H, W, K)
         NAME_overlay.png   the image with the predicted cell borders (a stack: NAME_zNNN_overlay.png per slice)
@@ -130,7 +131,8 @@ def predict_paths(workdir, inputs, output_dir, tta: bool = False, step: Optional
     files = list_inputs(inputs)
     out = check_directory(output_dir, "--output")
     model, config, variables, _ = load_model(workdir, step, overrides)
-    k = int(model.num_classes)
+    # class masks write a class map and every class's probability; two classes and contours networks P(object)
+    k = 2 if config.data.get("target", "foreground") == "contours" else int(model.num_classes)
     plan = planned_outputs(files, _stack_depth, k)
     existing = [out / name for _, _, names in plan for name in names if (out / name).exists()]
     if existing and not overwrite:
@@ -148,8 +150,8 @@ def predict_paths(workdir, inputs, output_dir, tta: bool = False, step: Optional
             continue
         stack = image if is_stack else image[None]
         full = np.stack([predict_probabilities(model, variables, s, config.eval, tta=tta) for s in stack])
-        probs = full[..., 1] if k == 2 else 1.0 - full[..., 0]    # P(object): any class but background
-        labels = as_label_dtype(np.stack([objects_of(p, config.eval) for p in probs]))
+        probs = foreground_probability(full)     # P(object): any class but background
+        labels = as_label_dtype(np.stack([objects_of(f, config) for f in full]))
         if not labels.any():
             log.warning("%s: no foreground predicted (no pixel with probability above %g, maximum %.3f); if the "
                         "image does hold objects, the model did not learn them or the image differs from the "

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from unet_jax.data.common import field, weight_settings
+from unet_jax.data.common import TARGETS, field, weight_settings
 from unet_jax.data.sampler import (PAD_MODE, DeviceDataset, device_dataset_nbytes, fits_on_device,  # noqa: F401
                                    gather_tiles, sample_origins, sample_tiles, to_device_dataset)
 
@@ -76,6 +76,9 @@ def make_builder(data_config, weights_config=None):
     if name not in DATASETS:
         raise ValueError(f"data.name must be one of {DATASETS}, got {name!r}")
     weights = weight_settings(weights_config)
+    weights["target"] = field(data_config, "target", "foreground")
+    if weights["target"] not in TARGETS:
+        raise ValueError(f"data.target must be one of {TARGETS}, got {weights['target']!r}")
     builder_config = field(data_config, "builder_config", "") or ""
     if name != "ctc" and builder_config not in ("", "default"):
         raise ValueError(f"data.builder_config must be '' for {name}, got {builder_config!r}")

@@ -1,25 +1,10 @@
-"""What every unet_jax data set builder shares: the example features, the weight-map part of the builder config
-and the config naming that keeps prepared data sets apart. Host-side (tensorflow-datasets, numpy).
+"""What every unet_jax data set builder shares: the example features (``features``), the target and weight-map part
+of the builder config (``UNetConfig``) and the config naming that keeps prepared data sets apart. Host-side
+(tensorflow-datasets, numpy; ``array_record`` files read with ``as_data_source()``, no TensorFlow).
 
-Every builder is a ``tfds.core.GeneratorBasedBuilder`` written with ``file_format='array_record'`` and read with
-``as_data_source()``: no TensorFlow is needed. Every example holds
-
-=============  =====================================  ===============================================================
-``image``      float32 (H, W, C), values in [0, 1]    C = 1 (greyscale) or 3 (colour, ``folder`` only)
-``instances``  int32 (H, W)                           0 = background/membrane, 1..K = objects; all 0 if unlabelled
-``classes``    int32 (H, W)                           class id per pixel, 0 = background: ``instances > 0`` for
-                                                      two classes, the mask's ids for class masks (``folder``)
-``weights``    float32 (H, W)                         ``unet_weight_map(instances, w0, sigma, class_weights)``;
-                                                      all 0 if unlabelled
-``labelled``   bool scalar                            False for examples without ground truth (ISBI 2012 test)
-``name``       text (bytes from a data source)        file name (and slice/frame); unique within the data set
-=============  =====================================  ===============================================================
-
-Stale data: the weight-map settings (``w0``, ``sigma``, ``class_weights``), every split setting and a
-fingerprint of the input files (relative path, size and modification time of each) are fields of the builder
-config, and the config's *name* ends in a hash of all of them (``config_name``). TFDS stores a prepared data set
-under ``data_dir/<builder>/<config name>/<version>``, so changing any of them prepares a new data set instead of
-reusing maps computed with other settings. ``make_config`` in each builder module builds such a config.
+A prepared data set lives under ``data_dir/<builder>/<config name>/<version>``; the config name ends in a hash
+of every setting that shapes the examples and of the input files' fingerprint (``config_name``), so changed
+settings or files prepare a new data set instead of reusing stale targets.
 """
 from __future__ import annotations
 
@@ -35,9 +20,13 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tqdm.auto import tqdm
 
-from unet_jax.weights import check_class_weights, unet_weight_map
+from unet_jax.weights import check_class_weights, contour_classes, separation_border, unet_weight_map
 
-__all__ = ["UNetConfig", "UNetBuilder", "features", "config_name", "normalize_class_weights", "field"]
+__all__ = ["TARGETS", "UNetConfig", "UNetBuilder", "features", "config_name", "normalize_class_weights", "field"]
+
+
+# What a two-class (binary or instance) mask trains: the paper's foreground, or background / interior / contour.
+TARGETS = ("foreground", "contours")
 
 
 def field(config, name: str, default=None):
@@ -85,12 +74,19 @@ class UNetConfig(tfds.core.BuilderConfig):
     w0, sigma, class_weights
         ``unet_jax.weights.unet_weight_map`` settings the stored weight maps are computed with
         (``class_weights``: 'balanced', None or (w_background, w_cell)).
+    separation_border : bool
+        Two-class targets are background on ``unet_jax.weights.separation_border`` (where objects touch).
+    target : str
+        'foreground' (two classes) or 'contours' (``unet_jax.weights.contour_classes``) for binary and instance
+        masks; class masks keep their ids.
     fingerprint : str
         Hash of the input files' relative paths, sizes and modification times ('' for generated data).
     """
     w0: float = 10.0
     sigma: float = 5.0
     class_weights: Any = "balanced"
+    separation_border: bool = True
+    target: str = "foreground"
     fingerprint: str = ""
 
     def params(self) -> dict:
@@ -111,9 +107,10 @@ def fingerprint_hash(entries: list) -> str:
 
 
 def weight_settings(weights_config) -> dict:
-    """Validated ``{'w0', 'sigma', 'class_weights'}`` from a weights config (ConfigDict, mapping or None).
+    """Validated ``{'w0', 'sigma', 'class_weights', 'separation_border'}`` from a weights config (ConfigDict,
+    mapping or None).
 
-    Defaults are the paper's (10, 5, 'balanced'). Checked by running ``unet_weight_map`` on a tiny input, so a
+    Defaults are the paper's (10, 5, 'balanced', True). Checked by running ``unet_weight_map`` on a tiny input, so a
     bad value fails here rather than after minutes of preparation.
     """
     w0 = field(weights_config, "w0", 10.0)
@@ -121,11 +118,21 @@ def weight_settings(weights_config) -> dict:
     cw = normalize_class_weights(field(weights_config, "class_weights", "balanced"))
     tiny = np.array([[1, 0, 2]], np.int32)
     unet_weight_map(tiny, w0=w0, sigma=sigma, class_weights=class_weights_arg(cw))  # raises ValueError if bad
-    return {"w0": float(w0), "sigma": float(sigma), "class_weights": cw}
+    separate = field(weights_config, "separation_border", True)
+    if not isinstance(separate, (bool, np.bool_)):
+        raise ValueError(f"weights.separation_border must be True or False, got {separate!r}")
+    return {"w0": float(w0), "sigma": float(sigma), "class_weights": cw, "separation_border": bool(separate)}
 
 
 def features(channels: Optional[int] = 1) -> tfds.features.FeaturesDict:
-    """The example features; ``channels=None`` allows either 1 or 3 channels (decided at preparation)."""
+    """The example features; ``channels=None`` allows either 1 or 3 channels (decided at preparation).
+
+    ``image`` float32 (H, W, C) in [0, 1]; ``instances`` int32 (H, W), 0 = background, 1..K = objects (all 0 if
+    unlabelled); ``classes`` int32 (H, W), the training target: ``instances > 0`` less the separation border
+    between touching objects for two classes, the mask's class ids for class masks; ``weights`` float32 (H, W),
+    the paper's weight map of the target's objects; ``labelled`` bool (False: no ground truth, e.g. the ISBI
+    test stack); ``name`` text, unique within the data set.
+    """
     return tfds.features.FeaturesDict({
         "image": tfds.features.Tensor(shape=(None, None, channels), dtype=np.float32, encoding="zlib"),
         "instances": tfds.features.Tensor(shape=(None, None), dtype=np.int32, encoding="zlib"),
@@ -203,9 +210,16 @@ class UNetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             zeros = np.zeros((h, w), np.int32)
             return {"image": image.astype(np.float32), "instances": zeros, "classes": zeros,
                     "weights": np.zeros((h, w), np.float32), "labelled": False, "name": name}
-        if classes is None or classes.max() <= 1:     # two classes: the paper's weight map
-            classes = (instances > 0).astype(np.int32)
-            weights = unet_weight_map(instances, w0=cfg.w0, sigma=cfg.sigma,
+        if classes is None and cfg.target == "contours":     # background, interior, contour of every object
+            classes = contour_classes(instances)
+            weights = (class_weight_map(classes, cfg.class_weights)
+                       + unet_weight_map(instances, w0=cfg.w0, sigma=cfg.sigma, class_weights=None) - 1.0)
+        elif classes is None or classes.max() <= 1:     # two classes: the paper's target and weight map
+            target = instances
+            if cfg.separation_border:
+                target = np.where(separation_border(instances), 0, instances)
+            classes = (target > 0).astype(np.int32)
+            weights = unet_weight_map(target, w0=cfg.w0, sigma=cfg.sigma,
                                       class_weights=class_weights_arg(cfg.class_weights))
         else:    # the border term between touching objects of any class, class weights per class id
             weights = (class_weight_map(classes, cfg.class_weights)

@@ -233,3 +233,9 @@ def test_unwritable_output_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(export.os, "access", lambda path, mode: False)
     with pytest.raises(PermissionError, match="cannot write to the --output folder"):
         export.export_network(model, variables, "onnx", tmp_path / "m.onnx", tile)
+
+
+def test_output_channel_names_follow_the_training_target():
+    assert export.class_names(2) == ["background", "cell"]
+    assert export.class_names(3) == ["background", "class1", "class2"]
+    assert export.class_names(3, "contours") == ["background", "interior", "contour"]

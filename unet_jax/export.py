@@ -88,22 +88,24 @@ def export_model(workdir, fmt: str, output, step: Optional[int] = None, overwrit
         import_onnx()
     model, config, variables, step = load_model(workdir, step)
     tile = int(tile_size if tile_size is not None else config.eval.tile_size)
-    info = model_info(model, variables, tile, step=step, source=Path(workdir))      # checks the tile size
+    info = model_info(model, variables, tile, step=step, source=Path(workdir),     # checks the tile size
+                      target=config.data.get("target", "foreground"))
     paths = export_network(model, variables, fmt, output, tile, overwrite=overwrite, step=step,
-                           source=Path(workdir))
+                           source=Path(workdir), target=config.data.get("target", "foreground"))
     return (paths, info) if return_info else paths
 
 
 def export_network(model: UNet, variables, fmt: str, output, tile_size: int, overwrite: bool = False,
-                   step: Optional[int] = None, source=None) -> List[Path]:
+                   step: Optional[int] = None, source=None, target: str = "foreground") -> List[Path]:
     """Export ``model`` with ``variables`` (``{'params': ...[, 'batch_stats': ...]}``) in ``fmt`` to ``output``.
 
-    ``step`` and ``source`` (the workdir) are recorded in the metadata only. See ``export_model``.
+    ``step`` and ``source`` (the workdir) are recorded in the metadata only; ``target`` (the run's
+    ``data.target``) names the output channels. See ``export_model``.
     """
     _check_format(fmt)
     output = Path(output)
     _check_outputs(_targets(fmt, output), overwrite)
-    info = model_info(model, variables, tile_size, step=step, source=source)
+    info = model_info(model, variables, tile_size, step=step, source=source, target=target)
     if fmt == "stablehlo":
         return write_stablehlo(model, variables, output, info)
     if fmt == "onnx":
@@ -171,13 +173,16 @@ def in_channels(variables) -> int:
     return int(variables["params"]["down_0"]["Conv_0"]["kernel"].shape[2])
 
 
-def class_names(num_classes: int) -> List[str]:
-    """'background', 'cell' for two classes; 'background', 'class1', ... otherwise."""
+def class_names(num_classes: int, target: str = "foreground") -> List[str]:
+    """'background', 'cell' for two classes; 'background', 'interior', 'contour' for a ``data.target='contours'``
+    network; 'background', 'class1', ... otherwise."""
+    if target == "contours":
+        return ["background", "interior", "contour"]
     return ["background", "cell"] if num_classes == 2 else ["background"] + [f"class{k}" for k in
                                                                                range(1, num_classes)]
 
 
-def model_info(model: UNet, variables, tile_size: int, step=None, source=None) -> dict:
+def model_info(model: UNet, variables, tile_size: int, step=None, source=None, target: str = "foreground") -> dict:
     """Geometry and conventions of an exported network (the StableHLO sidecar JSON; the bioimage.io README).
 
     Raises ValueError (naming the nearest valid sizes) if ``tile_size`` is not a valid input size.
@@ -190,7 +195,7 @@ def model_info(model: UNet, variables, tile_size: int, step=None, source=None) -
         "tile_size": int(tile_size), "output_size": out, "halo": border(model.depth, model.padding),
         "padding": model.padding, "depth": model.depth, "features": model.features, "norm": model.norm,
         "upsample": model.upsample, "channels": in_channels(variables), "classes": model.num_classes,
-        "class_names": class_names(model.num_classes), "compute_dtype": jnp.dtype(model.dtype or jnp.float32).name,
+        "class_names": class_names(model.num_classes, target), "compute_dtype": jnp.dtype(model.dtype or jnp.float32).name,
         "output": "softmax probabilities (float32)", "preprocessing": PREPROCESSING, "step": step,
         "source": None if source is None else str(source), "tiling": _tiling_hint(model, tile_size, out),
     }

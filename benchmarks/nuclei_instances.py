@@ -1,7 +1,7 @@
 """Touching nuclei as objects: components vs watershed, with and without the paper's border weights, 3 seeds.
 
 Trains ``experiments/folder.py`` on the nuclei_bitdepth 20x/40x images (``benchmarks/recipe.py --task nuclei``)
-with ``weights.w0`` = 0 (the folder default) and 10 (the paper's), seeds 0-2, and scores each kept checkpoint on
+with ``weights.w0`` = 0 and 10 (the paper's and the folder default), seeds 0-2, and scores each kept checkpoint on
 the 22 held-out 63x images: object F1 at IoU 0.5, DSB mean AP and SEG of the 4-connected components and of the
 seeded watershed (``unet_jax.instances``) at several ``watershed_h``. Prints one JSON line per run as it finishes
 and a final JSON summary (mean and sample std over seeds).

@@ -10,8 +10,9 @@ What differs from the paper, and why (measured on EM membranes, EM cells and flu
 * group normalisation (per-image statistics, so brightness differences between images matter less; on par with
   none in the measured runs) and no dropout;
 * cross-entropy plus soft Dice and no class weights: rare foregrounds (a few % of the pixels) are learned, not
-  ignored, and a third of the tiles are centred on foreground; no border weights (w0=0: they trade foreground
-  IoU for separating touching objects; --config.weights.w0=10 turns the paper's on);
+  ignored, and a third of the tiles are centred on foreground;
+* the paper's border weights (w0=10) on its separation borders between touching objects: touching nuclei come
+  out apart (object F1 0.64 vs 0.61 without, 3 seeds), at no cost in foreground IoU;
 * Adam with a short warmup, cosine decay and gradient clipping; the kept checkpoint is the one with the best
   validation foreground IoU, which an all-background or all-foreground prediction cannot win.
 CPU-sized (features 16); on a GPU raise --config.model.features=32 (or 64) and --config.train.num_steps.
@@ -23,7 +24,7 @@ def get_config():
     c = base_config()
     c.data.name = "folder"
     c.model.update(features=16, padding="SAME", norm="group", dropout_rate=0.0)
-    c.weights.update(class_weights="none", w0=0.0)
+    c.weights.update(class_weights="none", w0=10.0)
     c.loss.dice_weight = 1.0
     c.optimizer.update(name="adam", learning_rate=1e-3, schedule="warmup_cosine", warmup_steps=50,
                        grad_clip_norm=1.0)

@@ -6,8 +6,8 @@ pixels, so ragged outlines do not seed objects of their own), one seed per h-max
 pixels above every saddle to a higher peak), so two touching round objects joined by a neck at least ``h`` pixels
 narrower than either's radius come out apart. ``'contours'``, for a network trained on three classes (background,
 interior, contour; ``unet_jax.weights.contour_classes``): one seed per 4-connected component of
-``interior > 0.5``, grown over the foreground by a watershed of the interior probability. Labels are uint16 (uint32 past 65535 objects), as Fiji
-and napari read them.
+``interior > 0.5``, grown over the foreground by a watershed of the interior probability. Labels are uint16
+(uint32 past 65535 objects), as Fiji and napari read them.
 """
 from __future__ import annotations
 
@@ -78,11 +78,7 @@ def label_instances(fg_prob, threshold: float = 0.5, method: str = "watershed", 
             raise ValueError(f"method 'contours' needs interior, P(interior) of the shape of fg_prob {prob.shape}, "
                              f"got {None if interior is None else inner.shape}")
         markers = ndi.label(fg & (inner > 0.5), structure=_FOUR)[0]
-        labels = watershed(-inner, markers, mask=fg)
-        missed = fg & (labels == 0)      # foreground without an interior: its own object
-        if missed.any():
-            extra = ndi.label(missed, structure=_FOUR)[0]
-            labels = np.where(missed, extra + labels.max(), labels)
+        labels = _keep_unseeded(fg, watershed(-inner, markers, mask=fg))    # foreground without an interior
     elif method == "components":
         labels = ndi.label(fg, structure=_FOUR)[0]
     else:
@@ -90,12 +86,7 @@ def label_instances(fg_prob, threshold: float = 0.5, method: str = "watershed", 
         if smooth:
             dist = ndi.gaussian_filter(dist, smooth) * fg
         markers = ndi.label(h_maxima(dist, h), structure=np.ones((3, 3), bool))[0]
-        labels = watershed(-dist, markers, mask=fg)
-        # a component without an h-maximum (thinner than h) keeps its own label
-        missed = fg & (labels == 0)
-        if missed.any():
-            extra = ndi.label(missed, structure=_FOUR)[0]
-            labels = np.where(missed, extra + labels.max(), labels)
+        labels = _keep_unseeded(fg, watershed(-dist, markers, mask=fg))    # thinner than h: no h-maximum
     sizes = np.bincount(labels.ravel())
     cut = min_size
     if min_fraction and labels.max():
@@ -104,6 +95,15 @@ def label_instances(fg_prob, threshold: float = 0.5, method: str = "watershed", 
         labels = np.where(sizes[labels] >= cut, labels, 0)
     labels = _relabel(labels)
     return as_label_dtype(labels)
+
+
+def _keep_unseeded(fg: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``labels`` with each 4-connected component of the foreground that no seed reached as an object of its own."""
+    missed = fg & (labels == 0)
+    if not missed.any():
+        return labels
+    extra = ndi.label(missed, structure=_FOUR)[0]
+    return np.where(missed, extra + labels.max(), labels)
 
 
 def _relabel(labels: np.ndarray) -> np.ndarray:

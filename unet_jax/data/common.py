@@ -210,11 +210,10 @@ class UNetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             zeros = np.zeros((h, w), np.int32)
             return {"image": image.astype(np.float32), "instances": zeros, "classes": zeros,
                     "weights": np.zeros((h, w), np.float32), "labelled": False, "name": name}
-        if classes is None and cfg.target == "contours":     # background, interior, contour of every object
+        contours = classes is None and cfg.target == "contours"
+        if contours:      # background, interior, contour of every object: weighted like class masks
             classes = contour_classes(instances)
-            weights = (class_weight_map(classes, cfg.class_weights)
-                       + unet_weight_map(instances, w0=cfg.w0, sigma=cfg.sigma, class_weights=None) - 1.0)
-        elif classes is None or classes.max() <= 1:     # two classes: the paper's target and weight map
+        if not contours and (classes is None or classes.max() <= 1):     # the paper's target and weight map
             target = instances
             if cfg.separation_border:
                 target = np.where(separation_border(instances), 0, instances)

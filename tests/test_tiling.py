@@ -191,13 +191,18 @@ def test_same_blending_has_no_seams():
 # Generator: one batch at a time, right tiles
 # ------------------------------------------------------------------------------------------------------------
 
-def test_iter_tile_batches_yields_padded_crops():
-    image = _smooth_image((70, 95, 2), seed=1)
-    grid = tiling.tile_grid((70, 95), 52, depth=2)
+@pytest.mark.parametrize("shape,mode", [((70, 95), "symmetric"), ((160, 131), "reflect"), ((9, 30), "symmetric"),
+                                        ((9, 30), "reflect")])
+def test_iter_tile_batches_yields_padded_crops(shape, mode):
+    """Tiles inside the image (slices), across one or two borders, and in images smaller than the tile's halo
+    (mirrored more than once) all equal the crops of the np.pad-ded image."""
+    h, w = shape
+    image = _smooth_image((h, w, 2), seed=1)
+    grid = tiling.tile_grid((h, w), 52, depth=2)
     hp, wp = grid.padded_shape
     b = grid.pad_before
-    padded = np.pad(image, ((b, hp - b - 70), (b, wp - b - 95), (0, 0)), mode="symmetric")
-    gen = tiling.iter_tile_batches(image, grid, batch_size=3)
+    padded = np.pad(image, ((b, hp - b - h), (b, wp - b - w), (0, 0)), mode=mode)
+    gen = tiling.iter_tile_batches(image, grid, batch_size=3, pad_mode=mode)
     assert inspect.isgenerator(gen)
     seen = []
     for batch in gen:

@@ -260,7 +260,10 @@ def iter_tile_batches(image, grid: TileGrid, batch_size: int = 4, pad_mode: str 
     """Yield the input tiles of ``grid`` in row-major order, ``batch_size`` at a time (host-side, lazy).
 
     Each tile is gathered directly from ``image`` with mirrored indices (``mirror_indices``), so only one batch
-    exists at a time (a new array per batch; the previous one is freed once the caller drops it).
+    exists at a time (a new array per batch; the previous one is freed once the caller drops it). A tile inside
+    the image is one slice copy; only along an axis where it crosses the border are rows or columns taken by index
+    (a 2-D fancy-index gather of every tile cost ~10x more host time than slicing, which bound tiled inference on
+    a GPU; BENCHMARKS.md, "GPU").
 
     Parameters
     ----------
@@ -287,15 +290,29 @@ def iter_tile_batches(image, grid: TileGrid, batch_size: int = 4, pad_mode: str 
         raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
     h, w, c = image.shape
     t = grid.tile_size
-    rows = {o: mirror_indices(o - grid.pad_before, t, h, pad_mode) for o in grid.origins_y}
-    cols = {o: mirror_indices(o - grid.pad_before, t, w, pad_mode) for o in grid.origins_x}
+    rows = {o: _span(mirror_indices(o - grid.pad_before, t, h, pad_mode)) for o in grid.origins_y}
+    cols = {o: _span(mirror_indices(o - grid.pad_before, t, w, pad_mode)) for o in grid.origins_x}
     origins = grid.origins()
     for start in range(0, len(origins), batch_size):
         chunk = origins[start:start + batch_size]
         tiles = np.zeros((batch_size, t, t, c), np.float32)
         for i, (y, x) in enumerate(chunk):
-            tiles[i] = image[rows[int(y)][:, None], cols[int(x)][None, :]]
+            (rsl, ridx), (csl, cidx) = rows[int(y)], cols[int(x)]
+            tile = image[rsl, csl]                        # a view of the bounding box
+            if ridx is not None:
+                tile = tile.take(ridx, axis=0)
+            if cidx is not None:
+                tile = tile.take(cidx, axis=1)
+            tiles[i] = tile
         yield TileBatch(tiles=tiles, origins=chunk, count=len(chunk))
+
+
+def _span(idx: np.ndarray):
+    """Mirrored indices as (slice of their bounding range, indices into it or None where the slice is all)."""
+    lo, hi = int(idx.min()), int(idx.max()) + 1
+    if hi - lo == len(idx) and idx[0] == lo and bool((np.diff(idx) == 1).all()):
+        return slice(lo, hi), None
+    return slice(lo, hi), idx - lo
 
 
 # ----------------------------------------------------------------------------------------------------------------

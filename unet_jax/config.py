@@ -78,11 +78,11 @@ def base_config() -> ml_collections.ConfigDict:
 
     # unet_jax.train.create_optimizer. Paper: SGD, momentum 0.99, one large tile per step; it gives no learning
     # rate. 0.001 on the weighted-mean loss: at 0.01 the paper network on ISBI 2012 collapsed to one class
-    # everywhere (gradient norm ~0.02) by step 250-400, on a CPU and on an H200 alike; at 0.001 it learned
-    # (BENCHMARKS.md, "Paper recipe: learning rate"). Schedules and warmup_steps count optimizer updates (train
-    # steps // grad_accum_steps); weight_decay applies to kernels only
-    # (coupled L2 for sgd/adam, decoupled for adamw); grad_clip_norm 0 = no clipping; grad_accum_steps > 1
-    # averages that many steps' gradients per update (optax.MultiSteps).
+    # everywhere by step 250-400, on a CPU and an H200 alike; at 0.003 and 0.001 it learned (BENCHMARKS.md,
+    # "Paper recipe: learning rate"). Schedules and warmup_steps count optimizer updates (train steps //
+    # grad_accum_steps); weight_decay applies to kernels only (coupled L2 for sgd/adam, decoupled for adamw);
+    # grad_clip_norm 0 = no clipping; grad_accum_steps > 1 averages that many steps' gradients per update
+    # (optax.MultiSteps).
     c.optimizer = ml_collections.ConfigDict(dict(
         name="sgd",                  # 'sgd' | 'adam' | 'adamw'
         learning_rate=0.001, momentum=0.99, nesterov=False, weight_decay=0.0,

@@ -262,8 +262,7 @@ def iter_tile_batches(image, grid: TileGrid, batch_size: int = 4, pad_mode: str 
     Each tile is gathered directly from ``image`` with mirrored indices (``mirror_indices``), so only one batch
     exists at a time (a new array per batch; the previous one is freed once the caller drops it). A tile inside
     the image is one slice copy; only along an axis where it crosses the border are rows or columns taken by index
-    (a 2-D fancy-index gather of every tile cost ~10x more host time than slicing, which bound tiled inference on
-    a GPU; BENCHMARKS.md, "GPU").
+    (4x less host time than a 2-D fancy index per tile: ``benchmarks/tiling_host.py``).
 
     Parameters
     ----------

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
-import statistics
-import time
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +23,9 @@ import numpy as np
 
 from unet_jax import configure_cpu, tiling
 from unet_jax.geometry import output_size
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from inference import timed as median_time  # noqa: E402  (median wall time after one warm-up call)
 
 
 def fancy_index_gather(image, grid, batch_size, pad_mode="symmetric"):
@@ -38,16 +41,6 @@ def fancy_index_gather(image, grid, batch_size, pad_mode="symmetric"):
         for i, (y, x) in enumerate(origins[start:start + batch_size]):
             tiles[i] = image[rows[int(y)][:, None], cols[int(x)][None, :]]
         yield tiles
-
-
-def median_time(fn, repeats):
-    fn()                                                    # warm-up (compiles where there is something to compile)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main(argv=None):

@@ -7,6 +7,7 @@ loads the variables without any optimizer state; ``save_config`` / ``load_config
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -97,16 +98,17 @@ def save_config(config: ml_collections.ConfigDict, workdir) -> Path:
     return path
 
 
-def lock_workdir(workdir):
+def lock_workdir(workdir, what: str = "train", name: str = LOCK_FILE):
     """Take an exclusive lock on ``workdir`` for one training process (host-side); returns the open lock file,
-    which holds the lock until closed or the process ends.
+    which holds the lock until closed or the process ends. ``what`` names the command in the error (an ablation
+    sweep locks its workdir under another ``name``).
 
     Raises
     ------
     ValueError
         If another process holds it, naming that process.
     """
-    path = Path(workdir) / LOCK_FILE
+    path = Path(workdir) / name
     f = open(path, "a+", encoding="utf-8")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -114,7 +116,7 @@ def lock_workdir(workdir):
         f.seek(0)
         holder = f.read().strip() or "unknown"
         f.close()
-        raise ValueError(f"workdir {str(workdir)!r} is in use by another train process (pid {holder}); wait for "
+        raise ValueError(f"workdir {str(workdir)!r} is in use by another {what} process (pid {holder}); wait for "
                          f"it to finish or use another --workdir") from None
     f.seek(0)
     f.truncate()
@@ -192,6 +194,31 @@ def _quiet_read_only_warnings(read_only: bool):
                 handler.removeFilter(quiet)
 
 
+class _BackgroundNoise(logging.Filter):
+    """Drops what orbax logs from its background save threads when a save fails (a traceback per thread, some
+    190 lines on a full disk): the same error is raised again in the main thread (``Checkpoints.wait``), where it
+    is reported once; and its note that a save without metrics was not ranked (a save on SIGTERM)."""
+
+    def filter(self, record):
+        text = record.getMessage()
+        if "did not provide metrics" in text:
+            return False
+        return not ("orbax" in record.pathname and record.levelno >= logging.ERROR)
+
+
+@contextlib.contextmanager
+def _disk_errors(directory: Path):
+    """Turn orbax's error for a full disk (a ValueError 'RESOURCE_EXHAUSTED: ... Failed writing ...') into the
+    OSError(ENOSPC) it is, naming the checkpoint directory."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - re-raised unless it is the full disk
+        text = str(e)
+        if getattr(e, "errno", None) == errno.ENOSPC or "RESOURCE_EXHAUSTED" in text or "No space left" in text:
+            raise OSError(errno.ENOSPC, "No space left on device", str(directory)) from e
+        raise
+
+
 class Checkpoints:
     """An orbax ``CheckpointManager`` over ``directory`` with the items 'variables' and 'train'. Host-side.
 
@@ -250,6 +277,10 @@ class Checkpoints:
                     keep_checkpoints_without_metrics=False))
             kwargs["preservation_policy"] = ocp.checkpoint_managers.AnyPreservationPolicy(policies)
             kwargs["cleanup_tmp_directories"] = True
+        if not read_only:     # once per process: the threads of an earlier manager may still log
+            absl = logging.getLogger("absl")
+            if not any(isinstance(f, _BackgroundNoise) for f in absl.filters):
+                absl.addFilter(_BackgroundNoise())
         with _quiet_read_only_warnings(read_only):
             options = ocp.CheckpointManagerOptions(read_only=read_only, enable_async_checkpointing=async_save,
                                                    create=not read_only, **kwargs)
@@ -295,9 +326,10 @@ class Checkpoints:
             metrics = {str(k): float(v) for k, v in metrics.items()}
         variables, train = to_host(variables), to_host(train)
         digest = {VARIABLES: array_digest(variables), TRAIN: array_digest(train)}
-        self._manager.save(int(step), args=ocp.args.Composite(**{
-            VARIABLES: ocp.args.StandardSave(variables), TRAIN: ocp.args.StandardSave(train),
-            DIGEST: ocp.args.JsonSave(digest)}), metrics=metrics, force=True)
+        with _disk_errors(self.directory):
+            self._manager.save(int(step), args=ocp.args.Composite(**{
+                VARIABLES: ocp.args.StandardSave(variables), TRAIN: ocp.args.StandardSave(train),
+                DIGEST: ocp.args.JsonSave(digest)}), metrics=metrics, force=True)
 
     def restore(self, step: int, variables=None, train=None, *, with_train: bool = True) -> dict:
         """Restore ``step``; ``variables``/``train`` are target pytrees of numpy arrays giving structure, shapes
@@ -347,10 +379,11 @@ class Checkpoints:
             try:
                 return step, self.restore(step, variables, train, with_train=with_train)
             except Exception as e:  # noqa: BLE001 - any failure to read a step means: try the previous one
+                first = (str(e).strip().splitlines() or [""])[0]     # orbax's tree diffs run to many lines
                 msg = (f"checkpoint step {step} in {self.directory} could not be restored "
-                       f"({type(e).__name__}: {str(e)[:300]}); falling back to the previous checkpoint")
+                       f"({type(e).__name__}: {first[:300]}); falling back to the previous checkpoint")
                 warnings.warn(msg, RuntimeWarning, stacklevel=2)
-                errors.append(f"step {step}: {type(e).__name__}: {str(e)[:200]}")
+                errors.append(f"step {step}: {type(e).__name__}: {first[:200]}")
         if errors:
             raise CheckpointRestoreError(f"no checkpoint in {self.directory} could be restored (damaged or "
                                          f"changed files; train again in a new workdir): " + "; ".join(errors))
@@ -386,12 +419,16 @@ class Checkpoints:
 
     def wait(self) -> None:
         """Block until pending asynchronous saves are on disk."""
-        self._manager.wait_until_finished()
+        with _disk_errors(self.directory):
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
         """Wait for pending saves and release the manager."""
-        self._manager.wait_until_finished()
-        self._manager.close()
+        with _disk_errors(self.directory):
+            try:
+                self._manager.wait_until_finished()
+            finally:
+                self._manager.close()
 
     def __enter__(self):
         return self

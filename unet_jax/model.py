@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from unet_jax.geometry import _check_depth, _check_padding, output_size
+from unet_jax.geometry import _check_depth, _check_padding, output_size, valid_input_size
 from unet_jax.layers import Conv3x3, UpConv2x2, he_normal, max_pool_2x2
 
 NORMS = (None, "batch", "group")
@@ -142,3 +142,43 @@ def count_convs(params) -> int:
     """Number of convolution kernels (4-D ``kernel`` leaves) in a parameter pytree."""
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     return sum(1 for path, p in flat if getattr(path[-1], "key", None) == "kernel" and p.ndim == 4)
+
+
+def fields_of(params) -> dict:
+    """The ``UNet`` fields a parameter tree was made with (``features``, ``depth``, ``num_classes``, ``norm``,
+    ``upsample``) and its ``input_channels``, read from the shapes and names of its layers. Host-side."""
+    first = params["down_0"]["Conv_0"]["kernel"]                        # (3, 3, C_in, features)
+    norm = next((n for n, layer in (("batch", "BatchNorm_0"), ("group", "GroupNorm_0")) if layer in params["down_0"]),
+                None)
+    up = params["upconv_0"]["kernel"] if "upconv_0" in params else None   # (2, 2, ...) transpose, (1, 1, ...) not
+    return {"features": int(first.shape[-1]), "depth": sum(1 for name in params if name.startswith("down_")),
+            "num_classes": int(params["head"]["kernel"].shape[-1]), "norm": norm,
+            "upsample": "transpose" if up is None or up.shape[0] == 2 else "bilinear",
+            "input_channels": int(first.shape[2])}
+
+
+def check_params(model: UNet, params, what: str = "the config") -> None:
+    """Check that ``params`` (e.g. restored from a checkpoint) fit ``model``: the same layers of the same shapes.
+
+    Raises
+    ------
+    ValueError
+        ``'{what} does not fit the checkpoint: model.features is 8 there, 4 in the checkpoint'``: the model fields
+        that differ, rather than a shape error from deep inside the first forward pass.
+    """
+    try:
+        have = fields_of(params)
+    except (KeyError, TypeError, IndexError, AttributeError):
+        raise ValueError("the checkpoint does not hold U-Net parameters (no down_0/Conv_0 and head layers)") from None
+    size = valid_input_size(1, model.depth, model.padding)      # parameters do not depend on the tile size
+    x = jnp.zeros((1, size, size, have["input_channels"]), jnp.float32)
+    want = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x))["params"]
+    shapes = lambda tree: {jax.tree_util.keystr(k): tuple(v.shape)   # noqa: E731
+                           for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+    if shapes(want) == shapes(params):
+        return
+    mine = {"features": model.features, "depth": model.depth, "num_classes": model.num_classes, "norm": model.norm,
+            "upsample": model.upsample}
+    differ = [f"model.{k} is {mine[k]!r} there, {have[k]!r} in the checkpoint" for k in mine if mine[k] != have[k]]
+    raise ValueError(f"{what} does not fit the checkpoint: " + ("; ".join(differ) if differ else
+                     "its layers' shapes differ"))

@@ -1,17 +1,22 @@
 """Model export (unet_jax.export): the StableHLO and ONNX exports give the JAX model's probabilities, the
-StableHLO file runs without unet_jax, bioimage.io packages are complete, and bad input fails cleanly."""
+whole-image ONNX model gives predict's, the StableHLO file runs without unet_jax, bioimage.io packages are
+complete, and bad input fails cleanly. bioimageio.core on the package: tests/test_bioimageio.py."""
 import json
 import os
+import socket
 import subprocess
 import sys
 import zipfile
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from unet_jax import export
+from unet_jax.export import bioimageio as bioimageio_export
+from unet_jax.inference import predict_probabilities
 from unet_jax.checkpoint import Checkpoints, checkpoint_dir, save_config
 from unet_jax.config import synthetic_config
 from unet_jax.model import UNet
@@ -110,10 +115,28 @@ def test_stablehlo_runs_without_unet_jax(tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), reference(model, variables, x), atol=ATOL)
 
 
+@pytest.mark.parametrize("kw", [dict(), dict(norm="group"), dict(padding="SAME", norm="group"),
+                                dict(padding="SAME", upsample="bilinear")])
+def test_onnx_image_model_is_predict(kw):
+    """The whole-image ONNX model (the bioimage.io package's) gives predict's probabilities at any image size:
+    one tile or several, odd sides, smaller than a tile, one pixel; VALID tiles written in order, SAME blended."""
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    model, variables, tile = make(**kw)
+    session = ort.InferenceSession(export.onnx_image_model(model, variables, tile).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    cfg = ml_collections.ConfigDict({"tile_size": tile, "batch_size": 4})
+    for shape in ((1, 1), (5, 7), (tile, tile), (97, 131)):
+        x = np.random.default_rng(0).random(shape + (1,), dtype=np.float32)
+        y = session.run(None, {"input": x.transpose(2, 0, 1)[None]})[0][0].transpose(1, 2, 0)
+        np.testing.assert_allclose(y, predict_probabilities(model, variables, x, cfg), atol=ATOL)
+
+
 def test_bioimageio_package(tmp_path):
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     yaml = pytest.importorskip("yaml")
+    pytest.importorskip("bioimageio.spec")
     model, variables, tile = make()
     out, = export.export_network(model, variables, "bioimageio", tmp_path / "pkg", tile, step=5,
                                  source=tmp_path / "my.run")
@@ -123,25 +146,40 @@ def test_bioimageio_package(tmp_path):
     rdf = yaml.safe_load((out / "rdf.yaml").read_text())
     assert rdf["type"] == "model" and rdf["format_version"].startswith("0.5") and rdf["name"].endswith("step 5")
     axes = rdf["inputs"][0]["axes"]
-    assert [a["type"] for a in axes] == ["batch", "channel", "space", "space"] and axes[2]["size"] == tile
-    assert rdf["outputs"][0]["axes"][2]["size"]["offset"] == -40                # halo 20 a side
-    assert rdf["inputs"][0]["preprocessing"][0]["kwargs"]["max_percentile"] == 99.8
-    assert rdf["weights"]["onnx"]["sha256"] == export._sha256(out / "model.onnx")
+    assert [a["type"] for a in axes] == ["batch", "channel", "space", "space"]
+    assert axes[2]["size"] == {"min": 1, "step": 1}                   # any size
+    out_axes = rdf["outputs"][0]["axes"]
+    assert out_axes[2]["size"] == {"tensor_id": "input", "axis_id": "y"} and "halo" not in out_axes[2]
+    ops = [(p["id"], p["kwargs"]) for p in rdf["inputs"][0]["preprocessing"] if p["id"] != "ensure_dtype"]
+    assert ops == [("scale_range", {"axes": ["channel", "y", "x"], "min_percentile": 1.0, "max_percentile": 99.8}),
+                   ("clip", {"min": 0.0, "max": 1.0})]                 # scale_range's eps: its default, 1e-6
     raw, expected = np.load(out / "test_input.npy"), np.load(out / "test_output.npy")
-    assert raw.shape == (1, 1, tile, tile) and expected.shape == (1, 2, 20, 20)
+    assert raw.shape == (1, 1, tile + 9, tile + 23) and expected.shape == (1, 2, tile + 9, tile + 23)
+    assert raw.max() > 1000                                            # raw 16-bit-like intensities
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(None, {"input": export.preprocess(raw)})[0], expected, atol=ATOL)
     z, = export.export_network(model, variables, "bioimageio", tmp_path / "pkg.zip", tile)
     assert "rdf.yaml" in zipfile.ZipFile(z).namelist()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg", "pkg.zip"]
 
 
-def test_bioimageio_package_validates_with_spec(tmp_path):
+def test_stale_temporary_folder_of_a_killed_export_is_removed(tmp_path):
+    """A killed export leaves its temporary folder beside the output; the next export removes it (its process is
+    gone) but keeps the folder of an export that is still running."""
     pytest.importorskip("onnx")
-    spec = pytest.importorskip("bioimageio.spec")
-    model, variables, tile = make(channels=3)
-    out, = export.export_network(model, variables, "bioimageio", tmp_path / "pkg", tile)
-    descr = spec.load_description(out / "rdf.yaml", perform_io_checks=True)
-    assert descr.validation_summary.status in ("valid-format", "passed"), descr.validation_summary
+    pytest.importorskip("bioimageio.spec")
+    from unet_jax.export.bioimageio import TMP_TAG
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    killed = tmp_path / f".pkg.{TMP_TAG}.{host}.{dead.pid}.abc123"
+    running = tmp_path / f".pkg.{TMP_TAG}.{host}.{os.getpid()}.def456"
+    for folder in (killed, running):
+        (folder / "src").mkdir(parents=True)
+        (folder / "src" / "model.onnx").write_bytes(b"half")
+    model, variables, tile = make()
+    export.export_network(model, variables, "bioimageio", tmp_path / "pkg", tile)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["pkg", running.name])
 
 
 def test_export_model_from_workdir(tmp_path):
@@ -212,11 +250,12 @@ def test_output_folder_that_is_a_file(tmp_path):
 
 def test_failed_package_leaves_nothing(tmp_path, monkeypatch):
     pytest.importorskip("onnx")
+    pytest.importorskip("bioimageio.spec")
     model, variables, tile = make()
 
     def fail(*args):
         raise OSError("disk full")
-    monkeypatch.setattr(export, "_write_cover", fail)
+    monkeypatch.setattr(bioimageio_export, "_write_cover", fail)
     with pytest.raises(OSError, match="disk full"):
         export.export_network(model, variables, "bioimageio", tmp_path / "pkg", tile)
     assert list(tmp_path.iterdir()) == []

@@ -69,8 +69,8 @@ class Ctc(UNetBuilder):
 
     Only frames with a SEG annotation are used (the number in ``man_seg<NNN>.tif`` names the frame ``t<NNN>.tif``).
     Annotations are instance masks (16-bit, 0 = background, one id per cell) and are kept as they are. Images are
-    normalised per image: 8-bit ones divided by 255, 16-bit ones mapped from their 1st/99.8th percentiles to [0, 1]
-    and clipped (``unet_jax.data.io.to_float_image``).
+    normalised per image, whatever their bit depth, from their 1st/99.8th percentiles to [0, 1] and clipped
+    (``unet_jax.data.io.to_float_image``, as predict reads an image).
 
     Splits: ``validation`` = the last ``round(validation_fraction * n)`` annotated frames of each sequence (n its
     annotated frames; at least one if the fraction is > 0 and n >= 2), ``train`` = the rest. Holding out the end of
@@ -78,8 +78,10 @@ class Ctc(UNetBuilder):
     no ``test`` split (the challenge's test sequences carry no annotations). Names: ``01/t000``, ``02/t083``, ...
     """
     name = "ctc"
-    VERSION = tfds.core.Version("1.1.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "classes feature."}
+    VERSION = tfds.core.Version("1.2.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "classes feature.",
+                     "1.2.0": "images normalised by percentiles whatever the bit depth "
+                               "(unet_jax.data.io.to_float_image, as predict does) (8-bit was / 255)."}
     BUILDER_CONFIGS = [CtcConfig(name=k, dataset=v, description=v) for k, v in DATASETS.items()]
     MANUAL_DOWNLOAD_INSTRUCTIONS = (f"Download the training data set from {URL}, unzip it and pass the folder "
                                     f"holding 01/, 01_GT/SEG/, 02/, 02_GT/SEG/ (or its parent) as the manual "

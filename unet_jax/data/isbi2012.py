@@ -62,14 +62,17 @@ class Isbi2012(UNetBuilder):
     ``validation_slices`` (default 5: slices 0-24 / 25-29; 0 = no validation split), ``test`` = the 30 test slices,
     unlabelled (``labelled`` False, instances and weights all 0).
 
-    Conversion: image = slice / 255 (float32 (512, 512, 1)); instances = 4-connected components of the cell pixels
-    (``labels == 255``; ``unet_jax.weights.instances_from_mask``), so each cell is one object and the membranes are
-    background; weights = ``unet_weight_map(instances, w0, sigma, class_weights)``. Names: ``train-volume_z00`` ..
+    Conversion: image = ``io.to_float_image(slice)`` (float32 (512, 512, 1), as predict reads an image);
+    instances = 4-connected components of the cell pixels (``labels == 255``;
+    ``unet_jax.weights.instances_from_mask``), so each cell is one object and the membranes are background;
+    weights = ``unet_weight_map(instances, w0, sigma, class_weights)``. Names: ``train-volume_z00`` ..
     ``train-volume_z29``, ``test-volume_z00`` .. (sorted by name = slice order).
     """
     name = "isbi2012"
-    VERSION = tfds.core.Version("1.1.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "classes feature."}
+    VERSION = tfds.core.Version("1.2.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "classes feature.",
+                     "1.2.0": "images normalised by percentiles whatever the bit depth "
+                               "(unet_jax.data.io.to_float_image, as predict does) (was / 255)."}
     BUILDER_CONFIGS = [Isbi2012Config(name="default", description="paper settings, slices 25-29 validation")]
     MANUAL_DOWNLOAD_INSTRUCTIONS = (f"Download {', '.join(FILES)} from {URL} and pass their directory as the "
                                     f"manual directory (unet_jax: data.root).")
@@ -115,6 +118,6 @@ class Isbi2012(UNetBuilder):
         indices = list(indices)
         for z in progress(indices, len(indices), f"isbi2012 {stem} slices {indices[0]}-{indices[-1]}"):
             name = f"{stem}_z{z:0{width}d}"
-            image = (volume[z].astype(np.float32) / np.float32(255.0))[..., None]
+            image = io.to_float_image(volume[z], f"{stem} slice {z}")
             instances = None if labels is None else instances_from_mask(labels[z] == 255)
             yield name, self.make_example(image, instances, name)

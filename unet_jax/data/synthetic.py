@@ -15,6 +15,7 @@ from scipy.spatial import cKDTree
 from skimage.segmentation import find_boundaries, relabel_sequential
 
 from unet_jax.data.common import UNetBuilder, UNetConfig, config_name, progress
+from unet_jax.data.io import to_float_image
 
 SPLITS = ("train", "validation")
 
@@ -107,12 +108,14 @@ def _split_disconnected(instances: np.ndarray) -> np.ndarray:
 
 def synthetic_example(seed: int, split: str, index: int, image_size: int):
     """Example ``index`` of ``split`` ('train' | 'validation') for ``seed``: (image (H, W, 1) float32, instances
-    int32 (H, W), name). Deterministic; host-side."""
+    int32 (H, W), name). The image is normalised as predict reads a file (``to_float_image``), so a saved example
+    predicts as it trained. Deterministic; host-side."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     rng = np.random.default_rng([int(seed), SPLITS.index(split), int(index)])
     image, instances = synthetic_cells(image_size, rng)
-    return image[..., None], instances, f"{split}_{index:05d}"
+    name = f"{split}_{index:05d}"
+    return to_float_image(image, name), instances, name
 
 
 @dataclasses.dataclass(eq=False)
@@ -152,8 +155,10 @@ class SyntheticCells(UNetBuilder):
     ``num_train`` or ``num_validation``, different between splits and seeds.
     """
     name = "synthetic_cells"
-    VERSION = tfds.core.Version("1.1.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "classes feature."}
+    VERSION = tfds.core.Version("1.2.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "classes feature.",
+                     "1.2.0": "images normalised by percentiles whatever the bit depth "
+                               "(unet_jax.data.io.to_float_image, as predict does); was the generator's [0, 1]."}
     BUILDER_CONFIGS = [SyntheticConfig(name="default", description="24 + 6 images of 256 x 256, seed 0")]
     DESCRIPTION = __doc__
     CHANNELS = 1

@@ -436,7 +436,8 @@ def _predict_into(predictor, image, grid, out, batch_size, pad_mode, num_classes
 
     batches = iter_tile_batches(image, grid, batch_size, pad_mode)
     if progress:
-        batches = tqdm(batches, total=-(-grid.num_tiles // batch_size), desc="tiles", unit="batch")
+        bar = progress if callable(progress) else tqdm          # e.g. napari.utils.progress, a tqdm subclass
+        batches = bar(batches, total=-(-grid.num_tiles // batch_size), desc="tiles", unit="batch")
     pending = None
     for batch in batches:
         result = predictor(batch.tiles)           # asynchronous dispatch
@@ -489,8 +490,8 @@ def predict_tiled(apply_fn: Callable, image, tile_size: int, *, depth: int = 4, 
     tta : bool
         Average the probabilities over the 8 symmetries of the square (dihedral group D4) of each tile, each
         mapped back by its inverse transform (the paper used 7 rotations).
-    progress : bool
-        Show a tqdm progress bar over batches.
+    progress : bool or tqdm-like class
+        Show a progress bar over batches: True a tqdm bar, a class (``napari.utils.progress``) one of its own.
     overlap : int or None
         SAME only: blending overlap in pixels (see ``tile_grid``).
     pad_mode : {'symmetric', 'reflect'}

@@ -161,7 +161,7 @@ def write_tiff(path, array, pixel_size: Optional[PixelSize] = None, axes: Option
     if imagej:
         kwargs.setdefault("metadata", {})["axes"] = axes
         return atomic_write(path, lambda p: tifffile.imwrite(p, array, imagej=True, **kwargs))
-    return atomic_write(path, lambda p: tifffile.imwrite(p, array, **kwargs))
+    return atomic_write(path, lambda p: tifffile.imwrite(p, array, photometric="minisblack", **kwargs))
 
 
 _TO_CM = {"micron": 1e-4, "µm": 1e-4, "um": 1e-4, "nm": 1e-7, "nanometer": 1e-7, "mm": 0.1, "millimeter": 0.1,

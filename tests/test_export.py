@@ -267,6 +267,18 @@ def test_missing_onnx_says_how_to_install(monkeypatch):
         export.import_onnx()
 
 
+def test_bioimageio_spec_with_a_pydantic_it_cannot_use_says_how_to_fix(monkeypatch):
+    """bioimageio.spec 0.5.12 (the newest bioimageio.core's) cannot load or write packages with pydantic >= 2.12."""
+    pydantic = pytest.importorskip("pydantic")
+    spec = pytest.importorskip("bioimageio.spec")
+    monkeypatch.setattr(spec, "__version__", "0.5.12.0")
+    monkeypatch.setattr(pydantic, "VERSION", "2.12.3")
+    with pytest.raises(ImportError, match=r"pip install 'pydantic<2.12'.*unet-jax\[export\]"):
+        export.import_bioimageio_spec()
+    monkeypatch.setattr(pydantic, "VERSION", "2.11.10")
+    assert export.import_bioimageio_spec() is not None
+
+
 def test_unwritable_output_folder(tmp_path, monkeypatch):
     model, variables, tile = make()
     monkeypatch.setattr(export.os, "access", lambda path, mode: False)

@@ -45,12 +45,22 @@ def import_flatbuffers():
 
 
 def import_bioimageio_spec():
-    """``bioimageio.spec``'s model description module (v0_5), or ImportError saying how to install it."""
+    """``bioimageio.spec``'s model description module (v0_5), or ImportError saying how to install it (also for
+    bioimageio.spec <= 0.5.12 beside pydantic >= 2.12, which cannot write or load any package)."""
     try:
+        import pydantic
+        from bioimageio.spec import __version__ as spec_version
         from bioimageio.spec.model import v0_5
     except ImportError as err:
         raise ImportError(f"bioimage.io export needs the bioimageio.spec package: {INSTALL_HINT}") from err
+    if _version(spec_version) <= (0, 5, 12) and _version(pydantic.VERSION) >= (2, 12):
+        raise ImportError(f"bioimageio.spec {spec_version} cannot write bioimage.io packages with pydantic "
+                          f"{pydantic.VERSION} (>= 2.12): pip install 'pydantic<2.12', as {INSTALL_HINT} does")
     return v0_5
+
+
+def _version(text: str) -> tuple:
+    return tuple(int(p) for p in (text.split(".") + ["0", "0"])[:3] if p.isdigit()) or (0,)
 
 
 def check_format(fmt: str) -> None:

@@ -337,7 +337,7 @@ def test_full_disk_is_one_line_and_internal_bugs_keep_their_traceback(capsys, tr
     image = tmp_path / "in.png"
     iio.imwrite(image, np.zeros((40, 40), np.uint8))
 
-    def full(path, array):
+    def full(path, array, *rest):           # rest: the pixel size and axes predict passes
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr(predict, "write_tiff", full)

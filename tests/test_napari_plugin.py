@@ -100,6 +100,10 @@ def test_widget_adds_probability_and_objects(run, qtbot):
     viewer.add_image(image, name="cells", scale=(0.325, 0.325))
     widget = SegmentWidget(viewer)
     qtbot.addWidget(widget.native)
+    widget[0].value = "package .zip"                              # the file dialog picks a .zip file
+    assert widget.model_path.mode.value == "r"
+    widget[0].value = "workdir or package folder"                 # ... or a folder
+    assert widget.model_path.mode.value == "d"
     widget.model_path.value = str(workdir)
     widget.image_layer.value = viewer.layers["cells"]
     worker = widget.start()

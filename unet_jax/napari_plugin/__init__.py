@@ -22,6 +22,7 @@ from unet_jax.io import read_pixel_size
 log = logging.getLogger(__name__)
 
 LABEL_SUFFIXES = ("_labels", "_classes")
+BROWSE_MODES = {"workdir or package folder": "d", "package .zip": "r"}     # the path field's file dialog
 OUTPUT_PATTERN = re.compile(r".*(_labels|_classes|_prob)\.tiff?$", re.IGNORECASE)
 
 __all__ = ["napari_get_reader", "read_outputs", "load_segmenter", "segment", "SegmentWidget"]
@@ -201,12 +202,14 @@ def SegmentWidget(napari_viewer):  # noqa: N802 - napari instantiates widget con
     from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
 
     viewer = napari_viewer
-    model_edit = FileEdit(label="workdir or package", mode="r", filter="*.zip")
+    kind = ComboBox(label="model", choices=list(BROWSE_MODES), value="workdir or package folder")
+    model_edit = FileEdit(label="path", mode=BROWSE_MODES[kind.value])
     layer_box = ComboBox(label="image", choices=_image_layers(viewer))
     run = PushButton(text="Segment")
     status = Label(value="")
-    box = Container(widgets=[model_edit, layer_box, run, status])
+    box = Container(widgets=[kind, model_edit, layer_box, run, status])
     cache = {}
+    kind.changed.connect(lambda value: setattr(model_edit, "mode", BROWSE_MODES[value]))
 
     def refresh(*_):
         layer_box.choices = _image_layers(viewer)

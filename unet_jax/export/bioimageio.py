@@ -226,10 +226,11 @@ rounding; predict without `--tta`).
 ## Tiling tools
 
 The package declares no halo: bioimageio.core pads an input by a declared halo before it computes the
-percentiles, which would change the normalisation of a whole image. Run whole images where memory allows (one
-tile's activations at a time). A tool that cuts a large image into blocks itself must overlap them by at least
-{halo + 2 ** info['depth']} pixels a side (the network's context, {halo} pixels, and its {2 ** info['depth']}-pixel
-pooling grid) and keep each block's centre, and normalise the whole image first.
+percentiles, which would change the normalisation of a whole image. Run whole images: memory holds the image and
+one tile's activations. A tool that cuts a large image into blocks itself should normalise the whole image first,
+overlap the blocks by at least {halo + 2 ** info['depth']} pixels a side (the network's context, {halo} pixels, and its
+{2 ** info['depth']}-pixel pooling grid) and keep each block's centre; the result then differs from predict's only
+where a block's pooling grid or tiles fall differently from predict's.
 
 ## Validation
 

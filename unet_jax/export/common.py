@@ -21,8 +21,8 @@ FORMATS = ("stablehlo", "onnx", "bioimageio")
 INSTALL_HINT = "pip install 'unet-jax[export]'"
 UNET_DOI = "10.1007/978-3-319-24574-4_28"
 NORMALISATION = (f"per image, over all pixels and channels: (x - p{PERCENTILES[0]:g}) / (p{PERCENTILES[1]:g} - "
-                 f"p{PERCENTILES[0]:g}) clipped to [0, 1], p = percentiles (linear interpolation), whatever the "
-                 f"bit depth (unet_jax.data.io.to_float_image); a constant image becomes 0")
+                 f"p{PERCENTILES[0]:g} + 1e-6) clipped to [0, 1], p = percentiles (linear interpolation), whatever "
+                 f"the bit depth (unet_jax.data.io.to_float_image); a constant image becomes 0")
 
 
 def import_onnx():

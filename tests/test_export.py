@@ -177,9 +177,15 @@ def test_stale_temporary_folder_of_a_killed_export_is_removed(tmp_path):
     for folder in (killed, running):
         (folder / "src").mkdir(parents=True)
         (folder / "src" / "model.onnx").write_bytes(b"half")
+    earlier = tmp_path / ".pkg.k2j4_x9q"                 # an earlier version's (mkdtemp) name and files
+    earlier.mkdir()
+    (earlier / "model.onnx").write_bytes(b"half")
+    other = tmp_path / ".pkg.notmine1"                   # the same pattern holding other files: kept
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
     model, variables, tile = make()
     export.export_network(model, variables, "bioimageio", tmp_path / "pkg", tile)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["pkg", running.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["pkg", running.name, other.name])
 
 
 def test_export_model_from_workdir(tmp_path):

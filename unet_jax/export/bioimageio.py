@@ -64,9 +64,18 @@ def write_bioimageio(model: UNet, variables, output: Path, info: dict, overwrite
     return output
 
 
+LEGACY_FILES = {"rdf.yaml", "README.md", "model.onnx", "test_input.npy", "test_output.npy", "sample_input.tif",
+                "sample_output.tif", "cover.png"}
+
+
 def remove_stale_temporaries(output: Path) -> None:
     """Remove the temporary folders that killed exports to ``output`` left beside it: this host's, whose process
-    no longer runs (a running export's folder is kept)."""
+    no longer runs (a running export's folder is kept), and those of earlier versions (``.OUTPUT.XXXXXXXX``
+    holding nothing but package files)."""
+    for path in output.parent.glob(f".{output.name}.????????"):
+        if path.is_dir() and {f.name for f in path.iterdir()} <= LEGACY_FILES:
+            log.info("removing %s, left by an export that did not finish", path)
+            shutil.rmtree(path, ignore_errors=True)
     host = socket.gethostname()
     for path in output.parent.glob(f".{output.name}.{TMP_TAG}.*"):
         parts = path.name[len(output.name) + 2:].split(".")

@@ -10,6 +10,8 @@ Tasks (``--task``):
   README suggests; fluorescence, 16-bit, foreground 2-25 %.
 * ``isbi_cells``: ISBI 2012 training stack, slices 0-24 train, 25-29 test; EM, cells foreground (78 %).
 * ``isbi_membranes``: the same with the membranes as foreground (22 %): a thin, rare structure.
+* ``bbbc039``: ../shared/data/bbbc039, its 70 train images (the folder data set holds 20% of them out for
+  validation) and its 30 held-out test images; fluorescence nuclei, dense and touching, instance masks.
 
     python benchmarks/recipe.py --task nuclei --workdir /tmp/recipe/nuclei --set train.num_steps=500
 """
@@ -26,12 +28,14 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data"
-TASKS = ("nuclei", "isbi_cells", "isbi_membranes")
+TASKS = ("nuclei", "isbi_cells", "isbi_membranes", "bbbc039")
 
 
 def build_task(task: str, root: Path, shared: Path = SHARED) -> tuple:
     """Write (or reuse) ``root/train/{images,masks}`` and ``root/test/{images,masks}``; returns (train, test)."""
     import tifffile
+    if task == "bbbc039":          # already in the folder layout, with a held-out part
+        return shared / "bbbc039" / "train", shared / "bbbc039" / "test"
     train, test = root / "train", root / "test"
     if (test / "masks").is_dir() and any((test / "masks").iterdir()):
         return train, test
@@ -60,25 +64,26 @@ def build_task(task: str, root: Path, shared: Path = SHARED) -> tuple:
 WATERSHED = ((2.0, 0.0), (2.0, 2.0), (3.0, 2.0), (4.0, 2.0))     # (watershed_h, watershed_smooth) scored
 
 
-def score(workdir: Path, test: Path, tta: bool = False, challenge: bool = False) -> dict:
+def score(workdir: Path, test: Path, tta: bool = False, challenge: bool = False, step=None,
+          variants: bool = True) -> dict:
     """Foreground IoU / Dice of the kept checkpoint on the test folder, pooled over pixels and per image, and the
     object measures (``unet_jax.metrics.object_scores``: F1, precision and recall at IoU 0.5, DSB mean AP; the
-    mean CTC SEG) of the objects ``predict`` writes, for 'components' and for 'watershed' at several
-    ``watershed_h`` and ``watershed_smooth``. ``challenge``: also the ISBI 2012 measures of the test images as one stack
+    mean CTC SEG, merges and splits) of the objects ``predict`` writes ('predict': the run's own ``eval`` settings,
+    ``unet_jax.inference.objects_of``), of 'components' and of 'watershed' at several ``watershed_h`` and
+    ``watershed_smooth`` (``variants=False``: 'predict' only). ``step``: that checkpoint instead of the kept one. ``challenge``: also the ISBI 2012 measures of the test images as one stack
     (``unet_jax.metrics.isbi2012``; for ``isbi_cells``, whose test images are slices 25-29)."""
     from unet_jax import metrics
     from unet_jax.data import io
     from unet_jax.evaluate import load_model
-    from unet_jax.inference import foreground_probability, predict_probabilities
+    from unet_jax.inference import foreground_probability, objects_of, predict_probabilities
     from unet_jax.instances import label_instances
-    model, config, variables, step = load_model(workdir)
+    model, config, variables, step = load_model(workdir, step)
     channels = variables["params"]["down_0"]["Conv_0"]["kernel"].shape[2]
     threshold = float(config.eval.threshold)
     inter = union = pred_sum = true_sum = total = 0
-    methods = {"components": dict(method="components")}
-    if config.data.get("target", "foreground") == "contours":
-        methods["contours"] = dict(method="contours")
-    methods.update({f"watershed_h{h:g}_s{sm:g}": dict(method="watershed", h=h, smooth=sm) for h, sm in WATERSHED})
+    methods = {"predict": None, "components": dict(method="components")} if variants else {"predict": None}
+    if variants:
+        methods.update({f"watershed_h{h:g}_s{sm:g}": dict(method="watershed", h=h, smooth=sm) for h, sm in WATERSHED})
     matches = {name: [] for name in methods}
     segs = {name: [] for name in methods}
     per_image, probs, truths = [], [], []
@@ -95,8 +100,9 @@ def score(workdir: Path, test: Path, tta: bool = False, challenge: bool = False)
             probs.append(prob)
             truths.append(truth_instances)
         for name, kwargs in methods.items():
-            objects = label_instances(prob, threshold, interior=full[..., 1] if kwargs["method"] == "contours" else None,
-                                      min_fraction=float(config.eval.min_object_fraction), **kwargs)
+            objects = objects_of(full, config) if kwargs is None else label_instances(
+                prob, threshold, min_fraction=float(config.eval.min_object_fraction),
+                object_area=float(config.eval.object_area), **kwargs)
             matches[name].append(metrics.object_matches(objects, truth_instances))
             segs[name].append(metrics.seg_measure(objects, truth_instances))
         i, u = int((pred & truth).sum()), int((pred | truth).sum())
@@ -109,7 +115,7 @@ def score(workdir: Path, test: Path, tta: bool = False, challenge: bool = False)
         extra = {"isbi2012_stack": {k: float(v) for k, v in m.items() if np.isscalar(v)}}
     objects = {name: dict(metrics.object_scores(matches[name]), seg=float(np.nanmean(segs[name])))
                for name in methods}
-    return {**extra, "step": int(step), "iou": inter / union, "dice": 2 * inter / (pred_sum + true_sum),
+    return {**extra, "step": int(step), "instances": config.eval.instances, "iou": inter / union, "dice": 2 * inter / (pred_sum + true_sum),
             "mean_image_iou": float(np.mean(per_image)), "predicted_fraction": pred_sum / total,
             "true_fraction": true_sum / total, "all_foreground_iou": true_sum / total, "objects": objects}
 

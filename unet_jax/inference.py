@@ -20,7 +20,7 @@ from unet_jax.instances import label_instances
 from unet_jax.model import UNet
 from unet_jax.tiling import predict_tiled
 
-__all__ = ["predict_probabilities", "evaluate_examples", "foreground_probability", "objects_of"]
+__all__ = ["predict_probabilities", "evaluate_examples", "foreground_probability", "centre_map", "objects_of"]
 
 
 @functools.lru_cache(maxsize=16)
@@ -117,7 +117,7 @@ def evaluate_examples(model: UNet, variables, examples: Sequence[dict], config, 
         total += labels.size
         ious.append(row["iou"])
         trivial.append((metrics.iou(np.zeros_like(labels), labels), metrics.iou(np.ones_like(labels), labels)))
-        fg.append(labels.mean())
+        fg.append((labels > 0).mean())
         if challenge:
             stats.append(metrics.isbi2012_stats(cell_prob, truth, thresholds=None if sweep else (threshold,)))
             if sweep:
@@ -143,8 +143,9 @@ def rows_keys(rows: Sequence[dict], prefix: str) -> List[str]:
 
 
 def is_foreground(probs, config) -> bool:
-    """Whether ``probs`` (..., K) is a foreground network's: two classes, or a ``data.target='contours'`` one."""
-    return probs.shape[-1] == 2 or config.data.get("target", "foreground") == "contours"
+    """Whether ``probs`` (..., K) is a foreground network's: two classes, or a ``data.target`` of 'contours' or
+    'distance' (their classes but background are parts of the objects)."""
+    return probs.shape[-1] == 2 or config.data.target in ("contours", "distance")
 
 
 def foreground_probability(probs) -> np.ndarray:
@@ -153,13 +154,24 @@ def foreground_probability(probs) -> np.ndarray:
     return np.clip(np.nan_to_num(fg), 0.0, 1.0)
 
 
+def centre_map(probs) -> np.ndarray:
+    """The predicted normalised distance to the object's edge (0 background, 1 centre) of a
+    ``data.target='distance'`` network's probabilities (..., 1 + bins): the expectation over its distance classes
+    (class k stands for the interval ((k-1)/bins, k/bins], taken at its middle)."""
+    bins = probs.shape[-1] - 1
+    mids = (np.arange(1, bins + 1, dtype=np.float32) - 0.5) / bins
+    return np.clip(np.nan_to_num(probs[..., 1:] @ mids), 0.0, 1.0)
+
+
 def objects_of(probs, config) -> np.ndarray:
     """The objects of one image's softmax probabilities (H, W, K) as the config asks (``eval.instances``,
     ``eval.threshold``, ``eval.watershed_h``, ``eval.watershed_smooth``, ``eval.min_object_size``,
-    ``eval.min_object_fraction``; 'contours' seeds from P(interior) of a ``data.target='contours'`` network):
+    ``eval.min_object_fraction`` of ``eval.object_area``; 'contours' seeds from P(interior) of a
+    ``data.target='contours'`` network, 'centres' from the ``centre_map`` of a 'distance' one):
     uint16/uint32 labels, 0 = background."""
     e = config.eval
+    seeds = {"contours": lambda: probs[..., 1], "centres": lambda: centre_map(probs)}.get(e.instances)
     return label_instances(foreground_probability(probs), threshold=float(e.threshold), method=e.instances,
                            h=float(e.watershed_h), min_size=int(e.min_object_size), smooth=float(e.watershed_smooth),
-                           interior=probs[..., 1] if e.instances == "contours" else None,
-                           min_fraction=float(e.min_object_fraction))
+                           interior=None if seeds is None else seeds(),
+                           min_fraction=float(e.min_object_fraction), object_area=float(e.object_area))

@@ -6,7 +6,10 @@ pixels, so ragged outlines do not seed objects of their own), one seed per h-max
 pixels above every saddle to a higher peak), so two touching round objects joined by a neck at least ``h`` pixels
 narrower than either's radius come out apart. ``'contours'``, for a network trained on three classes (background,
 interior, contour; ``unet_jax.weights.contour_classes``): one seed per 4-connected component of
-``interior > 0.5``, grown over the foreground by a watershed of the interior probability. Labels are uint16
+``interior > 0.5``, grown over the foreground by a watershed of the interior probability. ``'centres'``, for a
+network trained on ``data.target='distance'`` (``unet_jax.weights.distance_classes``): the same, seeded where the
+predicted normalised distance to the object's edge exceeds 0.5 (each object's centre, however large or small the
+object), grown over the foreground by a watershed of that distance. Labels are uint16
 (uint32 past 65535 objects), as Fiji and napari read them.
 """
 from __future__ import annotations
@@ -20,7 +23,7 @@ from skimage.segmentation import watershed
 
 __all__ = ["INSTANCE_METHODS", "label_instances", "as_label_dtype"]
 
-INSTANCE_METHODS = ("components", "watershed", "contours")
+INSTANCE_METHODS = ("components", "watershed", "contours", "centres")
 _FOUR = ndi.generate_binary_structure(2, 1)
 
 
@@ -32,7 +35,8 @@ def as_label_dtype(labels) -> np.ndarray:
 
 
 def label_instances(fg_prob, threshold: float = 0.5, method: str = "watershed", h: float = 2.0,
-                    min_size: int = 0, smooth: float = 2.0, interior=None, min_fraction: float = 0.0) -> np.ndarray:
+                    min_size: int = 0, smooth: float = 2.0, interior=None, min_fraction: float = 0.0,
+                    object_area: float = 0.0) -> np.ndarray:
     """One label per object of a foreground probability map.
 
     Parameters
@@ -41,18 +45,21 @@ def label_instances(fg_prob, threshold: float = 0.5, method: str = "watershed", 
         P(foreground), e.g. ``predict_probabilities(...)[..., 1]``.
     threshold : float in [0, 1)
         Foreground is ``fg_prob > threshold``.
-    method : 'watershed', 'components' or 'contours' (needs ``interior``)
+    method : 'watershed', 'components', 'contours' or 'centres' (both need ``interior``)
     h : float > 0
         Watershed only: the depth, in pixels of the distance transform, a peak needs to seed its own object.
     min_size : int >= 0
         Objects of fewer pixels are removed (0 keeps all).
     min_fraction : float in [0, 1)
-        Objects smaller than this fraction of the median object area of the image are removed (specks and
-        fragments; relative, so it follows the objects' scale; 0 keeps all).
+        Objects smaller than this fraction of ``object_area`` are removed (specks and fragments; 0 keeps all).
+    object_area : float >= 0
+        The typical object's area in pixels, e.g. the median of the annotated training objects (``eval.object_area``,
+        learned by ``train``); 0 = unknown, and ``min_fraction`` is not applied.
     smooth : float >= 0
         Watershed only: sigma in pixels of the Gaussian applied to the distance transform (0: none).
     interior : float array (H, W) in [0, 1] or None
-        'contours' only: P(object interior) of a three-class network (``probs[..., 1]``).
+        The seed map: 'contours', P(object interior) of a three-class network (``probs[..., 1]``); 'centres', the
+        predicted normalised distance to the object's edge (``unet_jax.inference.centre_map``).
 
     Returns
     -------
@@ -71,11 +78,13 @@ def label_instances(fg_prob, threshold: float = 0.5, method: str = "watershed", 
         raise ValueError(f"min_size must be an integer >= 0 (pixels), got {min_size!r}")
     if isinstance(min_fraction, bool) or not isinstance(min_fraction, numbers.Real) or not 0 <= min_fraction < 1:
         raise ValueError(f"min_fraction must be a number in [0, 1), got {min_fraction!r}")
+    if isinstance(object_area, bool) or not isinstance(object_area, numbers.Real) or not object_area >= 0:
+        raise ValueError(f"object_area must be a number >= 0 (pixels), got {object_area!r}")
     fg = np.nan_to_num(prob) > threshold
-    if method == "contours":
+    if method in ("contours", "centres"):
         inner = np.nan_to_num(np.asarray(interior if interior is not None else np.nan, np.float64))
         if interior is None or inner.shape != prob.shape:
-            raise ValueError(f"method 'contours' needs interior, P(interior) of the shape of fg_prob {prob.shape}, "
+            raise ValueError(f"method {method!r} needs interior, a seed map of the shape of fg_prob {prob.shape}, "
                              f"got {None if interior is None else inner.shape}")
         markers = ndi.label(fg & (inner > 0.5), structure=_FOUR)[0]
         labels = _keep_unseeded(fg, watershed(-inner, markers, mask=fg))    # foreground without an interior
@@ -88,9 +97,7 @@ def label_instances(fg_prob, threshold: float = 0.5, method: str = "watershed", 
         markers = ndi.label(h_maxima(dist, h), structure=np.ones((3, 3), bool))[0]
         labels = _keep_unseeded(fg, watershed(-dist, markers, mask=fg))    # thinner than h: no h-maximum
     sizes = np.bincount(labels.ravel())
-    cut = min_size
-    if min_fraction and labels.max():
-        cut = max(cut, min_fraction * float(np.median(sizes[1:][sizes[1:] > 0])))
+    cut = max(float(min_size), min_fraction * float(object_area))
     if cut:
         labels = np.where(sizes[labels] >= cut, labels, 0)
     labels = _relabel(labels)

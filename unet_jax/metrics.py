@@ -708,9 +708,14 @@ def object_matches(pred_instances, truth_instances_, thresholds: Sequence[float]
     A predicted and a true object match at t when their IoU exceeds t; for t >= 0.5 an object can exceed it with at
     most one partner, so the matching is unique without an assignment step.
 
+    Merges and splits: a predicted object holding more than half of each of k >= 2 true objects merged k - 1 of
+    them ('merges'); a true object holding more than half of each of k >= 2 predicted objects was split into k,
+    k - 1 too many ('splits').
+
     Returns
     -------
-    dict: 'tp' (int array, true positives per threshold), 'n_pred', 'n_true' (object counts), 'thresholds'.
+    dict: 'tp' (int array, true positives per threshold), 'n_pred', 'n_true' (object counts), 'merges', 'splits',
+    'thresholds'.
     """
     if any(not 0.5 <= float(t) < 1.0 for t in thresholds):
         raise ValueError(f"thresholds must lie in [0.5, 1) (one-to-one matching), got {tuple(thresholds)}")
@@ -724,7 +729,11 @@ def object_matches(pred_instances, truth_instances_, thresholds: Sequence[float]
     size_p = np.bincount(pred.ravel())
     pair_iou = n / (size_t[r] + size_p[c] - n)
     tp = np.array([np.count_nonzero(pair_iou > float(t)) for t in thresholds], np.int64)
-    return {"tp": tp, "n_pred": int(n_pred), "n_true": int(n_true), "thresholds": tuple(float(t) for t in thresholds)}
+    per_pred = np.bincount(c[n > 0.5 * size_t[r]], minlength=1)      # true objects mostly inside each prediction
+    per_true = np.bincount(r[n > 0.5 * size_p[c]], minlength=1)      # predictions mostly inside each true object
+    return {"tp": tp, "n_pred": int(n_pred), "n_true": int(n_true),
+            "merges": int(np.maximum(per_pred - 1, 0).sum()), "splits": int(np.maximum(per_true - 1, 0).sum()),
+            "thresholds": tuple(float(t) for t in thresholds)}
 
 
 def object_scores(matches: Sequence[dict]) -> dict:
@@ -733,6 +742,7 @@ def object_scores(matches: Sequence[dict]) -> dict:
     Precision, recall and F1 pool the counts over the images (a data set's figure, not dominated by images with few
     objects); ``mean_ap`` is the Data Science Bowl 2018 measure: per image the mean over thresholds of
     TP / (TP + FP + FN), then the mean over images (an image with no object, true or predicted, scores 1).
+    'merges' and 'splits' are the sums of ``object_matches``' counts.
     """
     if not matches:
         raise ValueError("matches must be a non-empty list of object_matches() results")
@@ -747,7 +757,8 @@ def object_scores(matches: Sequence[dict]) -> dict:
     return {"object_precision": tp / n_pred if n_pred else float(n_true == 0),
             "object_recall": tp / n_true if n_true else float(n_pred == 0),
             "object_f1": 2 * tp / (n_pred + n_true) if n_pred + n_true else 1.0,
-            "mean_ap": float(np.mean(aps)), "objects_predicted": n_pred, "objects_true": n_true}
+            "mean_ap": float(np.mean(aps)), "objects_predicted": n_pred, "objects_true": n_true,
+            "merges": sum(m["merges"] for m in matches), "splits": sum(m["splits"] for m in matches)}
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["instances_from_mask", "separation_border", "contour_classes", "class_labels", "unet_weight_map", "unet_weight_map_reference"]
+__all__ = ["instances_from_mask", "separation_border", "contour_classes", "distance_classes", "DISTANCE_BINS", "class_labels", "unet_weight_map", "unet_weight_map_reference"]
 
 # The fast weight map drops border-term contributions smaller than this (absolute, in weight units); the
 # difference to ``unet_weight_map_reference`` is therefore at most BORDER_TOL (plus float32 rounding).
@@ -189,6 +189,43 @@ def contour_classes(instances, width: int = CONTOUR_WIDTH) -> np.ndarray:
     same = ((ndi.grey_dilation(inst, footprint=footprint, mode="nearest") == inst)
             & (ndi.grey_erosion(inst, footprint=footprint, mode="nearest") == inst))
     return np.where(inst > 0, np.where(same, 1, 2), 0).astype(np.int32)
+
+
+DISTANCE_BINS = 4     # object classes of ``distance_classes``: a ``data.target='distance'`` network has 1 + 4
+
+
+def object_distance(instances) -> np.ndarray:
+    """float32 (H, W): each object pixel's Euclidean distance to the nearest pixel outside its object (background
+    or another object), divided by the largest such distance in the object; 0 on background. Host-side.
+
+    The normalised distance is 1 at every object's centre and small along its outline, whatever the object's size,
+    so touching objects are apart where it is low (StarDist's object probability is the same map)."""
+    inst = _check_instances(instances)
+    out = np.zeros(inst.shape, np.float32)
+    for i, box in enumerate(ndi.find_objects(inst), start=1):
+        if box is None:
+            continue
+        box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
+        own = np.pad(inst[box] == i, 1, mode="edge")   # an object cut by the image edge goes on beyond it
+        dist = ndi.distance_transform_edt(own)[1:-1, 1:-1]
+        top = dist.max()
+        if top > 0:
+            out[box] = np.where(inst[box] == i, dist / top, out[box])
+    return out
+
+
+def distance_classes(instances, bins: int = DISTANCE_BINS) -> np.ndarray:
+    """The ``data.target='distance'`` target: int32 (H, W), 0 = background, k = 1..``bins`` where an object
+    pixel's normalised distance to its object's edge (``object_distance``) lies in ((k-1)/bins, k/bins].
+    Host-side.
+
+    A softmax over these classes learns where each object's centre is (the top classes) as well as the
+    foreground (any class but 0); ``unet_jax.instances`` seeds one object per predicted centre, so touching
+    objects come apart even where no background pixel separates them."""
+    if isinstance(bins, bool) or not isinstance(bins, numbers.Integral) or bins < 2:
+        raise ValueError(f"bins must be an integer >= 2, got {bins!r}")
+    d = object_distance(instances)
+    return np.where(d > 0, np.clip(np.ceil(d * bins), 1, bins), 0).astype(np.int32)
 
 
 def class_labels(instances, separate: bool = False) -> np.ndarray:

@@ -25,7 +25,7 @@ DEFAULT_DATA_DIR = "~/.cache/unet_jax/tfds"
 
 log = logging.getLogger("unet_jax.data")
 
-__all__ = ["load_split", "make_builder", "MissingSplitError", "prepare", "check_class_ids", "DATASETS", "SPLITS",
+__all__ = ["load_split", "make_builder", "resolve_target", "MissingSplitError", "prepare", "check_class_ids", "DATASETS", "SPLITS",
            "DEFAULT_DATA_DIR", "DeviceDataset", "to_device_dataset", "sample_tiles", "sample_origins", "gather_tiles", "fits_on_device",
            "device_dataset_nbytes", "PAD_MODE"]
 
@@ -76,9 +76,9 @@ def make_builder(data_config, weights_config=None):
     if name not in DATASETS:
         raise ValueError(f"data.name must be one of {DATASETS}, got {name!r}")
     weights = weight_settings(weights_config)
-    weights["target"] = field(data_config, "target", "foreground")
+    weights["target"] = resolve_target(data_config)[0]
     if weights["target"] not in TARGETS:
-        raise ValueError(f"data.target must be one of {TARGETS}, got {weights['target']!r}")
+        raise ValueError(f"data.target must be one of {TARGETS} or 'auto', got {weights['target']!r}")
     builder_config = field(data_config, "builder_config", "") or ""
     if name != "ctc" and builder_config not in ("", "default"):
         raise ValueError(f"data.builder_config must be '' for {name}, got {builder_config!r}")
@@ -127,6 +127,21 @@ def make_builder(data_config, weights_config=None):
         if not root.is_dir():
             raise FileNotFoundError(builder.missing_message(root, [f"the directory {root} itself"]))
     return builder, root
+
+
+def resolve_target(data_config) -> tuple:
+    """(target, masks with touching objects, masks scanned): ``data.target`` itself, or for 'auto' 'distance' when
+    a folder data set's binary or instance masks hold objects that touch one another (a target made for
+    instances), else 'foreground' (the paper's; class masks and the other data sets). Host-side."""
+    target = field(data_config, "target", "foreground")
+    mask_type = field(data_config, "mask_type", "auto")
+    if target != "auto":
+        return target, 0, 0
+    if field(data_config, "name", "synthetic_cells") != "folder" or mask_type == "classes":
+        return "foreground", 0, 0
+    from unet_jax.data.folder import touching_objects
+    touching, total = touching_objects(field(data_config, "root", ""), mask_type)
+    return ("distance" if touching else "foreground"), touching, total
 
 
 def prepare(builder, root=None):

@@ -20,13 +20,15 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tqdm.auto import tqdm
 
-from unet_jax.weights import check_class_weights, contour_classes, separation_border, unet_weight_map
+from unet_jax.weights import (check_class_weights, contour_classes, distance_classes, separation_border,
+                              unet_weight_map)
 
 __all__ = ["TARGETS", "UNetConfig", "UNetBuilder", "features", "config_name", "normalize_class_weights", "field"]
 
 
-# What a two-class (binary or instance) mask trains: the paper's foreground, or background / interior / contour.
-TARGETS = ("foreground", "contours")
+# What a two-class (binary or instance) mask trains: the paper's foreground, background / interior / contour, or
+# background and the objects' normalised distance to their edge in DISTANCE_BINS classes (touching objects apart).
+TARGETS = ("foreground", "contours", "distance")
 
 
 def field(config, name: str, default=None):
@@ -77,8 +79,9 @@ class UNetConfig(tfds.core.BuilderConfig):
     separation_border : bool
         Two-class targets are background on ``unet_jax.weights.separation_border`` (where objects touch).
     target : str
-        'foreground' (two classes) or 'contours' (``unet_jax.weights.contour_classes``) for binary and instance
-        masks; class masks keep their ids.
+        'foreground' (two classes), 'contours' (``unet_jax.weights.contour_classes``) or 'distance'
+        (``unet_jax.weights.distance_classes``, with the paper's weight map) for binary and instance masks; class
+        masks keep their ids.
     fingerprint : str
         Hash of the input files' relative paths, sizes and modification times ('' for generated data).
     """
@@ -217,7 +220,7 @@ class UNetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             target = instances
             if cfg.separation_border:
                 target = np.where(separation_border(instances), 0, instances)
-            classes = (target > 0).astype(np.int32)
+            classes = distance_classes(target) if cfg.target == "distance" else (target > 0).astype(np.int32)
             weights = unet_weight_map(target, w0=cfg.w0, sigma=cfg.sigma,
                                       class_weights=class_weights_arg(cfg.class_weights))
         else:    # the border term between touching objects of any class, class weights per class id

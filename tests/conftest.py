@@ -17,5 +17,8 @@ ISBI_DIR = Path(os.environ.get("UNET_JAX_ISBI_DIR", REPO.parent / "shared" / "da
 def isbi_dir():
     """The real ISBI 2012 stacks (../shared/data/isbi2012 beside the repository, or $UNET_JAX_ISBI_DIR)."""
     if not (ISBI_DIR / "train-labels.tif").exists():
-        pytest.fail(f"ISBI 2012 data not found in {ISBI_DIR}; set UNET_JAX_ISBI_DIR")
+        message = f"ISBI 2012 data (train-volume.tif, train-labels.tif) not found in {ISBI_DIR}; set UNET_JAX_ISBI_DIR"
+        if os.environ.get("CI"):       # CI must run them: a missing folder cannot pass unnoticed
+            pytest.fail(message)
+        pytest.skip(message)
     return ISBI_DIR

@@ -137,8 +137,13 @@ def test_predict_file_and_stack(trained, tmp_path):
     assert tifffile.imread(out / "one_prob.tif").shape == (50, 70)
     labels = tifffile.imread(out / "one_labels.tif")
     assert labels.dtype == np.uint16   # as Fiji and napari read label images
-    # the objects are eval.instances' (default: the watershed) of the written probability
-    np.testing.assert_array_equal(labels, label_instances(tifffile.imread(out / "one_prob.tif"), 0.5, "watershed"))
+    # the objects are eval.instances' (default: the watershed) of the written probability, less those under
+    # eval.min_object_fraction of the object area train learned from the training masks
+    e = json.loads((workdir / "config.json").read_text())["eval"]
+    assert e["object_area"] > 0
+    np.testing.assert_array_equal(labels, label_instances(tifffile.imread(out / "one_prob.tif"), 0.5, "watershed",
+                                                          min_fraction=e["min_object_fraction"],
+                                                          object_area=e["object_area"]))
     assert tifffile.imread(out / "stack_prob.tif").shape == (3, 40, 45)
     assert len(list(out.glob("stack_z*_overlay.png"))) == 3 and (out / "one_overlay.png").exists()
     assert "wrote 8 files" in r.stdout

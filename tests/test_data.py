@@ -75,7 +75,7 @@ def test_isbi2012_real_stacks(isbi_real, isbi_dir):
     labels = tifffile.imread(isbi_dir / "train-labels.tif")
     for z, ex in [(0, train[0]), (24, train[24]), (27, val[2])]:
         assert ex["image"].shape == (512, 512, 1) and ex["image"].dtype == np.float32
-        np.testing.assert_allclose(ex["image"][..., 0], volume[z] / 255.0, atol=1e-7)
+        np.testing.assert_allclose(ex["image"][..., 0], percentile_normalize(volume[z]), atol=1e-7)   # as predict
         inst = ex["instances"]
         assert inst.dtype == np.int32 and ex["labelled"]
         np.testing.assert_array_equal(inst > 0, labels[z] == 255)         # 255 = cell, 0 = membrane
@@ -86,7 +86,7 @@ def test_isbi2012_real_stacks(isbi_real, isbi_dir):
     for ex in test:
         assert not ex["labelled"] and not ex["instances"].any() and not ex["weights"].any()
     test_volume = tifffile.imread(isbi_dir / "test-volume.tif")
-    np.testing.assert_allclose(test[29]["image"][..., 0], test_volume[29] / 255.0, atol=1e-7)
+    np.testing.assert_allclose(test[29]["image"][..., 0], percentile_normalize(test_volume[29]), atol=1e-7)
 
 
 def test_isbi2012_tiny_splits_and_stale_maps(tmp_path):
@@ -99,7 +99,7 @@ def test_isbi2012_tiny_splits_and_stale_maps(tmp_path):
     assert [e["name"] for e in val] == ["train-volume_z04", "train-volume_z05"]
     assert len(test) == 6 and not any(e["labelled"] for e in test)
     np.testing.assert_array_equal(val[1]["instances"] > 0, lab[5] == 255)
-    np.testing.assert_allclose(val[1]["image"][..., 0], vol[5] / 255.0, atol=1e-7)
+    np.testing.assert_allclose(val[1]["image"][..., 0], percentile_normalize(vol[5]), atol=1e-7)
     # Other weight settings: a new prepared data set (a second config folder), not the stale maps.
     other = load_split(cfg, dict(WEIGHTS, w0=3.0), "train")
     np.testing.assert_allclose(other[0]["weights"], unet_weight_map(train[0]["instances"], w0=3.0, sigma=5.0),
@@ -372,12 +372,12 @@ def test_folder_messy_user_data(tmp_path, caplog):
         train = load_split(cfg, WEIGHTS, "train")
     assert [e["name"] for e in train] == ["a.png", "b.tif", "c.png"]
     a, b, c = train
-    np.testing.assert_allclose(a["image"][..., 0], img_a / 255.0, atol=1e-7)
+    np.testing.assert_allclose(a["image"][..., 0], percentile_normalize(img_a), atol=1e-7)    # 8-bit as 16-bit
     assert a["instances"].max() == 2 and (a["instances"] > 0).sum() == (mask_a > 0).sum()
     np.testing.assert_allclose(b["image"][..., 0], percentile_normalize(img_b), atol=1e-7)
     np.testing.assert_array_equal(b["instances"], mask_b.astype(np.int32))          # ids 3 and 9 kept
     assert c["image"].shape == (32, 32, 1)
-    np.testing.assert_allclose(c["image"][..., 0], grey / 255.0, atol=1e-7)
+    np.testing.assert_allclose(c["image"][..., 0], percentile_normalize(grey), atol=1e-7)
     np.testing.assert_array_equal(c["instances"], (mask_c > 127.5).astype(np.int32))  # threshold at half
     for ex in train:
         np.testing.assert_allclose(ex["weights"], unet_weight_map(_target(ex["instances"]), **WEIGHTS), rtol=1e-6)
@@ -397,7 +397,7 @@ def test_folder_messy_user_data(tmp_path, caplog):
     np.testing.assert_allclose(other[1]["weights"], unet_weight_map(mask_b.astype(np.int32), **WEIGHTS), rtol=1e-6)
     text = caplog.text
     assert "c.png: greyscale saved as RGB" in text and "converted to one channel" in text
-    assert "anti-aliased binary mask" in text and "thresholded at half" in text
+    assert "anti-aliased" in text and "a binary mask); thresholded at 127.5" in text
 
 
 def test_folder_validation_split_and_colour_images(tmp_path):
@@ -431,7 +431,7 @@ def test_folder_rejects_bad_input_naming_the_file(tmp_path, case):
     expect = {"no_mask": (ValueError, r"image\(s\) without a mask .*x.png"),
               "no_image": (ValueError, r"mask\(s\) without an image .*x.png"),
               "size": (ValueError, r"x.png is 12x14 but its mask .*x.png is 10x10"),
-              "colour_mask": (ValueError, r"mask .*x.png is a colour image"),
+              "colour_mask": (ValueError, r"mask .*x.jpg is a colour image"),
               "negative": (ValueError, r"mask .*x.tif has negative values"),
               "truncated": (ValueError, r"cannot read TIFF file .*x.tif"),
               "truncated_png": (ValueError, r"cannot read image file .*x.png"),
@@ -450,7 +450,8 @@ def test_folder_rejects_bad_input_naming_the_file(tmp_path, case):
         colour = np.zeros((12, 14, 3), np.uint8)
         colour[2:5, 2:5] = (255, 0, 0)
         colour[6:9, 6:9] = (0, 255, 0)
-        iio.imwrite(root / "masks" / "x.png", colour)
+        # lossless colour masks are instance masks (one id per colour); a JPEG's colours are compression noise
+        iio.imwrite(root / "masks" / "x.jpg", colour)
     elif case == "negative":
         iio.imwrite(root / "images" / "x.png", img)
         tifffile.imwrite(root / "masks" / "x.tif", np.full((12, 14), -2, np.int16))

@@ -21,7 +21,8 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from unet_jax.config import UsageError, apply_overrides, load_config_module, validate
+from unet_jax import checkpoint as ckpt_lib
+from unet_jax.config import UsageError, apply_overrides, call_user_function, load_config_module, validate
 from unet_jax.data.io import atomic_write
 from unet_jax.evaluate import evaluate
 from unet_jax.train import train_and_evaluate
@@ -37,10 +38,10 @@ EVAL_METRICS = ("pixel_error", "rand_error", "warping_error", "vrand_thinned", "
 def load_sweep(path):
     """(base config, {variant: overrides}, seeds) from a sweep file. Host-side."""
     module = load_config_module(path)
-    config = module.get_config()
+    config = call_user_function(path, "get_config", module.get_config)
     if not hasattr(module, "get_sweep"):
         raise UsageError(f"sweep file {str(path)!r} has no get_sweep() returning {{variant: overrides}}")
-    sweep = module.get_sweep()
+    sweep = call_user_function(path, "get_sweep", module.get_sweep)
     if not isinstance(sweep, dict) or not sweep:
         raise UsageError(f"get_sweep() in {str(path)!r} must return a non-empty dict {{variant: overrides}}")
     return config, sweep, int(getattr(module, "SEEDS", 3))
@@ -66,24 +67,62 @@ def run_sweep(sweep_path, workdir, overrides: Sequence[Tuple[str, str]] = (), se
     workdir = Path(workdir)
     # Check every variant before training any, so a typo fails at once.
     configs = {(name, s): variant_config(base, ov, s, overrides) for name, ov in sweep.items() for s in range(seeds)}
-    results = {}
+    workdir.mkdir(parents=True, exist_ok=True)
+    with ckpt_lib.lock_workdir(workdir, "ablate", ".ablate.lock"):    # two sweeps in one workdir would collide
+        results, failed = _run_all(configs, workdir)
+    summary = summarize(results, workdir, sweep_name=Path(sweep_path).stem) if results else None
+    if failed:
+        raise SweepIncomplete(failed, len(configs), summary)
+    return summary
+
+
+def _run_all(configs: dict, workdir: Path) -> tuple:
+    """Run (or read) every (variant, seed); returns ({variant: [metrics]}, [what failed])."""
+    results, failed = {}, []
     for (name, seed), config in configs.items():
         run_dir = workdir / name / f"seed_{seed}"
-        done = run_dir / "final_metrics.json"
-        if done.exists():
-            log.info("%s seed %d: done, skipped", name, seed)
-            metrics = json.loads(done.read_text())
-        else:
-            print(f"[ablate] {name} seed {seed} -> {run_dir}", flush=True)
-            metrics = {k: float(v) for k, v in train_and_evaluate(config, str(run_dir)).items()
-                       if isinstance(v, (int, float, np.floating, np.integer))}
-        if "pixel_error" not in metrics and "eval_skipped" not in metrics:
-            metrics.update(_evaluate_run(run_dir))
-            atomic_write(done, lambda p: Path(p).write_text(json.dumps(metrics, indent=1)))
-        elif not done.exists():
-            atomic_write(done, lambda p: Path(p).write_text(json.dumps(metrics, indent=1)))
+        try:
+            metrics = _run_one(name, seed, config, run_dir)
+        except RUN_ERRORS as e:     # a run that fails (diverged, bad data) does not cost the others
+            log.warning("%s seed %d failed: %s", name, seed, e)
+            failed.append(f"{name} seed {seed}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            continue
         results.setdefault(name, []).append(metrics)
-    return summarize(results, workdir, sweep_name=Path(sweep_path).stem)
+    return results, failed
+
+
+# What a run of a sweep can fail with that is not a bug here: bad settings or data, a diverged run, a full disk,
+# unreadable checkpoints.
+RUN_ERRORS = (ValueError, FloatingPointError, OSError, ckpt_lib.CheckpointRestoreError)
+
+
+class SweepIncomplete(ValueError):
+    """Some runs of a sweep failed; ``summary`` (or None) tabulates the others, whose results are kept."""
+
+    def __init__(self, failed: list, total: int, summary: Optional[dict]):
+        self.failed, self.summary = failed, summary
+        kept = (f"the other {total - len(failed)} run(s) are tabulated in {summary['markdown_path']}" if summary
+                else "no run finished")
+        super().__init__(f"{len(failed)} of {total} run(s) of the sweep failed ({'; '.join(failed)}); {kept}; fix "
+                         f"the cause and run the same command again: finished runs are skipped")
+
+
+def _run_one(name: str, seed: int, config, run_dir: Path) -> dict:
+    """Train and evaluate one (variant, seed) in ``run_dir``, or read its recorded result; returns its metrics."""
+    done = run_dir / "final_metrics.json"
+    if done.exists():
+        log.info("%s seed %d: done, skipped", name, seed)
+        metrics = json.loads(done.read_text())
+    else:
+        print(f"[ablate] {name} seed {seed} -> {run_dir}", flush=True)
+        metrics = {k: float(v) for k, v in train_and_evaluate(config, str(run_dir)).items()
+                   if isinstance(v, (int, float, np.floating, np.integer))}
+    if "pixel_error" not in metrics and "eval_skipped" not in metrics:
+        metrics.update(_evaluate_run(run_dir))
+        atomic_write(done, lambda p: Path(p).write_text(json.dumps(metrics, indent=1)))
+    elif not done.exists():
+        atomic_write(done, lambda p: Path(p).write_text(json.dumps(metrics, indent=1)))
+    return metrics
 
 
 def _evaluate_run(run_dir: Path) -> dict:

@@ -5,7 +5,8 @@ Configs are Python files with ``get_config()`` returning an ``ml_collections.Con
 ``--config.SECTION.KEY=VALUE`` overrides one field (unknown keys are an error). Errors a user can fix (bad
 config key or value, invalid tile size, missing data, missing workdir, unreadable input, an export's missing
 optional dependency) print one line on stderr and exit with code 2; ``--debug`` shows the traceback instead.
-Anything else is a bug and keeps its traceback (exit code 1).
+Anything else is a bug and keeps its traceback (exit code 1). ``train`` stopped by SIGTERM, SIGINT or SIGUSR1
+saves the step it is at and exits with 128 + the signal's number (143, 130, 138; ``unet_jax.signals``).
 """
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ import warnings
 from typing import List, Optional, Sequence, Tuple
 
 from unet_jax import configure_cpu
-from unet_jax.ablate import run_sweep
+from unet_jax.ablate import SweepIncomplete, run_sweep
 from unet_jax.config import UsageError, resolve_config
 from unet_jax.evaluate import evaluate
 from unet_jax.export import FORMATS, INSTALL_HINT, export_model
 from unet_jax.predict import predict_paths
 from unet_jax.preview import preview_from_config
+from unet_jax.signals import TrainingInterrupted
 from unet_jax.train import TRIVIAL_MARGIN, train_and_evaluate
 
 EXIT_USAGE = 2
@@ -115,7 +117,16 @@ def _cmd_export(args, overrides):
 
 
 def _cmd_ablate(args, overrides):
-    summary = run_sweep(args.config, args.workdir, overrides=overrides, seeds=args.seeds)
+    try:
+        summary = run_sweep(args.config, args.workdir, overrides=overrides, seeds=args.seeds)
+    except SweepIncomplete as e:       # the finished runs' table first, then the error line
+        if e.summary:
+            _print_sweep(e.summary)
+        raise
+    _print_sweep(summary)
+
+
+def _print_sweep(summary):
     print(summary["markdown"])
     print(f"table: {summary['markdown_path']}  csv: {summary['csv_path']}  plot: {summary['png_path']}")
 
@@ -231,6 +242,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return EXIT_USAGE
         args.func(args, overrides)
         return 0
+    except TrainingInterrupted as e:     # SIGTERM / SIGINT during train: the step was saved
+        print(f"unet-jax: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("unet-jax: interrupted", file=sys.stderr)
         return 130
@@ -239,8 +253,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            msg = f"no space left on the device while writing {e.filename or ''}: {msg}; free space or choose " \
-                  f"another output folder"
+            msg = f"no space left on the device while writing {e.filename or 'the output'}; free space there or " \
+                  f"choose another folder (--workdir, --output)"
         print(f"unet-jax: error: {msg}", file=sys.stderr)
         return EXIT_USAGE
 

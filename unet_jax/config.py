@@ -25,6 +25,7 @@ from unet_jax.data.io import MASK_TYPES
 from unet_jax.geometry import PADDINGS, output_size
 from unet_jax.instances import INSTANCE_METHODS
 from unet_jax.model import NORMS, UPSAMPLES
+from unet_jax.weights import DISTANCE_BINS
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
@@ -54,7 +55,11 @@ def base_config() -> ml_collections.ConfigDict:
         validation_fraction=0.2,    # ctc / folder: fraction of examples held out for validation
         mask_type="auto",           # folder: 'auto' | 'binary' | 'instance' (unet_jax.data.io.mask_to_instances)
         target="foreground",        # two classes (the paper's); 'contours': background, interior, contour
-                                    # (unet_jax.weights.contour_classes; needs model.num_classes=3)
+                                    # (unet_jax.weights.contour_classes; needs model.num_classes=3); 'distance':
+                                    # background and 4 classes of the normalised distance to the object's edge
+                                    # (unet_jax.weights.distance_classes; model.num_classes=5); 'auto' (folder):
+                                    # 'distance' when the masks hold touching objects, else 'foreground'
+                                    # (decided by train, which records the choice in config.json)
         num_train=24, num_validation=6, image_size=256, seed=0))   # synthetic_cells: size and generator seed
 
     # unet_jax.weights.unet_weight_map (precomputed per example when the data set is prepared); separation_border:
@@ -101,8 +106,9 @@ def base_config() -> ml_collections.ConfigDict:
     # time_limit > 0 (seconds since training started, data loading and compilation included) ends the run early:
     # the step where it passes is validated and checkpointed like a last step; the same command resumes it.
     # Resuming a workdir with a config that differs in anything but run-control settings (train.RUN_CONTROL_KEYS:
-    # time_limit, log_every, the cluster fields, data.data_dir, eval.batch_size) is refused unless
-    # allow_config_change; each start is recorded in WORKDIR/config_history.jsonl.
+    # num_steps, time_limit, log_every, the cluster fields, data.data_dir, eval.batch_size) is refused unless
+    # allow_config_change; each start is recorded in WORKDIR/config_history.jsonl. A larger num_steps continues a
+    # finished run, its learning-rate schedule recomputed over the new total.
     c.train = ml_collections.ConfigDict(dict(
         tile_size=572,               # input tile; the output (and the labels used) is output_size(tile_size)
         batch_size=1,                # global batch, split over all devices (of all processes)
@@ -114,12 +120,13 @@ def base_config() -> ml_collections.ConfigDict:
     # Overlap-tile inference for validation, evaluate and predict. Objects (predict's label images, evaluate's
     # object measures): 'watershed' splits touching objects (unet_jax.instances; watershed_h: the depth in pixels a
     # peak of the distance transform, smoothed by watershed_smooth pixels, needs to seed an object), 'components'
-    # keeps connected components, 'contours' grows the predicted interiors of a data.target='contours' model;
-    # objects smaller than min_object_size pixels or than min_object_fraction of the image's median object area
-    # (specks and fragments) are dropped.
+    # keeps connected components, 'contours' grows the predicted interiors of a data.target='contours' model,
+    # 'centres' the predicted object centres of a data.target='distance' model; objects smaller than
+    # min_object_size pixels or than min_object_fraction of object_area (specks and fragments) are dropped.
+    # object_area: the median area in pixels of the annotated training objects, learned by train (0 = unknown).
     c.eval = ml_collections.ConfigDict(dict(tile_size=572, batch_size=4, tta=False, threshold=0.5,
                                             instances="watershed", watershed_h=2.0, watershed_smooth=2.0,
-                                            min_object_size=0, min_object_fraction=0.2))
+                                            min_object_size=0, min_object_fraction=0.2, object_area=0.0))
     return c
 
 
@@ -181,13 +188,15 @@ def validate_eval(config: ml_collections.ConfigDict) -> None:
     _float("eval.threshold", e.threshold, 0.0, 1.0, min_open=True, max_open=True)
     _bool("eval.tta", e.tta)
     _one_of("eval.instances", e.instances, INSTANCE_METHODS)
-    if e.instances == "contours" and config.data.get("target", "foreground") != "contours":
-        raise ValueError("config.eval.instances='contours' needs a model trained with data.target='contours' (it "
-                         "grows the predicted object interiors); use 'watershed' or 'components' for this model")
+    for method, target in (("contours", "contours"), ("centres", "distance")):
+        if e.instances == method and config.data.target not in (target, "auto"):
+            raise ValueError(f"config.eval.instances={method!r} needs a model trained with data.target={target!r}; "
+                             f"use 'watershed' or 'components' for this model")
     _float("eval.watershed_h", e.watershed_h, min_open=True)
     _float("eval.watershed_smooth", e.watershed_smooth)
     _int("eval.min_object_size", e.min_object_size, 0)
     _float("eval.min_object_fraction", e.min_object_fraction, 0.0, 1.0, max_open=True)
+    _float("eval.object_area", e.object_area)
     try:
         output_size(e.tile_size, m.depth, m.padding)
     except ValueError as err:
@@ -250,10 +259,13 @@ def validate(config) -> None:
     _float("data.validation_fraction", d.validation_fraction, 0.0, 1.0, max_open=True)
     _int("data.validation_slices", d.validation_slices, 0)
     _one_of("data.mask_type", d.mask_type, MASK_TYPES)
-    _one_of("data.target", d.target, TARGETS)
-    if d.target == "contours" and (m.num_classes != 3 or d.mask_type == "classes"):
-        raise ValueError(f"config.data.target='contours' trains three classes (background, interior, contour) on "
-                         f"binary or instance masks: set model.num_classes=3 (got {m.num_classes}) and a mask_type "
+    _one_of("data.target", d.target, TARGETS + ("auto",))
+    need = {"contours": (3, "three classes (background, interior, contour)"),
+            "distance": (1 + DISTANCE_BINS, f"{1 + DISTANCE_BINS} classes (background and {DISTANCE_BINS} of the "
+                                            f"distance to the object's edge)")}
+    if d.target in need and (m.num_classes != need[d.target][0] or d.mask_type == "classes"):
+        raise ValueError(f"config.data.target={d.target!r} trains {need[d.target][1]} on binary or instance "
+                         f"masks: set model.num_classes={need[d.target][0]} (got {m.num_classes}) and a mask_type "
                          f"other than 'classes' (got {d.mask_type!r})")
 
     _float("weights.w0", config.weights.w0)
@@ -325,6 +337,9 @@ def load_config_module(path):
     sys.path.insert(0, str(path.resolve().parent))
     try:
         spec.loader.exec_module(module)
+    except SystemExit as e:      # exit 0 would end the command as if it had succeeded
+        raise UsageError(f"config file {str(path)!r} {_exit_call(e, path)} while it was loaded; a config file "
+                         f"defines get_config() and must not exit") from None
     except Exception as e:  # noqa: BLE001 - the user's file: any failure to run it is a usage error
         raise UsageError(f"config file {str(path)!r} could not be run: {_where(e, path)}{type(e).__name__}: "
                          f"{getattr(e, 'msg', None) or e} (--debug shows the traceback)") from e
@@ -333,6 +348,25 @@ def load_config_module(path):
     if not callable(getattr(module, "get_config", None)):
         raise UsageError(f"config file {str(path)!r} has no get_config() function")
     return module
+
+
+def call_user_function(path, name: str, fn):
+    """``fn()``, a function of the user's config file ``path`` (``get_config``, ``get_sweep``): any failure, and
+    ``sys.exit`` (which would end the command with its exit code), is a UsageError naming the file and line."""
+    path = Path(path)
+    try:
+        return fn()
+    except SystemExit as e:
+        raise UsageError(f"{name}() in {str(path)!r} {_exit_call(e, path)}; it must return, not exit") from None
+    except Exception as e:  # noqa: BLE001 - the user's function failed
+        raise UsageError(f"{name}() in {str(path)!r} failed: {_where(e, path)}{type(e).__name__}: {e} "
+                         f"(--debug shows the traceback)") from e
+
+
+def _exit_call(error: SystemExit, path: Path) -> str:
+    """'called sys.exit(0) at line N' for a SystemExit raised in ``path``."""
+    where = _where(error, path)
+    return f"called sys.exit({error.code!r})" + (f" at {where[:-2]}" if where else "")
 
 
 def _where(error: BaseException, path: Path) -> str:
@@ -350,13 +384,7 @@ def load_config_file(path):
     """Load ``get_config()`` from a Python config file (host-side). Raises UsageError if missing or broken,
     if ``get_config()`` raises, or if it returns something other than a ``ml_collections.ConfigDict``."""
     path = Path(path)
-    try:
-        config = load_config_module(path).get_config()
-    except UsageError:
-        raise
-    except Exception as e:  # noqa: BLE001 - the user's get_config() failed
-        raise UsageError(f"get_config() in {str(path)!r} failed: {_where(e, path)}{type(e).__name__}: {e} "
-                         f"(--debug shows the traceback)") from e
+    config = call_user_function(path, "get_config", load_config_module(path).get_config)
     if not isinstance(config, ml_collections.ConfigDict):
         raise UsageError(f"get_config() in {str(path)!r} returned a {type(config).__name__}; expected an "
                          f"ml_collections.ConfigDict, e.g. start from unet_jax.config.base_config()")

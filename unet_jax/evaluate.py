@@ -24,13 +24,16 @@ import numpy as np
 from unet_jax.checkpoint import restore_params
 from unet_jax.config import UsageError, apply_overrides, fill_eval_defaults, validate_eval
 from unet_jax.data import load_split
-from unet_jax.data.io import atomic_write, check_directory, ensure_directory, overlay, write_png, write_tiff
+from unet_jax.data.io import (atomic_write, check_writable_directory, ensure_directory, overlay, write_png,
+                              write_tiff)
 from unet_jax.inference import evaluate_examples, foreground_probability
+from unet_jax.model import check_params
 from unet_jax.train import create_model
 
 log = logging.getLogger(__name__)
 
-OBJECT_KEYS = ("object_f1", "object_precision", "object_recall", "mean_ap", "objects_predicted", "objects_true")
+OBJECT_KEYS = ("object_f1", "object_precision", "object_recall", "mean_ap", "objects_predicted", "objects_true",
+               "merges", "splits")
 
 
 def load_model(workdir, step: Optional[int] = None, overrides: Sequence[Tuple[str, str]] = ()):
@@ -57,7 +60,13 @@ def load_model(workdir, step: Optional[int] = None, overrides: Sequence[Tuple[st
             raise UsageError(f"--config.{bad[0]}: model fields come from the checkpoint and cannot be overridden")
         apply_overrides(config, overrides)
     validate_eval(config)
-    return create_model(config), config, variables, step
+    model = create_model(config)
+    try:
+        check_params(model, variables["params"], f"{workdir / 'config.json'}")
+    except ValueError as e:
+        raise ValueError(f"{e} (step {step}); config.json was edited or replaced: restore the one the run wrote, "
+                         f"or train again") from None
+    return model, config, variables, step
 
 
 def evaluate(workdir, split: str = "validation", tta: bool = False, step: Optional[int] = None,
@@ -77,7 +86,7 @@ def evaluate(workdir, split: str = "validation", tta: bool = False, step: Option
     """
     if split not in ("train", "validation", "test"):
         raise ValueError(f"split must be 'train', 'validation' or 'test', got {split!r}")
-    out = check_directory(output_dir or Path(workdir) / f"eval_{split}", "--output")
+    out = check_writable_directory(output_dir or Path(workdir) / f"eval_{split}", "--output")   # before any work
     model, config, variables, step = load_model(workdir, step, overrides)
     examples = load_split(config.data, config.weights, split)
     if not examples:

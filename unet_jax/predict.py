@@ -6,18 +6,22 @@ Entry point: ``predict_paths`` (``unet-jax predict``; the files it writes are li
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
-import tifffile
 from tqdm.auto import tqdm
 
-from unet_jax.data.io import check_directory, overlay, read_image, to_float_image, write_png, write_tiff
+from unet_jax.data.io import (check_writable_directory, overlay, read_image, tiff_shape, to_float_image, write_png,
+                              write_tiff)
 from unet_jax.evaluate import load_model
 from unet_jax.inference import foreground_probability, objects_of, predict_probabilities
 from unet_jax.instances import as_label_dtype
+from unet_jax.io import read_pixel_size
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +52,7 @@ def list_inputs(path) -> List[Path]:
 def read_input(path, channels: int) -> Tuple[np.ndarray, bool]:
     """Read an image or stack as float32 in [0, 1]: ((H, W, C) or (Z, H, W, C), is_stack). Host-side.
 
-    8-bit images are divided by 255, others normalised per image (``unet_jax.data.io.to_float_image``).
+    Every image is normalised per image by percentiles, whatever its bit depth (``unet_jax.data.io.to_float_image``).
     RGB-saved greyscale is reduced to one channel when the model takes one. A multi-page TIFF, or a 3-D array
     whose last axis is not a channel axis (more than 4), is a stack of 2-D slices.
     """
@@ -97,9 +101,8 @@ def _stack_depth(path: Path) -> int:
     """Slices of a stack input (0 for a 2-D image), from the file's header where possible."""
     if path.suffix.lower() in (".tif", ".tiff"):
         try:
-            with tifffile.TiffFile(path) as f:
-                shape = f.series[0].shape
-        except Exception:  # noqa: BLE001 - an unreadable file fails later, with its own message
+            shape = tiff_shape(path)
+        except (ValueError, OSError):  # an unreadable file fails later, with its own message
             return 0
     else:
         try:
@@ -121,24 +124,62 @@ def predict_paths(workdir, inputs, output_dir, tta: bool = False, step: Optional
         NAME_labels.tif    uint16 object labels (uint32 past 65535 objects), 0 = background: by default a seeded
                            watershed of prob > eval.threshold that splits touching objects (eval.instances,
                            unet_jax.instances); 'components' gives its 4-connected components
-                           (a data.target='contours' network: its predicted interiors grown over the foreground)
+                           (a data.target='contours' network: its predicted interiors grown over the foreground;
+                           a 'distance' network: its predicted object centres grown over the foreground)
         NAME_classes.tif   more than two classes (class masks): uint8 arg-max class per pixel, 0 = background; then
                            NAME_prob.tif holds every class's probability, (H, W, K) or (Z, H, W, K)
         NAME_overlay.png   the image with the predicted cell borders (a stack: NAME_zNNN_overlay.png per slice)
 
+    The TIFFs keep the input's pixel size and unit (``unet_jax.io.read_pixel_size``; ImageJ metadata where the
+    layout allows), so Fiji and napari measure in the microscope's units; the napari plugin opens NAME_labels.tif
+    as a Labels layer.
+
     Files already in ``output_dir`` under an output's name are never replaced unless ``overwrite``: the run
     stops first, before writing anything, naming them (they may be the user's own files, e.g. ground truth)."""
     files = list_inputs(inputs)
-    out = check_directory(output_dir, "--output")
+    out = check_writable_directory(output_dir, "--output")     # before the model is loaded and anything predicted
     model, config, variables, _ = load_model(workdir, step, overrides)
     # class masks write a class map and every class's probability; two classes and contours networks P(object)
-    k = 2 if config.data.get("target", "foreground") == "contours" else int(model.num_classes)
+    k = 2 if config.data.target in ("contours", "distance") else int(model.num_classes)
     plan = planned_outputs(files, _stack_depth, k)
+    _refuse_existing(plan, out, overwrite)
+    with _output_lock(out):
+        _refuse_existing(plan, out, overwrite)      # again: another run may have finished writing meanwhile
+        return _predict_plan(plan, out, model, config, variables, k, tta)
+
+
+def _refuse_existing(plan, out: Path, overwrite: bool) -> None:
     existing = [out / name for _, _, names in plan for name in names if (out / name).exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"{len(existing)} output file(s) already exist in {out}, e.g. {existing[0].name}; "
-                              f"predict does not replace files it did not write: choose another --output or "
-                              f"pass --overwrite")
+        raise FileExistsError(f"{len(existing)} output file(s) already exist in {out}, e.g. {existing[0].name} "
+                              f"(from an earlier predict run, or your own files): predict replaces nothing "
+                              f"unless --overwrite; choose another --output or pass --overwrite")
+
+
+@contextlib.contextmanager
+def _output_lock(out: Path):
+    """Hold an exclusive lock on the output folder (created if missing, removed again if left empty) while
+    predict writes, so that two runs into one folder cannot overwrite each other's outputs."""
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"--output {str(out)!r} is being written by another unet-jax predict; wait for it "
+                             f"to finish or choose another --output") from None
+        except OSError as e:      # a file system without locks: go on unguarded
+            log.info("cannot lock %s (%s); not guarded against another predict writing there", out, e)
+        yield
+    finally:
+        os.close(fd)
+        if created and not any(out.iterdir()):
+            out.rmdir()
+
+
+def _predict_plan(plan, out: Path, model, config, variables, k: int, tta: bool) -> List[Path]:
+    """Predict and write the planned outputs (``predict_paths`` under the output lock); returns files written."""
     channels = int(_in_channels(variables))
     threshold = float(config.eval.get("threshold", 0.5))
     written, failed = [], []
@@ -149,6 +190,9 @@ def predict_paths(workdir, inputs, output_dir, tta: bool = False, step: Optional
             failed.append(f"{path.name}: {str(e).splitlines()[0]}")
             continue
         stack = image if is_stack else image[None]
+        if any(float(s.min()) == float(s.max()) for s in stack):
+            log.warning("%s: the image is blank (every pixel the same value)%s; its prediction says nothing about "
+                        "it: check how it was exported", path, " in some slices" if is_stack else "")
         full = np.stack([predict_probabilities(model, variables, s, config.eval, tta=tta) for s in stack])
         probs = foreground_probability(full)     # P(object): any class but background
         labels = as_label_dtype(np.stack([objects_of(f, config) for f in full]))
@@ -157,11 +201,13 @@ def predict_paths(workdir, inputs, output_dir, tta: bool = False, step: Optional
                         "image does hold objects, the model did not learn them or the image differs from the "
                         "training images (brightness, scale, modality)", path, threshold, float(probs.max()))
         saved = probs if k == 2 else full       # more classes: (..., H, W, K), one channel per class
-        written.append(write_tiff(out / f"{stem}_prob.tif", saved if is_stack else saved[0]))
-        written.append(write_tiff(out / f"{stem}_labels.tif", labels if is_stack else labels[0]))
+        size, axes = read_pixel_size(path), "ZYX" if is_stack else "YX"    # the input's calibration, kept
+        written.append(write_tiff(out / f"{stem}_prob.tif", saved if is_stack else saved[0], size,
+                                  axes if k == 2 else axes + "C"))
+        written.append(write_tiff(out / f"{stem}_labels.tif", labels if is_stack else labels[0], size, axes))
         if k > 2:
             classes = full.argmax(-1).astype(np.uint8 if k <= 256 else np.uint16)
-            written.append(write_tiff(out / f"{stem}_classes.tif", classes if is_stack else classes[0]))
+            written.append(write_tiff(out / f"{stem}_classes.tif", classes if is_stack else classes[0], size, axes))
         for z, (img, p) in enumerate(zip(stack, probs)):
             name = f"{stem}_z{z:03d}_overlay.png" if is_stack else f"{stem}_overlay.png"
             written.append(write_png(out / name, overlay(img, p, threshold)))

@@ -9,6 +9,7 @@ command line::
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -20,6 +21,7 @@ from skimage.segmentation import mark_boundaries
 
 from unet_jax import augment as aug
 from unet_jax.data import load_split
+from unet_jax.data.io import check_writable_directory
 
 BORDER_COLOR = (1.0, 0.15, 0.1)     # label borders, RGB in [0, 1]
 GAP = 4                             # white pixels between tiles
@@ -121,6 +123,18 @@ def augment_preview(images, labels, config, path, n: int = 8, seed: int = 0, til
     return picture
 
 
+def preview_path(path) -> Path:
+    """Where the preview goes: ``path`` if it names a .png file, ``path/augment_preview.png`` if it is a folder
+    (existing, or written with a trailing slash); checked to be writable before any work."""
+    folder = str(path).endswith(("/", os.sep)) or Path(path).is_dir()
+    path = Path(path) / "augment_preview.png" if folder else Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"--output {str(path)!r} must name a .png file or a folder (got "
+                         f"{repr(path.suffix) if path.suffix else 'no suffix'})")
+    check_writable_directory(path.parent, "--output")
+    return path
+
+
 def preview_from_config(config, path, n: int = 8, seed: int = 0, tile: Optional[int] = None) -> Path:
     """Host-side: ``augment_preview`` of the training split of an experiment config's data set.
 
@@ -138,9 +152,10 @@ def preview_from_config(config, path, n: int = 8, seed: int = 0, tile: Optional[
 
     Returns
     -------
-    Path of the written PNG. Borders are drawn between the data set's object instances.
+    Path of the written PNG (``path``, or ``path/augment_preview.png`` when ``path`` is a folder). Borders are
+    drawn between the data set's object instances.
     """
-
+    path = preview_path(path)
     examples = [e for e in load_split(config.data, config.weights, "train") if e["labelled"]]
     if not examples:
         raise ValueError(f"the {config.data.name!r} data set has no labelled training examples")
@@ -148,4 +163,4 @@ def preview_from_config(config, path, n: int = 8, seed: int = 0, tile: Optional[
     tile = min(int(config.train.tile_size), smallest) if tile is None else tile
     augment_preview([e["image"] for e in examples], [e["instances"] for e in examples], config.augment, path,
                     n=n, seed=seed, tile=tile)
-    return Path(path)
+    return path

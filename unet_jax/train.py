@@ -9,12 +9,14 @@ device split; the full scheme is in ``train_step``'s docstring.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import logging
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence
 
@@ -31,16 +33,19 @@ from tqdm.auto import tqdm
 from unet_jax import augment as augment_lib
 from unet_jax import checkpoint as ckpt_lib
 from unet_jax.config import validate
-from unet_jax.data import MissingSplitError, check_class_ids, load_split, sampler
-from unet_jax.data.io import check_directory
+from unet_jax.data import MissingSplitError, check_class_ids, load_split, resolve_target as data_target, sampler
+from unet_jax.data.io import check_directory, check_writable_directory
 from unet_jax.geometry import output_size, valid_input_size
 from unet_jax.guard import GUARD_FILE, DivergenceGuard
 from unet_jax.inference import evaluate_examples
 from unet_jax.logging_utils import MetricWriter, plot_training_curves
 from unet_jax.losses import center_crop, soft_dice_loss, weighted_softmax_cross_entropy
-from unet_jax.model import UNet
+from unet_jax.model import UNet, check_params
+from unet_jax.signals import StopSignals, TrainingInterrupted
+from unet_jax.weights import DISTANCE_BINS
 
 logger = logging.getLogger(__name__)
+summary = logging.getLogger("unet_jax.summary")    # shown by the command line without -v
 
 AXIS = "batch"
 PARAMS_FINITE = "params_finite"
@@ -492,9 +497,12 @@ def initialize_distributed(train_config) -> None:
 
 
 # Settings that say how a run is carried out, not what it computes: they may change between a run and its resume.
-RUN_CONTROL_KEYS = ("train.time_limit", "train.log_every", "train.allow_config_change", "train.distributed",
-                    "train.coordinator_address", "train.num_processes", "train.process_id", "data.data_dir",
-                    "eval.batch_size")
+# train.num_steps too: a finished run continues with more steps (train longer), its schedule spread over them.
+RUN_CONTROL_KEYS = ("train.num_steps", "train.time_limit", "train.log_every", "train.allow_config_change",
+                    "train.distributed", "train.coordinator_address", "train.num_processes", "train.process_id",
+                    "data.data_dir", "eval.batch_size")
+# Fields train derives from the data (``resolve_target``, ``learn_object_area``): not a change of the config.
+DERIVED_KEYS = ("eval.object_area",)
 CONFIG_HISTORY_FILE = "config_history.jsonl"
 
 
@@ -512,7 +520,7 @@ def config_changes(old: dict, new: dict) -> list:
     """``[(key, old value, new value)]`` for the fields of two config dicts that differ, run-control settings
     (``RUN_CONTROL_KEYS``) and fields the old config does not have (written by an older version) left out."""
     a, b = _flatten(old), _flatten(new)
-    return [(k, a[k], b.get(k)) for k in sorted(a) if k not in RUN_CONTROL_KEYS and a[k] != b.get(k)
+    return [(k, a[k], b.get(k)) for k in sorted(a) if k not in RUN_CONTROL_KEYS + DERIVED_KEYS and a[k] != b.get(k)
             and not (isinstance(a[k], (list, tuple)) and list(a[k]) == list(b.get(k) or []))]
 
 
@@ -551,6 +559,78 @@ def _record_config(config, workdir: Path, step: int, changes: list) -> None:
     ckpt_lib.save_config(config, workdir)
 
 
+def resolve_target(config) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with ``data.target='auto'`` decided (``unet_jax.data.resolve_target``): 'distance' sets
+    ``model.num_classes`` 5 and ``eval.instances`` 'centres' in place of the default 'watershed'. Says what it
+    chose and why on the summary log."""
+    config = copy.deepcopy(config)      # the caller's config stays as it was
+    if config.data.target != "auto":
+        return config
+    target, touching, total = data_target(config.data)
+    distance = target == "distance"
+    config.data.target = target
+    config.model.num_classes = 1 + DISTANCE_BINS if distance else config.model.num_classes
+    if distance and config.eval.instances == "watershed":
+        config.eval.instances = "centres"
+    why = (f"{touching} of {total} masks hold objects that touch" if distance else
+           "no mask holds touching objects" if total else f"{config.data.mask_type} masks of {config.data.name}")
+    summary.info("target: %s (%s); objects from %s", "distance to the object's edge, touching objects apart"
+                 if distance else "the paper's foreground", why, config.eval.instances)
+    validate(config)
+    return config
+
+
+def learn_object_area(config, examples) -> None:
+    """Set ``eval.object_area`` (if 0) to the median area of the annotated objects of ``examples``, the size the
+    ``eval.min_object_fraction`` rule compares predicted objects with."""
+    if config.eval.object_area:
+        return
+    areas = [np.bincount(np.asarray(ex["instances"]).ravel())[1:] for ex in examples if ex.get("labelled", True)]
+    areas = np.concatenate(areas) if areas else np.zeros(0, np.int64)
+    areas = areas[areas > 0]
+    if areas.size:
+        config.eval.object_area = float(np.median(areas))
+        summary.info("objects: %d annotated in the training masks, median area %.0f pixels; predicted objects "
+                     "under %.0f pixels (eval.min_object_fraction=%g of it) are dropped", areas.size,
+                     config.eval.object_area, config.eval.min_object_fraction * config.eval.object_area,
+                     config.eval.min_object_fraction)
+
+
+def _other_network(ckpts, model) -> str:
+    """How the latest checkpoint's network differs from ``model`` (``model.check_params``), or '' if it does not
+    or cannot be read."""
+    try:
+        variables = ckpts.restore(ckpts.latest_step(), with_train=False)[ckpt_lib.VARIABLES]
+    except Exception:  # noqa: BLE001 - unreadable: the caller reports the restore error
+        return ""
+    try:
+        check_params(model, variables["params"])
+    except ValueError as e:
+        return str(e).split(": ", 1)[-1]
+    return ""
+
+
+def _show(caught) -> None:
+    """Emit again the warnings caught by ``warnings.catch_warnings(record=True)``."""
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def _schedule_note(config, previous_steps: int, start: int) -> str:
+    """One line on what a changed ``train.num_steps`` does to a resumed run and its learning-rate schedule."""
+    o = config.optimizer
+    steps = int(config.train.num_steps)
+    update = start // int(o.grad_accum_steps)
+    before = float(create_learning_rate_schedule(o, previous_steps)(update))
+    now = float(create_learning_rate_schedule(o, steps)(update))
+    head = f"train.num_steps {previous_steps} -> {steps}: continuing from step {start} to step {steps}; "
+    if o.schedule == "constant" or before == now:
+        return head + f"the learning rate continues as it was ({now:.3g})"
+    return head + (f"the {o.schedule} learning-rate schedule now spans {steps} steps: the rate at step {start} is "
+                   f"{now:.3g} (it was {before:.3g} on the {previous_steps}-step schedule) and decays to 0 by step "
+                   f"{steps}")
+
+
 def _load_validation(config) -> list:
     """The labelled validation examples, or [] (with a warning) when the data set has no validation split."""
     try:
@@ -580,7 +660,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
     (a corrupt one is skipped with a warning) and ends bitwise identical to an uninterrupted run on CPU.
     ``train.time_limit > 0`` (seconds since this call started) ends the run after the step where it passes, which is
     then validated and checkpointed like the last step (the returned 'step' tells which); the learning-rate
-    schedule still counts ``train.num_steps``, and running again resumes towards them.
+    schedule still counts ``train.num_steps``, and running again resumes towards them. SIGTERM, SIGINT and SIGUSR1
+    (``unet_jax.signals``) save the step the run is at and raise ``TrainingInterrupted``. A larger
+    ``train.num_steps`` continues a finished run, its learning-rate schedule recomputed over the new total.
 
     One process trains in a workdir at a time: a second gets a ValueError naming the first (an exclusive lock on
     ``WORKDIR/.train.lock``, released however the run ends). Several processes (``train.distributed=True``,
@@ -616,6 +698,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
                         ) -> Dict[str, float]:
     """The body of ``train_and_evaluate``; appends the workdir lock it takes to ``held``."""
     validate(config)
+    config = resolve_target(config)
     t_start = time.monotonic()
     for cb in callbacks:
         if not callable(cb):
@@ -623,7 +706,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
     if config.train.distributed:
         initialize_distributed(config.train)
 
-    workdir = check_directory(workdir, "workdir").resolve()
+    check = check_writable_directory if jax.process_index() == 0 else check_directory   # process 0 writes
+    workdir = check(workdir, "workdir").resolve()
     is_main = jax.process_index() == 0
     tcfg = config.train
     _check_workdir_config(config, workdir)   # before the data are prepared: a refused resume costs nothing
@@ -641,6 +725,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
     if not train_examples:
         raise ValueError(f"data {config.data.name!r} has no training examples")
     check_class_ids(train_examples + val_examples, model.num_classes)
+    learn_object_area(config, train_examples)
     channels = int(np.asarray(train_examples[0]["image"]).shape[-1])
     if not sampler.fits_on_device(train_examples, tile_size=tile, out_size=out):
         logger.warning("the training set (%.0f MB padded) may not fit on the device next to the model; the train "
@@ -653,24 +738,42 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
                                               parts.optimizer))
 
     changes: list = []
+    previous_steps = None     # the num_steps of the run this one continues
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
         held.append(ckpt_lib.lock_workdir(workdir))   # one train process per workdir; released by the caller
         changes = _check_workdir_config(config, workdir)
+        if _has_checkpoints(workdir):
+            previous_steps = ckpt_lib.load_config(workdir).train.get("num_steps")
     ckpts = ckpt_lib.Checkpoints(ckpt_lib.checkpoint_dir(workdir), keep=int(tcfg.keep_checkpoints),
                                  best_metric=tcfg.best_metric or None, best_mode=tcfg.best_mode)
-    try:
-        step0, restored = ckpts.restore_latest(state.variables(), _train_part(state))
-    except ckpt_lib.CheckpointRestoreError as e:
-        if not changes:
-            raise
-        ckpts.close()
-        raise ValueError(f"the checkpoints in {workdir} do not fit the changed config ("
-                         + "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes)
-                         + "): a change of the optimizer's state (another optimizer, clipping, weight decay or "
-                         "accumulation) cannot be resumed; use a new --workdir") from e
+    with warnings.catch_warnings(record=True) as fallbacks:   # steps that failed to load: shown below, if wanted
+        warnings.simplefilter("always")
+        try:
+            step0, restored = ckpts.restore_latest(state.variables(), _train_part(state))
+        except ckpt_lib.CheckpointRestoreError as e:
+            other = _other_network(ckpts, model)
+            if other:       # config.json edited to match the config: the checkpoints hold another network
+                ckpts.close()
+                raise ValueError(f"the checkpoints in {workdir} hold another network than the config ({other}); "
+                                 f"use a new --workdir") from e
+            if not changes:
+                _show(fallbacks)
+                raise
+            ckpts.close()
+            raise ValueError(f"the checkpoints in {workdir} do not fit the changed config ("
+                             + "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes)
+                             + "): a change of the optimizer's state (another optimizer, clipping, weight decay or "
+                             "accumulation) cannot be resumed; use a new --workdir") from e
+    _show(fallbacks)
     if restored is not None:
         v, t = restored[ckpt_lib.VARIABLES], restored[ckpt_lib.TRAIN]
+        try:
+            check_params(model, v["params"])      # orbax restores saved arrays of other shapes without a word
+        except ValueError as e:
+            ckpts.close()
+            raise ValueError(f"the checkpoints in {workdir} hold another network than the config "
+                             f"({str(e).split(': ', 1)[-1]}); use a new --workdir") from None
         state = state.replace(params=v["params"], batch_stats=v.get("batch_stats", {}), step=t["step"],
                               key=t["key"], opt_state=t["opt_state"])
         if int(state.step) != step0:
@@ -678,6 +781,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
         ckpts.set_aside_after(step0)   # newer steps failed to restore (warned); this run saves them again
         logger.info("resuming from checkpoint step %d in %s", step0, ckpts.directory)
     start = int(state.step)
+    if restored is not None and previous_steps not in (None, tcfg.num_steps) and start < tcfg.num_steps:
+        logger.warning(_schedule_note(config, previous_steps, start))
     if is_main:
         _record_config(config, workdir, start, changes if restored is not None else [])
         if changes and restored is not None:
@@ -709,6 +814,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
     last_train: Dict[str, float] = {}
     last_eval: Dict[str, float] = {}
     last_eval_step = None
+    stopped = None      # the signal (SIGTERM, SIGINT) that ends the run after the current step
     window_start = time.perf_counter()
     bar = _progress_bar(num_steps, start, enabled=is_main)
 
@@ -738,17 +844,18 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
 
     def run_step(step) -> bool:
         """One train step and what follows it (log, validate, checkpoint); True if it was the last."""
-        nonlocal r_state, last_eval, last_eval_step, window_start
+        nonlocal r_state, last_eval, last_eval_step, window_start, stopped
         r_state, metrics = p_step(r_state, r_data)
         pending.append((step, metrics))
         bar.update(1)
         for cb in callbacks:
             cb(step, r_state)
-        is_last = step == num_steps or _time_is_up(deadline, step, int(tcfg.log_every))
-        if is_last and step < num_steps:
+        stopped = stops.requested(step, int(tcfg.log_every))   # SIGTERM / SIGINT: save this step and stop
+        is_last = stopped is not None or step == num_steps or _time_is_up(deadline, step, int(tcfg.log_every))
+        if is_last and step < num_steps and stopped is None:
             logger.warning("train.time_limit (%.0f s) reached after step %d of %d: validating and saving a "
                            "checkpoint; run the same command again to continue", time_limit, step, num_steps)
-        do_eval = is_last or (tcfg.eval_every > 0 and step % tcfg.eval_every == 0)
+        do_eval = stopped is None and (is_last or (tcfg.eval_every > 0 and step % tcfg.eval_every == 0))
         do_ckpt = do_eval or is_last or (tcfg.checkpoint_every > 0 and step % tcfg.checkpoint_every == 0)
         if do_ckpt or step % tcfg.log_every == 0 or step == start + 1:
             flush(step)   # after the first step too: the compilation stays out of the tiles/s of the log
@@ -812,17 +919,21 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
 
     step = start
     try:
-        while step < num_steps:
-            step += 1
-            try:
-                is_last = run_step(step)
-            except _Diverged as d:
-                step = rollback(d)
-                r_state = shard_state(guard.good_state)
-                continue
-            if is_last:
-                final_step = step
-                break
+        with StopSignals() as stops:
+            while step < num_steps:
+                step += 1
+                try:
+                    is_last = run_step(step)
+                except _Diverged as d:
+                    step = rollback(d)
+                    r_state = shard_state(guard.good_state)
+                    continue
+                if is_last:
+                    final_step = step
+                    break
+            if stopped is not None:
+                ckpts.wait()
+                raise TrainingInterrupted(stopped, step, ckpts.directory)
         if last_eval_step != final_step and val_examples:   # resumed a finished run: validate the final state
             last_eval = evaluate_examples(model, unshard_state(r_state).variables(), val_examples, config)[0]
         ckpts.wait()

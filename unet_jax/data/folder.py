@@ -16,11 +16,12 @@ import tensorflow_datasets as tfds
 from unet_jax.data import io
 from unet_jax.data.common import UNetBuilder, UNetConfig, config_name, fingerprint_hash, progress
 from unet_jax.data.common import check_fraction, validation_count
+from unet_jax.weights import separation_border
 
 log = logging.getLogger("unet_jax.data")
 summary = logging.getLogger("unet_jax.summary")    # shown by the command line without -v
 
-__all__ = ["Folder", "FolderConfig", "make_config", "find_pairs"]
+__all__ = ["Folder", "FolderConfig", "make_config", "find_pairs", "touching_objects"]
 
 
 @dataclasses.dataclass(eq=False)
@@ -90,6 +91,42 @@ def find_pairs(root) -> list:
     return [(images[s].name, images[s], masks[s]) for s in sorted(images)]
 
 
+def touching_objects(root, mask_type: str = "auto") -> tuple:
+    """(masks holding objects that touch one another, masks) of a folder data set: whether its annotations tell
+    touching objects apart, which a binary mask cannot. Reads every mask (stops at the first bad one)."""
+    pairs = find_pairs(root)
+    touching = 0
+    for _, _, mask_path in progress(pairs, len(pairs), "folder: looking for touching objects"):
+        instances = io.mask_to_instances(io.read_image(mask_path), mask_path, mask_type)
+        touching += bool(separation_border(instances).any())
+    return touching, len(pairs)
+
+
+PLAUSIBLE_KEPT = 0.2    # binary masks: warn when thresholding keeps less of the pixels above the lowest value
+LOSSY_LEVELS = 16       # JPEG masks whose two levels lie closer than this drown in the compression noise
+
+
+def check_binary_reads(root, reports: list) -> None:
+    """Warn when the binary masks of a data set look read wrong: thresholding kept under ``PLAUSIBLE_KEPT`` of
+    the pixels above each mask's lowest value (the foreground would be the noise, not the cells), or JPEG masks
+    whose levels are so close (0/1) that compression noise is as large as the mask. ``reports``: the
+    ``report`` dicts of ``io.mask_to_instances`` (with a 'name')."""
+    binary = [r for r in reports if "kept" in r]
+    kept, above = sum(r["kept"] for r in binary), sum(r["above_lowest"] for r in binary)
+    if above and kept < PLAUSIBLE_KEPT * above:
+        log.warning("folder %s: thresholding the binary masks kept %.1f%% of their pixels above the background "
+                    "value as foreground (levels e.g. %s of %s): the masks may be read wrong; check how they were "
+                    "saved, or set --config.data.mask_type to 'binary' or 'instance'", root, 100 * kept / above,
+                    binary[0]["levels"], binary[0]["name"])
+    close = [r["name"] for r in binary if r.get("lossy") and r["levels"][1] - r["levels"][0] < LOSSY_LEVELS]
+    if close:
+        log.warning("folder %s: %d mask(s) are JPEG-compressed with levels only %g apart (e.g. %s: %s): JPEG's "
+                    "noise is as large as such a mask, so pixels along the edges are read wrong; save masks as PNG "
+                    "or TIFF (lossless), 0/255 for binary", root, len(close),
+                    min(r["levels"][1] - r["levels"][0] for r in binary if r["name"] in close), close[0],
+                    next(r["levels"] for r in binary if r["name"] == close[0]))
+
+
 class Folder(UNetBuilder):
     """TFDS builder ``folder``: your own images and masks. No download; ``data.root`` is the manual directory::
 
@@ -100,8 +137,8 @@ class Folder(UNetBuilder):
     the ``unet_jax.data`` logger, naming the file):
 
     * greyscale saved as RGB (three equal channels): converted to one channel; alpha channels dropped;
-    * intensities: 8-bit / 255; 16-bit (and other integer or out-of-range float) images normalised per image from
-      their 1st/99.8th percentiles to [0, 1] (``unet_jax.data.io.to_float_image``);
+    * intensities: normalised per image, whatever the bit depth, from their 1st/99.8th percentiles to [0, 1]
+      (``unet_jax.data.io.to_float_image``, as predict reads an image);
     * true colour images keep 3 channels; if some images are colour and others greyscale, the greyscale ones are
       repeated to 3 channels so that every example has the same channel count;
     * masks: binary (two values, e.g. 0/255 or 0/1: cells are the pixels above half the maximum, split into cells
@@ -122,8 +159,10 @@ class Folder(UNetBuilder):
     examples.
     """
     name = "folder"
-    VERSION = tfds.core.Version("1.1.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "classes feature (class masks)."}
+    VERSION = tfds.core.Version("1.2.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "classes feature (class masks).",
+                     "1.2.0": "images normalised by percentiles whatever the bit depth "
+                               "(unet_jax.data.io.to_float_image, as predict does) (8-bit was / 255)."}
     BUILDER_CONFIGS = [FolderConfig(name="default", description="auto-detected masks, 20% validation")]
     MANUAL_DOWNLOAD_INSTRUCTIONS = ("Put your images in <root>/images/ and their masks, with the same names, in "
                                     "<root>/masks/, and pass <root> as the manual directory (unet_jax: data.root).")
@@ -151,20 +190,30 @@ class Folder(UNetBuilder):
         root = self.manual_root(dl_manager)
         pairs = find_pairs(root)
         channels, kinds, empty, full, fractions, ids = set(), {}, [], [], [], set()
+        reports, blank = [], []
         for name, image_path, mask_path in progress(pairs, len(pairs), "folder: checking files"):
-            report = {}
+            report = {"name": mask_path.name}
             image, instances, classes = self._read(image_path, mask_path, report=report)
             if classes is not None:
                 ids.update(np.unique(classes).tolist())
             channels.add(image.shape[-1])
             kinds[report["kind"]] = kinds.get(report["kind"], 0) + 1
+            reports.append(report)
             fractions.append(float(np.mean(instances > 0)))
             (empty if fractions[-1] == 0 else full if fractions[-1] == 1 else []).append(name)
+            if image.min() == image.max():
+                blank.append(name)
         summary.info("folder %s: %d masks read as %s; foreground %.1f%% of the pixels (%.1f%%-%.1f%% per image)",
                      root, len(pairs), ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())), 100 * np.mean(fractions),
                      100 * min(fractions), 100 * max(fractions))
         if ids:
             summary.info("folder %s: class masks with the ids %s (0 = background)", root, sorted(ids))
+        check_binary_reads(root, reports)
+        if blank:
+            log.warning("folder %s: %d of %d images are blank (every pixel the same value): %s%s; they hold nothing "
+                        "to learn from (their masks are trained as they are); check how they were exported (a "
+                        "16-bit image saved as 8-bit can come out blank) or remove them", root, len(blank),
+                        len(pairs), ", ".join(blank[:5]), " ..." if len(blank) > 5 else "")
         for names, what in ((empty, "no foreground (all background)"), (full, "only foreground")):
             if names:
                 log.warning("folder %s: %d of %d masks have %s: %s%s; check that they mark the objects (cells > 0) "

@@ -53,9 +53,10 @@ def machine() -> dict:
             "date": time.strftime("%Y-%m-%d")}
 
 
-def run_unet(task: str, variant: str, steps: int, workdir: Path, data: Path) -> dict:
+def run_unet(task: str, variant: str, steps: int, workdir: Path, data: Path, partial: bool = False) -> dict:
     """Train the folder recipe (``variant`` 'paper' or 'distance') for ``steps`` and score it on the task's
-    held-out images at half, at all of the steps and at the kept checkpoint."""
+    held-out images at half, at all of the steps and at the kept checkpoint. ``partial``: a run stopped before
+    its end is scored at its newest checkpoint only (reported at half the budget, as it must hold >= half)."""
     from unet_jax.config import load_config_module
     from unet_jax.train import train_and_evaluate
     train, test = recipe.build_task(task, data / task)
@@ -67,6 +68,12 @@ def run_unet(task: str, variant: str, steps: int, workdir: Path, data: Path) -> 
     config.train.update(num_steps=steps, eval_every=half, checkpoint_every=half, keep_checkpoints=4)
     config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, steps // 4)
     done = workdir / "train_time.json"
+    if partial and not done.exists():     # stopped early: the newest checkpoint from half the steps on
+        from unet_jax.checkpoint import checkpoint_dir
+        saved = sorted(int(p.name) for p in checkpoint_dir(workdir).iterdir() if p.name.isdigit())
+        result = recipe.score(workdir, test, step=saved[-1], variants=False)
+        return {"method": variant, "steps": steps, "partial": True, "half": {
+            "step": result["step"], "iou": result["iou"], **{k: result["objects"]["predict"][k] for k in KEYS + ("seg",)}}}
     if not done.exists():
         c0, w0 = cpu_seconds(), time.perf_counter()
         train_and_evaluate(config, workdir)
@@ -116,9 +123,13 @@ def table(rows_by_task: dict) -> str:
              "merges | splits | foreground IoU | F1 at half the budget |", "|" + "---|" * 11]
     for task, rows in rows_by_task.items():
         for r in rows:
+            half = r.get("half", {}).get("object_f1", float("nan"))
+            if r.get("partial"):
+                lines.append(f"| {task} | {r['method']} | stopped at step {r['half']['step']} of {r['steps']} | "
+                             + "- | " * 7 + f"{half:.3f} |")
+                continue
             main = r["kept"] if "kept" in r else r["full"]
             cpu = r.get("cpu_seconds", r.get("budget_cpu_seconds", 0)) / 60
-            half = r.get("half", {}).get("object_f1", float("nan"))
             lines.append(f"| {task} | {r['method']} | {cpu:.0f} | {main['object_f1']:.3f} | {main['mean_ap']:.3f} | "
                          f"{main['object_precision']:.3f} | {main['object_recall']:.3f} | {main['merges']} | "
                          f"{main['splits']} | {main['iou']:.3f} | {half:.3f} |")
@@ -135,6 +146,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--data", default="/tmp/unet_jax_recipe_data", help="where recipe.py's folder copies go")
     ap.add_argument("--stardist-python", default="", help="python of an environment with stardist")
     ap.add_argument("--results", default=str(RESULTS))
+    ap.add_argument("--partial", action="store_true", help="score unfinished unet_jax runs at their newest "
+                    "checkpoint (half the steps) instead of training them to the end")
     args = ap.parse_args(argv)
     from unet_jax import configure_cpu
     configure_cpu()
@@ -149,7 +162,7 @@ def main(argv=None) -> dict:
         for method in args.methods:
             workdir = Path(args.workdir) / task / method
             cached = workdir / "result.json"        # a scored run (several of these may run at once)
-            if cached.exists():
+            if cached.exists() and (args.partial or not json.loads(cached.read_text()).get("partial")):
                 row = json.loads(cached.read_text())
             elif method == "stardist":
                 if not args.stardist_python:
@@ -159,7 +172,7 @@ def main(argv=None) -> dict:
             elif record["runs"].get(method, {}).get("steps") == args.steps:
                 row = record["runs"][method]
             else:
-                row = run_unet(task, method, args.steps, workdir, Path(args.data))
+                row = run_unet(task, method, args.steps, workdir, Path(args.data), args.partial)
             cached.write_text(json.dumps(row, indent=1, default=str))
             if path.exists():       # another process may have added its runs meanwhile
                 record["runs"] = {**json.loads(path.read_text())["runs"], **record["runs"]}

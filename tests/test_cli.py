@@ -12,32 +12,10 @@ import numpy as np
 import pytest
 import tifffile
 
+from tiny_config import tiny_config  # tests/tiny_config.py
 from unet_jax import cli
 from unet_jax.instances import label_instances
 
-TINY = """
-from unet_jax.config import synthetic_config
-
-
-def get_config():
-    c = synthetic_config()
-    c.model.features = 4
-    c.model.depth = 2
-    c.data.num_train = 4
-    c.data.num_validation = 2
-    c.data.image_size = 64
-    c.data.data_dir = {data_dir!r}
-    c.train.tile_size = 60
-    c.train.batch_size = 2
-    c.train.num_steps = 12
-    c.train.log_every = 4
-    c.train.eval_every = 6
-    c.train.checkpoint_every = 6
-    c.optimizer.warmup_steps = 2
-    c.eval.tile_size = 76
-    c.eval.batch_size = 2
-    return c
-"""
 
 SWEEP = """
 import os, sys
@@ -61,7 +39,7 @@ def run_cli(*args, cwd=None):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    (root / "tiny.py").write_text(TINY.format(data_dir=str(root / "tfds")))
+    (root / "tiny.py").write_text(tiny_config(root / "tfds", num_steps=12, log_every=4, every=6, warmup=2))
     (root / "sweep.py").write_text(SWEEP)
     return root
 

@@ -14,33 +14,11 @@ import numpy as np
 import pytest
 import tifffile
 
+from tiny_config import tiny_config  # tests/tiny_config.py
 from unet_jax import checkpoint as ck
 from unet_jax import cli, predict
 from unet_jax.data import io
 
-TINY = """
-from unet_jax.config import synthetic_config
-
-
-def get_config():
-    c = synthetic_config()
-    c.model.features = 4
-    c.model.depth = 2
-    c.data.num_train = 4
-    c.data.num_validation = 2
-    c.data.image_size = 64
-    c.data.data_dir = {data_dir!r}
-    c.train.tile_size = 60
-    c.train.batch_size = 2
-    c.train.num_steps = 4
-    c.train.log_every = 2
-    c.train.eval_every = 4
-    c.train.checkpoint_every = 4
-    c.optimizer.warmup_steps = 1
-    c.eval.tile_size = 76
-    c.eval.batch_size = 2
-    return c
-"""
 
 
 def _main(capsys, *argv):
@@ -58,7 +36,7 @@ def _one_line(err):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("misuse")
-    (root / "tiny.py").write_text(TINY.format(data_dir=str(root / "tfds")))
+    (root / "tiny.py").write_text(tiny_config(root / "tfds", num_steps=4, log_every=2, every=4, warmup=1))
     assert cli.main(["train", "--config", str(root / "tiny.py"), "--workdir", str(root / "run")]) == 0
     return root
 

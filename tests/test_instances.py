@@ -1,3 +1,8 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -131,6 +136,20 @@ def test_merges_and_splits_are_counted():
     assert (scores["merges"], scores["splits"]) == (2, 2)
 
 
+_FOLDER = str(Path(__file__).resolve().parents[1] / "experiments" / "folder.py")
+# the folder recipe shrunk to a few CPU seconds: 300 steps of a features-8, depth-2 network on 64-pixel tiles
+_SMALL_RUN = ("--config.model.features=8", "--config.model.depth=2", "--config.train.tile_size=64",
+              "--config.train.num_steps=300", "--config.train.eval_every=150", "--config.train.checkpoint_every=150",
+              "--config.optimizer.warmup_steps=10", "--config.eval.tile_size=64", "--config.augment.enabled=False")
+
+
+def _cli(*args):
+    """``unet-jax ARGS`` in a subprocess on the CPU."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TQDM_DISABLE="1")
+    return subprocess.run([sys.executable, "-m", "unet_jax.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=900)
+
+
 def _touching_blobs_folder(root, n=6, size=64, seed=0):
     """Images of bright round blobs, dimmer towards their edges, in touching pairs; 16-bit instance masks."""
     import tifffile
@@ -157,34 +176,22 @@ def test_contours_target_train_evaluate_predict(tmp_path):
     """data.target='contours' end to end on the command line: three classes trained from instance masks,
     measured on P(object), and predict writes P(object) and the objects grown from the predicted interiors."""
     import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
 
     import tifffile
     data = tmp_path / "data"
     _touching_blobs_folder(data)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TQDM_DISABLE="1")
-
-    def cli(*args):
-        return subprocess.run([sys.executable, "-m", "unet_jax.cli", *args], capture_output=True, text=True,
-                              env=env, timeout=900)
-    folder = str(Path(__file__).resolve().parents[1] / "experiments" / "folder.py")
     workdir = tmp_path / "w"
-    r = cli("train", "--config", folder, "--workdir", str(workdir), f"--config.data.root={data}",
+    r = _cli("train", "--config", _FOLDER, "--workdir", str(workdir), f"--config.data.root={data}",
             f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.data.validation_fraction=0.34",
             "--config.data.target=contours", "--config.model.num_classes=3", "--config.eval.instances=contours",
-            "--config.model.features=8", "--config.model.depth=2", "--config.train.tile_size=64",
-            "--config.train.num_steps=300", "--config.train.eval_every=150", "--config.train.checkpoint_every=150",
-            "--config.optimizer.warmup_steps=10", "--config.eval.tile_size=64", "--config.augment.enabled=False")
+            *_SMALL_RUN)
     assert r.returncode == 0, r.stderr[-3000:]
-    r = cli("evaluate", "--workdir", str(workdir), "--no-images", "--output", str(tmp_path / "e"))
+    r = _cli("evaluate", "--workdir", str(workdir), "--no-images", "--output", str(tmp_path / "e"))
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert result["instances"] == "contours" and result["mean"]["iou"] > 0.6, result["mean"]    # P(object)
     assert "iou_class1" not in result["mean"] and result["objects"]["objects_true"] == 2 * 4
-    r = cli("predict", "--workdir", str(workdir), "--input", str(data / "images" / "im0.tif"), "--output",
+    r = _cli("predict", "--workdir", str(workdir), "--input", str(data / "images" / "im0.tif"), "--output",
             str(tmp_path / "p"))
     assert r.returncode == 0, r.stderr[-3000:]
     prob = tifffile.imread(tmp_path / "p" / "im0_prob.tif")
@@ -200,10 +207,6 @@ def test_auto_target_picks_distance_for_touching_instances_and_predict_splits_th
     (saying so), learns the object area from the masks, and predict splits the touching pairs; on binary masks it
     keeps the paper's foreground target."""
     import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
 
     import tifffile
     from unet_jax.data.folder import touching_objects
@@ -215,18 +218,10 @@ def test_auto_target_picks_distance_for_touching_instances_and_predict_splits_th
     for p in (binary / "masks").iterdir():     # the same objects as a binary mask: nothing tells them apart
         tifffile.imwrite(p, (tifffile.imread(p) > 0).astype(np.uint8) * 255)
     assert touching_objects(binary) == (0, 2)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TQDM_DISABLE="1")
-
-    def cli(*args):
-        return subprocess.run([sys.executable, "-m", "unet_jax.cli", *args], capture_output=True, text=True,
-                              env=env, timeout=900)
-    folder = str(Path(__file__).resolve().parents[1] / "experiments" / "folder.py")
     workdir = tmp_path / "w"
-    r = cli("train", "--config", folder, "--workdir", str(workdir), f"--config.data.root={data}",
+    r = _cli("train", "--config", _FOLDER, "--workdir", str(workdir), f"--config.data.root={data}",
             f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.data.validation_fraction=0.34",
-            "--config.model.features=8", "--config.model.depth=2", "--config.train.tile_size=64",
-            "--config.train.num_steps=300", "--config.train.eval_every=150", "--config.train.checkpoint_every=150",
-            "--config.optimizer.warmup_steps=10", "--config.eval.tile_size=64", "--config.augment.enabled=False")
+            *_SMALL_RUN)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "target: distance" in r.stderr and "6 of 6 masks hold objects that touch" in r.stderr, r.stderr[-3000:]
     saved = json.loads((workdir / "config.json").read_text())
@@ -235,7 +230,7 @@ def test_auto_target_picks_distance_for_touching_instances_and_predict_splits_th
     areas = [np.bincount(tifffile.imread(p).ravel())[1:] for p in sorted((data / "masks").iterdir())]
     assert 0 < saved["eval"]["object_area"] and abs(saved["eval"]["object_area"] - np.median(
         np.concatenate(areas))) < 0.6 * np.median(np.concatenate(areas))      # the training split's median
-    r = cli("predict", "--workdir", str(workdir), "--input", str(data / "images" / "im0.tif"), "--output",
+    r = _cli("predict", "--workdir", str(workdir), "--input", str(data / "images" / "im0.tif"), "--output",
             str(tmp_path / "p"))
     assert r.returncode == 0, r.stderr[-3000:]
     prob = tifffile.imread(tmp_path / "p" / "im0_prob.tif")
@@ -243,7 +238,7 @@ def test_auto_target_picks_distance_for_touching_instances_and_predict_splits_th
     truth = tifffile.imread(data / "masks" / "im0.tif")
     assert prob.shape == (64, 64) and prob.dtype == np.float32 and np.mean((prob > 0.5) == (truth > 0)) > 0.9
     assert labels.max() == 4            # two touching pairs: four objects
-    r = cli("train", "--config", folder, "--workdir", str(tmp_path / "wb"), f"--config.data.root={binary}",
+    r = _cli("train", "--config", _FOLDER, "--workdir", str(tmp_path / "wb"), f"--config.data.root={binary}",
             f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.data.validation_fraction=0",
             "--config.model.features=4", "--config.model.depth=2", "--config.train.tile_size=64",
             "--config.train.num_steps=3", "--config.optimizer.warmup_steps=1", "--config.eval.tile_size=64")

@@ -169,7 +169,8 @@ def main(argv=None) -> dict:
                     continue
                 budget = json.loads((Path(args.workdir) / task / "distance" / "train_time.json").read_text())
                 row = run_stardist(task, args.stardist_python, budget["cpu_seconds"], workdir, Path(args.data))
-            elif record["runs"].get(method, {}).get("steps") == args.steps:
+            elif record["runs"].get(method, {}).get("steps") == args.steps and (
+                    args.partial or not record["runs"][method].get("partial")):
                 row = record["runs"][method]
             else:
                 row = run_unet(task, method, args.steps, workdir, Path(args.data), args.partial)

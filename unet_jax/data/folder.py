@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
+from unet_jax.checks import InvalidInputError
 from unet_jax.data import io
 from unet_jax.data.common import UNetBuilder, UNetConfig, config_name, fingerprint_hash, progress
-from unet_jax.data.common import check_fraction, validation_count
+from unet_jax.data.common import validation_count
 from unet_jax.weights import separation_border
 
 log = logging.getLogger("unet_jax.data")
@@ -24,21 +25,18 @@ summary = logging.getLogger("unet_jax.summary")    # shown by the command line w
 __all__ = ["Folder", "FolderConfig", "make_config", "find_pairs", "touching_objects"]
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, kw_only=True)
 class FolderConfig(UNetConfig):
     """Folder config: the weight-map fields, ``validation_fraction`` and ``mask_type``."""
-    validation_fraction: float = 0.2
-    mask_type: str = "auto"
+    validation_fraction: float
+    mask_type: str
 
 
-def make_config(weights: dict, validation_fraction: float = 0.2, mask_type: str = "auto",
-                root=None) -> FolderConfig:
+def make_config(weights: dict, *, validation_fraction: float, mask_type: str, root=None) -> FolderConfig:
     """A config named ``default-<hash>`` of the weights settings, split, mask type and input fingerprint."""
-    fraction = check_fraction(validation_fraction)
-    if mask_type not in io.MASK_TYPES:
-        raise ValueError(f"mask_type must be one of {io.MASK_TYPES}, got {mask_type!r}")
     fp = fingerprint_hash(io.file_fingerprint(root, ("images/*", "masks/*"))) if root else ""
-    cfg = FolderConfig(name="tmp", validation_fraction=fraction, mask_type=mask_type, fingerprint=fp, **weights)
+    cfg = FolderConfig(name="tmp", validation_fraction=validation_fraction, mask_type=mask_type, fingerprint=fp,
+                       **weights)
     cfg.name = config_name("default", cfg.params())
     cfg.description = "folder with " + ", ".join(f"{k}={v!r}" for k, v in sorted(cfg.params().items()))
     return cfg
@@ -53,8 +51,8 @@ def _by_stem(directory: Path, what: str) -> dict:
             log.info("%s: skipping %s (not %s)", what, p, "/".join(io.IMAGE_SUFFIXES))
             continue
         if p.stem in out:
-            raise ValueError(f"{out[p.stem]} and {p} have the same name stem {p.stem!r}: masks are matched to images "
-                             f"by stem, so keep only one of them")
+            raise InvalidInputError(f"{out[p.stem]} and {p} have the same name stem {p.stem!r}: masks are matched to "
+                                    f"images by stem, so keep only one of them")
         out[p.stem] = p
     return out
 
@@ -80,15 +78,20 @@ def find_pairs(root) -> list:
         raise FileNotFoundError(f"folder data set: no PNG or TIFF image in {root / 'images'}; expected {expected}")
     no_mask = sorted(set(images) - set(masks))
     if no_mask:
-        raise ValueError(f"{len(no_mask)} image(s) without a mask in {root / 'masks'}: "
-                         f"{', '.join(images[s].name for s in no_mask[:10])}{' ...' if len(no_mask) > 10 else ''}; "
-                         f"add masks with the same names or remove the images")
+        raise InvalidInputError(f"{len(no_mask)} image(s) without a mask in {root / 'masks'}: "
+                                f"{_first(images[s].name for s in no_mask)}; add masks with the same names or "
+                                f"remove the images")
     no_image = sorted(set(masks) - set(images))
     if no_image:
-        raise ValueError(f"{len(no_image)} mask(s) without an image in {root / 'images'}: "
-                         f"{', '.join(masks[s].name for s in no_image[:10])}{' ...' if len(no_image) > 10 else ''}; "
-                         f"add the images or remove the masks")
+        raise InvalidInputError(f"{len(no_image)} mask(s) without an image in {root / 'images'}: "
+                                f"{_first(masks[s].name for s in no_image)}; add the images or remove the masks")
     return [(images[s].name, images[s], masks[s]) for s in sorted(images)]
+
+
+def _first(names, n: int = 10) -> str:
+    """The first ``n`` names, comma-separated, ' ...' if there are more."""
+    names = list(names)
+    return ", ".join(names[:n]) + (" ..." if len(names) > n else "")
 
 
 def touching_objects(root, mask_type: str = "auto") -> tuple:
@@ -163,7 +166,6 @@ class Folder(UNetBuilder):
     RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "classes feature (class masks).",
                      "1.2.0": "images normalised by percentiles whatever the bit depth "
                                "(unet_jax.data.io.to_float_image, as predict does) (8-bit was / 255)."}
-    BUILDER_CONFIGS = [FolderConfig(name="default", description="auto-detected masks, 20% validation")]
     MANUAL_DOWNLOAD_INSTRUCTIONS = ("Put your images in <root>/images/ and their masks, with the same names, in "
                                     "<root>/masks/, and pass <root> as the manual directory (unet_jax: data.root).")
     DESCRIPTION = __doc__

@@ -14,6 +14,7 @@ from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 from skimage.segmentation import find_boundaries, relabel_sequential
 
+from unet_jax.checks import InvalidInputError
 from unet_jax.data.common import UNetBuilder, UNetConfig, config_name, progress
 from unet_jax.data.io import to_float_image
 
@@ -48,9 +49,9 @@ def synthetic_cells(size, rng: np.random.Generator, cell_diameter: float = 28.0)
     h, w = (size, size) if np.isscalar(size) else size
     h, w = int(h), int(w)
     if h < 16 or w < 16:
-        raise ValueError(f"size must be at least 16 x 16, got {(h, w)}")
+        raise InvalidInputError(f"size must be at least 16 x 16, got {(h, w)}")
     if not cell_diameter > 4:
-        raise ValueError(f"cell_diameter must be > 4 pixels, got {cell_diameter!r}")
+        raise InvalidInputError(f"cell_diameter must be > 4 pixels, got {cell_diameter!r}")
     # Cells: nearest random seed on warped coordinates -> curved Voronoi cells that tile the plane.
     n = max(2, int(round(h * w / (0.8 * cell_diameter ** 2))))
     margin = cell_diameter
@@ -111,35 +112,28 @@ def synthetic_example(seed: int, split: str, index: int, image_size: int):
     int32 (H, W), name). The image is normalised as predict reads a file (``to_float_image``), so a saved example
     predicts as it trained. Deterministic; host-side."""
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise InvalidInputError(f"split must be one of {SPLITS}, got {split!r}")
     rng = np.random.default_rng([int(seed), SPLITS.index(split), int(index)])
     image, instances = synthetic_cells(image_size, rng)
     name = f"{split}_{index:05d}"
     return to_float_image(image, name), instances, name
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, kw_only=True)
 class SyntheticConfig(UNetConfig):
-    """Synthetic config: the weight-map fields plus the generator's settings."""
-    num_train: int = 24
-    num_validation: int = 6
-    image_size: int = 256
-    seed: int = 0
+    """Synthetic config: the weight-map fields plus the generator's settings (the ``data`` section's)."""
+    num_train: int
+    num_validation: int
+    image_size: int
+    seed: int
 
 
-def _check_int(name, value, lo):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
-    return int(value)
-
-
-def make_config(weights: dict, num_train: int = 24, num_validation: int = 6, image_size: int = 256,
-                seed: int = 0) -> SyntheticConfig:
-    """A config named ``default-<hash>`` of the weights and generator settings (checked)."""
-    cfg = SyntheticConfig(name="tmp", num_train=_check_int("num_train", num_train, 1),
-                          num_validation=_check_int("num_validation", num_validation, 0),
-                          image_size=_check_int("image_size", image_size, 16), seed=_check_int("seed", seed, 0),
-                          **weights)
+def make_config(weights: dict, *, num_train: int, num_validation: int, image_size: int,
+                seed: int) -> SyntheticConfig:
+    """A config named ``default-<hash>`` of the weights and generator settings (validated by
+    ``unet_jax.config.validate``)."""
+    cfg = SyntheticConfig(name="tmp", num_train=num_train, num_validation=num_validation, image_size=image_size,
+                          seed=seed, **weights)
     cfg.name = config_name("default", cfg.params())
     cfg.description = "synthetic cells with " + ", ".join(f"{k}={v!r}" for k, v in sorted(cfg.params().items()))
     return cfg
@@ -159,7 +153,6 @@ class SyntheticCells(UNetBuilder):
     RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "classes feature.",
                      "1.2.0": "images normalised by percentiles whatever the bit depth "
                                "(unet_jax.data.io.to_float_image, as predict does); was the generator's [0, 1]."}
-    BUILDER_CONFIGS = [SyntheticConfig(name="default", description="24 + 6 images of 256 x 256, seed 0")]
     DESCRIPTION = __doc__
     CHANNELS = 1
 

@@ -18,6 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.ndimage
 
+from unet_jax import checks
+from unet_jax.checks import InvalidInputError
+
 __all__ = [
     "AugmentConfig", "read_config", "sample_displacement_grid", "displacement_field", "rotation_matrix",
     "dihedral_matrix", "coordinate_map", "warp", "elastic_warp", "random_coordinate_map", "gray_value_augment",
@@ -58,29 +61,6 @@ class AugmentConfig(NamedTuple):
                 or self.flip or self.shift > 0 or self.scale > 0)
 
 
-def _check_bool(name, value):
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be a bool, got {value!r}")
-    return bool(value)
-
-
-def _check_number(name, value, low=0.0, high=math.inf, high_open=False):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name} must be a static Python number, got {value!r}")
-    value = float(value)
-    bad_high = value >= high if high_open else value > high
-    if not math.isfinite(value) or value < low or bad_high:
-        interval = f"[{low}, {high}{')' if high_open else ']'}"
-        raise ValueError(f"{name} must be in {interval}, got {value!r}")
-    return value
-
-
-def _check_grid(name, grid):
-    if isinstance(grid, (bool, np.bool_)) or not isinstance(grid, (int, np.integer)) or grid < 2:
-        raise ValueError(f"{name} must be an integer >= 2 (grid points per axis), got {grid!r}")
-    return int(grid)
-
-
 def read_config(config) -> AugmentConfig:
     """Read and validate the ``augment`` config section (host-side, at trace time).
 
@@ -97,27 +77,27 @@ def read_config(config) -> AugmentConfig:
     if isinstance(config, AugmentConfig):
         return config
     if not isinstance(config, Mapping) and not hasattr(config, "keys"):
-        raise ValueError(f"config must be an ml_collections.ConfigDict or a mapping, got {type(config).__name__}")
+        raise InvalidInputError(f"config must be an ml_collections.ConfigDict or a mapping, got {type(config).__name__}")
     if "augment" in config.keys() and "enabled" not in config.keys():
         config = config["augment"]
     missing = [f for f in CONFIG_FIELDS if f not in config.keys()]
     if missing:
-        raise ValueError(f"config.augment is missing the fields {missing}; expected all of {list(CONFIG_FIELDS)}")
+        raise InvalidInputError(f"config.augment is missing the fields {missing}; expected all of {list(CONFIG_FIELDS)}")
     c = {f: config[f] for f in CONFIG_FIELDS}
     return AugmentConfig(
-        enabled=_check_bool("config.augment.enabled", c["enabled"]),
-        elastic=_check_bool("config.augment.elastic", c["elastic"]),
-        elastic_grid=_check_grid("config.augment.elastic_grid", c["elastic_grid"]),
-        elastic_sigma=_check_number("config.augment.elastic_sigma", c["elastic_sigma"]),
-        rotate=_check_bool("config.augment.rotate", c["rotate"]),
-        max_rotation=_check_number("config.augment.max_rotation", c["max_rotation"], high=180.0),
-        flip=_check_bool("config.augment.flip", c["flip"]),
-        shift=_check_number("config.augment.shift", c["shift"]),
-        scale=_check_number("config.augment.scale", c["scale"], high=1.0, high_open=True),
-        brightness=_check_number("config.augment.brightness", c["brightness"]),
-        contrast=_check_number("config.augment.contrast", c["contrast"], high=1.0),
-        gamma=_check_number("config.augment.gamma", c["gamma"]),
-        noise=_check_number("config.augment.noise", c["noise"]),
+        enabled=checks.boolean("config.augment.enabled", c["enabled"]),
+        elastic=checks.boolean("config.augment.elastic", c["elastic"]),
+        elastic_grid=checks.integer("config.augment.elastic_grid", c["elastic_grid"], 2),
+        elastic_sigma=checks.real("config.augment.elastic_sigma", c["elastic_sigma"], 0.0),
+        rotate=checks.boolean("config.augment.rotate", c["rotate"]),
+        max_rotation=checks.real("config.augment.max_rotation", c["max_rotation"], 0.0, 180.0),
+        flip=checks.boolean("config.augment.flip", c["flip"]),
+        shift=checks.real("config.augment.shift", c["shift"], 0.0),
+        scale=checks.real("config.augment.scale", c["scale"], 0.0, 1.0, high_open=True),
+        brightness=checks.real("config.augment.brightness", c["brightness"], 0.0),
+        contrast=checks.real("config.augment.contrast", c["contrast"], 0.0, 1.0),
+        gamma=checks.real("config.augment.gamma", c["gamma"], 0.0),
+        noise=checks.real("config.augment.noise", c["noise"], 0.0),
     )
 
 
@@ -131,23 +111,24 @@ def _check_arrays(image, labels, weights, batched=False):
     img_dims = (3 + lead, 4) if batched else (2, 3)
     if not hasattr(image, "shape") or image.ndim not in img_dims:
         want = "(B, H, W, C) or (B, H, W)" if batched else "(H, W) or (H, W, C)"
-        raise ValueError(f"image{'s' if batched else ''} must have shape {want}, got "
-                         f"{getattr(image, 'shape', type(image).__name__)}")
+        raise InvalidInputError(f"image{'s' if batched else ''} must have shape {want}, got "
+                                f"{getattr(image, 'shape', type(image).__name__)}")
     if not jnp.issubdtype(image.dtype, jnp.floating):
-        raise ValueError(f"image must be a floating array with values in [0, 1], got dtype {image.dtype}")
+        raise InvalidInputError(f"image must be a floating array with values in [0, 1], got dtype {image.dtype}")
     shape = tuple(image.shape[:2 + lead])
     hw = shape[lead:]
     if min(hw) < 1:
-        raise ValueError(f"image must have a non-empty spatial shape, got {tuple(image.shape)}")
+        raise InvalidInputError(f"image must have a non-empty spatial shape, got {tuple(image.shape)}")
     for name, arr, kind in (("labels", labels, jnp.integer), ("weights", weights, jnp.floating)):
         if arr is None:
             continue
         if not hasattr(arr, "shape") or tuple(arr.shape) != shape:
-            raise ValueError(f"{name} must have shape {shape} (the image's {'(B, H, W)' if batched else '(H, W)'}),"
-                             f" got {getattr(arr, 'shape', type(arr).__name__)}")
+            dims = "(B, H, W)" if batched else "(H, W)"
+            raise InvalidInputError(f"{name} must have shape {shape} (the image's {dims}), got "
+                                    f"{getattr(arr, 'shape', type(arr).__name__)}")
         if not jnp.issubdtype(arr.dtype, kind):
             want = "an integer" if kind is jnp.integer else "a floating"
-            raise ValueError(f"{name} must have {want} dtype, got {arr.dtype}")
+            raise InvalidInputError(f"{name} must have {want} dtype, got {arr.dtype}")
     return tuple(int(s) for s in hw)
 
 
@@ -155,9 +136,9 @@ def _check_shape(shape):
     try:
         h, w = (int(s) for s in shape)
     except (TypeError, ValueError):
-        raise ValueError(f"shape must be (H, W), got {shape!r}") from None
+        raise InvalidInputError(f"shape must be (H, W), got {shape!r}") from None
     if h < 1 or w < 1:
-        raise ValueError(f"shape must be positive (H, W), got {shape!r}")
+        raise InvalidInputError(f"shape must be positive (H, W), got {shape!r}")
     return h, w
 
 
@@ -181,8 +162,8 @@ def sample_displacement_grid(key: jax.Array, grid=3, sigma: float = 10.0) -> jax
     float32 (2, gy, gx): row and column displacements at the grid points.
     """
     gy, gx = (grid, grid) if not isinstance(grid, (tuple, list)) else tuple(grid)
-    gy, gx = _check_grid("grid", gy), _check_grid("grid", gx)
-    sigma = _check_number("sigma", sigma) if not isinstance(sigma, jax.Array) else sigma
+    gy, gx = checks.integer("grid", gy, 2), checks.integer("grid", gx, 2)
+    sigma = checks.real("sigma", sigma, 0.0) if not isinstance(sigma, jax.Array) else sigma
     return sigma * jax.random.normal(key, (2, gy, gx), jnp.float32)
 
 
@@ -218,8 +199,8 @@ def displacement_field(grid_displacements: jax.Array, shape) -> jax.Array:
     h, w = _check_shape(shape)
     d = grid_displacements
     if not hasattr(d, "shape") or d.ndim != 3 or d.shape[0] != 2 or min(d.shape[1:]) < 2:
-        raise ValueError(f"grid_displacements must have shape (2, gy, gx) with gy, gx >= 2, got "
-                         f"{getattr(d, 'shape', type(d).__name__)}")
+        raise InvalidInputError(f"grid_displacements must have shape (2, gy, gx) with gy, gx >= 2, got "
+                                f"{getattr(d, 'shape', type(d).__name__)}")
     by = jnp.asarray(_cubic_interpolation_matrix(h, int(d.shape[1])))
     bx = jnp.asarray(_cubic_interpolation_matrix(w, int(d.shape[2])))
     rows = jnp.einsum("kab,wb->kaw", d.astype(jnp.float32), bx, precision=_HIGHEST)     # (2, gy, W)
@@ -283,13 +264,13 @@ def coordinate_map(shape, matrix: Optional[jax.Array] = None, offset: Optional[j
     """
     h, w = _check_shape(shape)
     if matrix is not None and tuple(jnp.shape(matrix)) != (2, 2):
-        raise ValueError(f"matrix must have shape (2, 2), got {tuple(jnp.shape(matrix))}")
+        raise InvalidInputError(f"matrix must have shape (2, 2), got {tuple(jnp.shape(matrix))}")
     if offset is not None and tuple(jnp.shape(offset)) != (2,):
-        raise ValueError(f"offset must have shape (2,), got {tuple(jnp.shape(offset))}")
+        raise InvalidInputError(f"offset must have shape (2,), got {tuple(jnp.shape(offset))}")
     d = grid_displacements
     if d is not None and (not hasattr(d, "shape") or d.ndim != 3 or d.shape[0] != 2 or min(d.shape[1:]) < 2):
-        raise ValueError(f"grid_displacements must have shape (2, gy, gx) with gy, gx >= 2, got "
-                         f"{getattr(d, 'shape', type(d).__name__)}")
+        raise InvalidInputError(f"grid_displacements must have shape (2, gy, gx) with gy, gx >= 2, got "
+                                f"{getattr(d, 'shape', type(d).__name__)}")
     return jnp.stack(_coordinate_planes((h, w), matrix, offset, grid_displacements))
 
 
@@ -364,7 +345,8 @@ def warp(image: jax.Array, labels: Optional[jax.Array], weights: Optional[jax.Ar
     """
     _check_arrays(image, labels, weights)
     if not hasattr(coords, "shape") or coords.ndim != 3 or coords.shape[0] != 2:
-        raise ValueError(f"coords must have shape (2, H, W), got {getattr(coords, 'shape', type(coords).__name__)}")
+        raise InvalidInputError(f"coords must have shape (2, H, W), got "
+                                f"{getattr(coords, 'shape', type(coords).__name__)}")
     return _resample_one(image, labels, weights, coords[0], coords[1])
 
 
@@ -436,9 +418,9 @@ def elastic_warp(key: jax.Array, image: jax.Array, labels: Optional[jax.Array], 
     (image, labels, weights), shapes and dtypes kept; mirror boundary.
     """
     hw = _check_arrays(image, labels, weights)
-    sigma = _check_number("sigma", sigma)
+    sigma = checks.real("sigma", sigma, 0.0)
     for g in (grid if isinstance(grid, (tuple, list)) else (grid,)):
-        _check_grid("grid", g)
+        checks.integer("grid", g, 2)
     if sigma == 0:
         return image, labels, weights
     rows, cols = _coordinate_planes(hw, grid_displacements=sample_displacement_grid(key, grid, sigma))
@@ -519,12 +501,17 @@ def gray_value_augment(key: jax.Array, image: jax.Array, *, brightness: float = 
     image, same shape and dtype.
     """
     if not hasattr(image, "dtype") or not jnp.issubdtype(image.dtype, jnp.floating):
-        raise ValueError(f"image must be a floating array with values in [0, 1], got "
-                         f"{getattr(image, 'dtype', type(image).__name__)}")
-    brightness = _check_number("brightness", brightness)
-    contrast = _check_number("contrast", contrast, high=1.0)
-    gamma = _check_number("gamma", gamma)
-    noise = _check_number("noise", noise)
+        raise InvalidInputError(f"image must be a floating array with values in [0, 1], got "
+                                f"{getattr(image, 'dtype', type(image).__name__)}")
+    brightness = checks.real("brightness", brightness, 0.0)
+    contrast = checks.real("contrast", contrast, 0.0, 1.0)
+    gamma = checks.real("gamma", gamma, 0.0)
+    noise = checks.real("noise", noise, 0.0)
+    return _gray_values(key, image, brightness, contrast, gamma, noise)
+
+
+def _gray_values(key, image, brightness, contrast, gamma, noise):
+    """``gray_value_augment`` of checked settings."""
     if not (brightness or contrast or gamma or noise):
         return image
     k_gamma, k_contrast, k_bright, k_noise = jax.random.split(key, 4)
@@ -574,8 +561,7 @@ def augment(key: jax.Array, image: jax.Array, labels: Optional[jax.Array], weigh
     planes = _random_planes(k_geo, hw, cfg)
     if planes is not None:
         image, labels, weights = _resample_one(image, labels, weights, *planes)
-    image = gray_value_augment(k_gray, image, brightness=cfg.brightness, contrast=cfg.contrast, gamma=cfg.gamma,
-                               noise=cfg.noise)
+    image = _gray_values(k_gray, image, cfg.brightness, cfg.contrast, cfg.gamma, cfg.noise)
     return image, labels, weights
 
 
@@ -608,7 +594,7 @@ def augment_batch(key: jax.Array, images: jax.Array, labels: Optional[jax.Array]
     if cfg.geometric:
         rows, cols = jax.vmap(lambda k: _random_planes(k, (h, w), cfg))(k_geo)
         images, labels, weights = _resample(images, labels, weights, rows, cols)
-    gray = functools.partial(gray_value_augment, brightness=cfg.brightness, contrast=cfg.contrast,
-                             gamma=cfg.gamma, noise=cfg.noise)
+    gray = functools.partial(_gray_values, brightness=cfg.brightness, contrast=cfg.contrast, gamma=cfg.gamma,
+                             noise=cfg.noise)
     images = jax.vmap(gray)(k_gray, images)
     return images, labels, weights

@@ -15,6 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from unet_jax import metrics
+from unet_jax.checks import InvalidInputError
 from unet_jax.config import ISBI_METRICS
 from unet_jax.instances import label_instances
 from unet_jax.model import UNet
@@ -77,8 +78,8 @@ def evaluate_examples(model: UNet, variables, examples: Sequence[dict], config, 
     of P(any class but background).
     """
     if not examples:
-        raise ValueError("examples must be a non-empty list of examples, got an empty list")
-    threshold = float(config.eval.threshold)
+        raise InvalidInputError("examples must be a non-empty list of examples, got an empty list")
+    threshold = config.eval.threshold
     challenge = sweep or config.data.name == "isbi2012" or config.train.best_metric in ISBI_METRICS
     items = examples
     if progress:
@@ -171,7 +172,7 @@ def objects_of(probs, config) -> np.ndarray:
     uint16/uint32 labels, 0 = background."""
     e = config.eval
     seeds = {"contours": lambda: probs[..., 1], "centres": lambda: centre_map(probs)}.get(e.instances)
-    return label_instances(foreground_probability(probs), threshold=float(e.threshold), method=e.instances,
-                           h=float(e.watershed_h), min_size=int(e.min_object_size), smooth=float(e.watershed_smooth),
-                           interior=None if seeds is None else seeds(),
-                           min_fraction=float(e.min_object_fraction), object_area=float(e.object_area))
+    return label_instances(foreground_probability(probs), threshold=e.threshold, method=e.instances,
+                           h=e.watershed_h, min_size=e.min_object_size, smooth=e.watershed_smooth,
+                           interior=None if seeds is None else seeds(), min_fraction=e.min_object_fraction,
+                           object_area=e.object_area)

@@ -14,12 +14,13 @@ object), grown over the foreground by a watershed of that distance. Labels are u
 """
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
+
+from unet_jax import checks
+from unet_jax.checks import InvalidInputError
 
 __all__ = ["INSTANCE_METHODS", "label_instances", "as_label_dtype"]
 
@@ -67,25 +68,19 @@ def label_instances(fg_prob, threshold: float = 0.5, method: str = "watershed", 
     """
     prob = np.asarray(fg_prob)
     if prob.ndim != 2 or not np.issubdtype(prob.dtype, np.floating):
-        raise ValueError(f"fg_prob must be a 2-D float array, got {prob.dtype} of shape {prob.shape}")
-    if method not in INSTANCE_METHODS:
-        raise ValueError(f"method must be one of {INSTANCE_METHODS}, got {method!r}")
-    if isinstance(h, bool) or not isinstance(h, numbers.Real) or not h > 0:
-        raise ValueError(f"h must be a number > 0 (pixels), got {h!r}")
-    if isinstance(smooth, bool) or not isinstance(smooth, numbers.Real) or not smooth >= 0:
-        raise ValueError(f"smooth must be a number >= 0 (pixels), got {smooth!r}")
-    if isinstance(min_size, bool) or not isinstance(min_size, numbers.Integral) or min_size < 0:
-        raise ValueError(f"min_size must be an integer >= 0 (pixels), got {min_size!r}")
-    if isinstance(min_fraction, bool) or not isinstance(min_fraction, numbers.Real) or not 0 <= min_fraction < 1:
-        raise ValueError(f"min_fraction must be a number in [0, 1), got {min_fraction!r}")
-    if isinstance(object_area, bool) or not isinstance(object_area, numbers.Real) or not object_area >= 0:
-        raise ValueError(f"object_area must be a number >= 0 (pixels), got {object_area!r}")
+        raise InvalidInputError(f"fg_prob must be a 2-D float array, got {prob.dtype} of shape {prob.shape}")
+    checks.one_of("method", method, INSTANCE_METHODS)
+    checks.real("h", h, 0.0, low_open=True)
+    checks.real("smooth", smooth, 0.0)
+    checks.integer("min_size", min_size, 0)
+    checks.real("min_fraction", min_fraction, 0.0, 1.0, high_open=True)
+    checks.real("object_area", object_area, 0.0)
     fg = np.nan_to_num(prob) > threshold
     if method in ("contours", "centres"):
         inner = np.nan_to_num(np.asarray(interior if interior is not None else np.nan, np.float64))
         if interior is None or inner.shape != prob.shape:
-            raise ValueError(f"method {method!r} needs interior, a seed map of the shape of fg_prob {prob.shape}, "
-                             f"got {None if interior is None else inner.shape}")
+            raise InvalidInputError(f"method {method!r} needs interior, a seed map of the shape of fg_prob "
+                                    f"{prob.shape}, got {None if interior is None else inner.shape}")
         markers = ndi.label(fg & (inner > 0.5), structure=_FOUR)[0]
         labels = _keep_unseeded(fg, watershed(-inner, markers, mask=fg))    # foreground without an interior
     elif method == "components":

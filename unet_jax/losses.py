@@ -8,6 +8,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from unet_jax.checks import InvalidInputError
+
 
 def center_crop(x: jax.Array, size, axes=(1, 2)) -> jax.Array:
     """Centre-crop the two spatial ``axes`` of ``x`` to ``size``.
@@ -30,7 +32,7 @@ def center_crop(x: jax.Array, size, axes=(1, 2)) -> jax.Array:
     a0, a1 = (a % x.ndim for a in axes)
     h, w = x.shape[a0], x.shape[a1]
     if th > h or tw > w or th <= 0 or tw <= 0:
-        raise ValueError(f"size must be positive and at most the input's spatial shape {(h, w)}, got {(th, tw)}")
+        raise InvalidInputError(f"size must be positive and at most the input's spatial shape {(h, w)}, got {(th, tw)}")
     idx = [slice(None)] * x.ndim
     idx[a0] = slice((h - th) // 2, (h - th) // 2 + th)
     idx[a1] = slice((w - tw) // 2, (w - tw) // 2 + tw)
@@ -64,16 +66,16 @@ def weighted_softmax_cross_entropy(logits: jax.Array, labels: jax.Array, weights
     float32 scalar. If all weights are zero the loss is 0.
     """
     if logits.ndim != 4:
-        raise ValueError(f"logits must be (N, H, W, K), got shape {tuple(logits.shape)}")
+        raise InvalidInputError(f"logits must be (N, H, W, K), got shape {tuple(logits.shape)}")
     if labels.ndim != 3:
-        raise ValueError(f"labels must be (N, H, W), got shape {tuple(labels.shape)}")
+        raise InvalidInputError(f"labels must be (N, H, W), got shape {tuple(labels.shape)}")
     size = logits.shape[1:3]
     labels = center_crop(labels, size)
     ce = pixel_cross_entropy(logits, labels)
     if weights is None:
         return ce.mean()
     if weights.shape != labels.shape and weights.ndim != 3:
-        raise ValueError(f"weights must be (N, H, W), got shape {tuple(weights.shape)}")
+        raise InvalidInputError(f"weights must be (N, H, W), got shape {tuple(weights.shape)}")
     weights = center_crop(weights, size).astype(jnp.float32)
     total = weights.sum()
     return jnp.where(total > 0, (weights * ce).sum() / jnp.where(total > 0, total, 1.0), 0.0)
@@ -104,7 +106,7 @@ def soft_dice_loss(logits: jax.Array, labels: jax.Array, mask: jax.Array | None 
     float32 scalar in [0, 1].
     """
     if logits.ndim != 4 or logits.shape[-1] < 2:
-        raise ValueError(f"logits must be (N, H, W, K) with K >= 2, got shape {tuple(logits.shape)}")
+        raise InvalidInputError(f"logits must be (N, H, W, K) with K >= 2, got shape {tuple(logits.shape)}")
     size = logits.shape[1:3]
     labels = center_crop(labels, size)
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[..., 1:]

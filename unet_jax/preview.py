@@ -20,6 +20,8 @@ import skimage.io
 from skimage.segmentation import mark_boundaries
 
 from unet_jax import augment as aug
+from unet_jax import checks
+from unet_jax.checks import InvalidInputError
 from unet_jax.data import load_split
 from unet_jax.data.io import check_writable_directory
 
@@ -33,12 +35,12 @@ def _as_float_image(image) -> np.ndarray:
     if image.ndim == 2:
         image = image[..., None]
     if image.ndim != 3:
-        raise ValueError(f"each image must have shape (H, W) or (H, W, C), got {image.shape}")
+        raise InvalidInputError(f"each image must have shape (H, W) or (H, W, C), got {image.shape}")
     if np.issubdtype(image.dtype, np.integer):
         return image.astype(np.float32) / float(np.iinfo(image.dtype).max)
     if np.issubdtype(image.dtype, np.floating):
         return np.clip(image.astype(np.float32), 0.0, 1.0)
-    raise ValueError(f"images must be integer or floating arrays, got dtype {image.dtype}")
+    raise InvalidInputError(f"images must be integer or floating arrays, got dtype {image.dtype}")
 
 
 def augment_preview(images, labels, config, path, n: int = 8, seed: int = 0, tile: int = 256,
@@ -75,22 +77,21 @@ def augment_preview(images, labels, config, path, n: int = 8, seed: int = 0, til
     images = [_as_float_image(im) for im in images]
     labels = [np.asarray(lab) for lab in labels]
     if not images or len(labels) != len(images):
-        raise ValueError(f"images and labels must be non-empty and of the same length, got {len(images)} images "
-                         f"and {len(labels)} labels")
+        raise InvalidInputError(f"images and labels must be non-empty and of the same length, got {len(images)} "
+                                f"images and {len(labels)} labels")
     for k, (im, lab) in enumerate(zip(images, labels)):
         if lab.shape != im.shape[:2] or not np.issubdtype(lab.dtype, np.integer):
-            raise ValueError(f"labels[{k}] must be an integer array of shape {im.shape[:2]} (its image's), got "
-                             f"{lab.dtype} {lab.shape}")
+            raise InvalidInputError(f"labels[{k}] must be an integer array of shape {im.shape[:2]} (its image's), "
+                                    f"got {lab.dtype} {lab.shape}")
     channels = {im.shape[2] for im in images}
     if len(channels) != 1:
-        raise ValueError(f"all images must have the same number of channels, got {sorted(channels)}")
+        raise InvalidInputError(f"all images must have the same number of channels, got {sorted(channels)}")
     c = channels.pop()
     for name, value, low in (("n", n, 1), ("tile", tile, 2), ("columns", columns, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        checks.integer(name, value, low)
     smallest = min(min(im.shape[:2]) for im in images)
     if tile > smallest:
-        raise ValueError(f"tile must be at most the smallest image side {smallest}, got {tile}")
+        raise InvalidInputError(f"tile must be at most the smallest image side {smallest}, got {tile}")
     cfg = aug.read_config(config)
 
     rng = np.random.default_rng(seed)
@@ -129,8 +130,8 @@ def preview_path(path) -> Path:
     folder = str(path).endswith(("/", os.sep)) or Path(path).is_dir()
     path = Path(path) / "augment_preview.png" if folder else Path(path)
     if path.suffix.lower() != ".png":
-        raise ValueError(f"--output {str(path)!r} must name a .png file or a folder (got "
-                         f"{repr(path.suffix) if path.suffix else 'no suffix'})")
+        raise InvalidInputError(f"--output {str(path)!r} must name a .png file or a folder (got "
+                                f"{repr(path.suffix) if path.suffix else 'no suffix'})")
     check_writable_directory(path.parent, "--output")
     return path
 
@@ -158,9 +159,9 @@ def preview_from_config(config, path, n: int = 8, seed: int = 0, tile: Optional[
     path = preview_path(path)
     examples = [e for e in load_split(config.data, config.weights, "train") if e["labelled"]]
     if not examples:
-        raise ValueError(f"the {config.data.name!r} data set has no labelled training examples")
+        raise InvalidInputError(f"the {config.data.name!r} data set has no labelled training examples")
     smallest = min(min(e["image"].shape[:2]) for e in examples)
-    tile = min(int(config.train.tile_size), smallest) if tile is None else tile
+    tile = min(config.train.tile_size, smallest) if tile is None else tile
     augment_preview([e["image"] for e in examples], [e["instances"] for e in examples], config.augment, path,
                     n=n, seed=seed, tile=tile)
     return path

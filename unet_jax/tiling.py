@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from unet_jax import checks
+from unet_jax.checks import InvalidInputError
 from unet_jax.geometry import PADDINGS, border, output_size
 
 PAD_MODES = ("symmetric", "reflect")
@@ -83,12 +85,6 @@ class TileGrid:
         return np.stack([yy.ravel(), xx.ravel()], axis=1)
 
 
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def tile_grid(image_shape, tile_size: int, *, depth: int = 4, padding: str = "VALID",
               overlap: Optional[int] = None) -> TileGrid:
     """Plan the tiles covering an image (host-side).
@@ -118,34 +114,34 @@ def tile_grid(image_shape, tile_size: int, *, depth: int = 4, padding: str = "VA
     -------
     TileGrid
     """
-    if padding not in PADDINGS:
-        raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+    checks.one_of("padding", padding, PADDINGS)
     if len(tuple(image_shape)) != 2:
-        raise ValueError(f"image_shape must be (H, W), got {image_shape!r}")
-    h, w = (_check_int("image_shape", s, 1) for s in image_shape)
-    tile_size = _check_int("tile_size", tile_size, 1)
-    depth = _check_int("depth", depth, 1)
+        raise InvalidInputError(f"image_shape must be (H, W), got {image_shape!r}")
+    h, w = (checks.integer("image_shape", s, 1) for s in image_shape)
+    tile_size = checks.integer("tile_size", tile_size, 1)
+    depth = checks.integer("depth", depth, 1)
     try:
         out = output_size(tile_size, depth, padding)
-    except ValueError as e:
-        raise ValueError(f"tile_size {tile_size} is not a valid input size: {e}") from None
+    except InvalidInputError as e:
+        raise InvalidInputError(f"tile_size {tile_size} is not a valid input size: {e}") from None
     grid = 2 ** depth
     if padding == "VALID":
         if overlap is not None:
-            raise ValueError(f"overlap must be None for VALID padding (the tile geometry fixes it), got {overlap!r}")
+            raise InvalidInputError(f"overlap must be None for VALID padding (the tile geometry fixes it), got "
+                                    f"{overlap!r}")
         step = (out // grid) * grid
         if step == 0:
-            raise ValueError(f"tile_size {tile_size} gives only {out} output pixels, fewer than the {grid}-pixel "
-                             f"pooling grid of depth {depth}; use a larger tile_size")
+            raise InvalidInputError(f"tile_size {tile_size} gives only {out} output pixels, fewer than the "
+                                    f"{grid}-pixel pooling grid of depth {depth}; use a larger tile_size")
         pad_before = offset = border(depth, padding)
         overlap_px = out - step
     else:
         if overlap is None:
             overlap = (tile_size // 2 // grid) * grid
-        overlap = _check_int("overlap", overlap, 0)
+        overlap = checks.integer("overlap", overlap, 0)
         if overlap % grid or 2 * overlap > tile_size:
-            raise ValueError(f"overlap must be a multiple of {grid} in [0, {tile_size // 2}] for tile_size "
-                             f"{tile_size} and depth {depth}, got {overlap}")
+            raise InvalidInputError(f"overlap must be a multiple of {grid} in [0, {tile_size // 2}] for tile_size "
+                                    f"{tile_size} and depth {depth}, got {overlap}")
         step = tile_size - overlap
         pad_before, offset, overlap_px = overlap, 0, overlap
 
@@ -173,8 +169,7 @@ def mirror_indices(start: int, length: int, size: int, mode: str = "symmetric") 
     -------
     int64 array (length,) with values in [0, size).
     """
-    if mode not in PAD_MODES:
-        raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {mode!r}")
+    checks.one_of("pad_mode", mode, PAD_MODES)
     p = np.arange(start, start + length, dtype=np.int64)
     if mode == "symmetric":
         p = np.mod(p, 2 * size)
@@ -197,10 +192,10 @@ def blend_window(tile_size: int, overlap: int) -> np.ndarray:
     -------
     float64 array (tile_size,)
     """
-    tile_size = _check_int("tile_size", tile_size, 1)
-    overlap = _check_int("overlap", overlap, 0)
+    tile_size = checks.integer("tile_size", tile_size, 1)
+    overlap = checks.integer("overlap", overlap, 0)
     if 2 * overlap > tile_size:
-        raise ValueError(f"overlap must be at most tile_size / 2 = {tile_size / 2}, got {overlap}")
+        raise InvalidInputError(f"overlap must be at most tile_size / 2 = {tile_size / 2}, got {overlap}")
     w = np.ones(tile_size)
     if overlap:
         ramp = np.sin(np.pi * (np.arange(overlap) + 0.5) / (2 * overlap)) ** 2
@@ -248,10 +243,10 @@ def _as_hwc(image, name="image") -> np.ndarray:
     image = np.asarray(image)
     if image.ndim not in (2, 3) or image.shape[0] < 1 or image.shape[1] < 1 or (
             image.ndim == 3 and image.shape[2] < 1):
-        raise ValueError(f"{name} must be (H, W) or (H, W, C) with non-zero sizes, got shape {image.shape}")
+        raise InvalidInputError(f"{name} must be (H, W) or (H, W, C) with non-zero sizes, got shape {image.shape}")
     if not (np.issubdtype(image.dtype, np.floating) or np.issubdtype(image.dtype, np.integer)
             or image.dtype == bool):
-        raise ValueError(f"{name} must be a real numeric array, got dtype {image.dtype}")
+        raise InvalidInputError(f"{name} must be a real numeric array, got dtype {image.dtype}")
     return image[..., None] if image.ndim == 2 else image
 
 
@@ -281,12 +276,11 @@ def iter_tile_batches(image, grid: TileGrid, batch_size: int = 4, pad_mode: str 
     """
     image = _as_hwc(image)
     if not isinstance(grid, TileGrid):
-        raise ValueError(f"grid must be a TileGrid (from tile_grid), got {type(grid).__name__}")
+        raise InvalidInputError(f"grid must be a TileGrid (from tile_grid), got {type(grid).__name__}")
     if tuple(image.shape[:2]) != tuple(grid.image_shape):
-        raise ValueError(f"image shape {image.shape[:2]} does not match grid.image_shape {grid.image_shape}")
-    batch_size = _check_int("batch_size", batch_size, 1)
-    if pad_mode not in PAD_MODES:
-        raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
+        raise InvalidInputError(f"image shape {image.shape[:2]} does not match grid.image_shape {grid.image_shape}")
+    batch_size = checks.integer("batch_size", batch_size, 1)
+    checks.one_of("pad_mode", pad_mode, PAD_MODES)
     h, w, c = image.shape
     t = grid.tile_size
     rows = {o: _span(mirror_indices(o - grid.pad_before, t, h, pad_mode)) for o in grid.origins_y}
@@ -357,7 +351,7 @@ def make_batch_predictor(apply_fn: Callable, tta: bool = False, variables=None) 
     each mapped back by its inverse transform, are averaged.
     """
     if not callable(apply_fn):
-        raise ValueError(f"apply_fn must be callable, got {type(apply_fn).__name__}")
+        raise InvalidInputError(f"apply_fn must be callable, got {type(apply_fn).__name__}")
     key = (bool(tta), variables is not None)
     try:
         per_fn = _PREDICTOR_CACHE.setdefault(apply_fn, {})
@@ -413,15 +407,15 @@ def _predict_into(predictor, image, grid, out, batch_size, pad_mode, num_classes
         nonlocal out
         probs = np.asarray(probs)
         if probs.ndim != 4 or probs.shape[1:3] != (o_size, o_size) or probs.shape[0] != batch_size:
-            raise ValueError(f"apply_fn must map a ({batch_size}, {grid.tile_size}, {grid.tile_size}, C) batch to "
-                             f"({batch_size}, {o_size}, {o_size}, K) logits, got shape {probs.shape}")
+            raise InvalidInputError(f"apply_fn must map a ({batch_size}, {grid.tile_size}, {grid.tile_size}, C) batch "
+                                    f"to ({batch_size}, {o_size}, {o_size}, K) logits, got shape {probs.shape}")
         k = probs.shape[3]
         if out is None:
             if num_classes is not None and k != num_classes:
-                raise ValueError(f"num_classes is {num_classes} but apply_fn returned {k} channels")
+                raise InvalidInputError(f"num_classes is {num_classes} but apply_fn returned {k} channels")
             out = np.zeros((h, w, k), np.float32)
         elif out.shape[2] != k:
-            raise ValueError(f"apply_fn returned {k} channels, expected {out.shape[2]}")
+            raise InvalidInputError(f"apply_fn returned {k} channels, expected {out.shape[2]}")
         for i in range(batch.count):
             y0 = int(batch.origins[i, 0]) + grid.offset - grid.pad_before   # image coords of output pixel 0
             x0 = int(batch.origins[i, 1]) + grid.offset - grid.pad_before
@@ -454,11 +448,10 @@ def _predict_into(predictor, image, grid, out, batch_size, pad_mode, num_classes
 
 
 def _check_common(batch_size, num_classes, pad_mode):
-    batch_size = _check_int("batch_size", batch_size, 1)
+    batch_size = checks.integer("batch_size", batch_size, 1)
     if num_classes is not None:
-        num_classes = _check_int("num_classes", num_classes, 1)
-    if pad_mode not in PAD_MODES:
-        raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
+        num_classes = checks.integer("num_classes", num_classes, 1)
+    checks.one_of("pad_mode", pad_mode, PAD_MODES)
     return batch_size, num_classes
 
 
@@ -533,7 +526,7 @@ def predict_stack(apply_fn: Callable, stack, tile_size: int, *, depth: int = 4, 
     """
     stack = np.asarray(stack)
     if stack.ndim not in (3, 4) or stack.shape[0] < 1:
-        raise ValueError(f"stack must be (Z, H, W) or (Z, H, W, C) with Z >= 1, got shape {stack.shape}")
+        raise InvalidInputError(f"stack must be (Z, H, W) or (Z, H, W, C) with Z >= 1, got shape {stack.shape}")
     batch_size, num_classes = _check_common(batch_size, num_classes, pad_mode)
     first = _as_hwc(stack[0], "stack[0]")
     grid = tile_grid(first.shape[:2], tile_size, depth=depth, padding=padding, overlap=overlap)

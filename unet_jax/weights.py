@@ -11,11 +11,13 @@ the tests compare with.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping
 
 import numpy as np
 from scipy import ndimage as ndi
+
+from unet_jax import checks
+from unet_jax.checks import InvalidInputError
 
 __all__ = ["instances_from_mask", "separation_border", "contour_classes", "distance_classes", "DISTANCE_BINS", "class_labels", "unet_weight_map", "unet_weight_map_reference"]
 
@@ -32,59 +34,47 @@ _FOUR_CONNECTED = ndi.generate_binary_structure(2, 1)
 # ----------------------------------------------------------------------------------------------------------------
 
 def _check_instances(instances) -> np.ndarray:
-    """Return ``instances`` as a 2-D integer ndarray with values >= 0, or raise ValueError naming it."""
+    """Return ``instances`` as a 2-D integer ndarray with values >= 0, or raise InvalidInputError naming it."""
     arr = np.asarray(instances)
     if arr.ndim != 2:
-        raise ValueError(f"instances must be a 2-D (H, W) integer array, got shape {arr.shape}")
+        raise InvalidInputError(f"instances must be a 2-D (H, W) integer array, got shape {arr.shape}")
     if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"instances must be an integer array (0 = background, 1..K = objects), got dtype "
-                         f"{arr.dtype}; use instances_from_mask for a binary mask")
+        raise InvalidInputError(f"instances must be an integer array (0 = background, 1..K = objects), got dtype "
+                                f"{arr.dtype}; use instances_from_mask for a binary mask")
     if arr.size == 0:
-        raise ValueError(f"instances must not be empty, got shape {arr.shape}")
+        raise InvalidInputError(f"instances must not be empty, got shape {arr.shape}")
     if arr.min() < 0:
-        raise ValueError(f"instances must be >= 0 (0 = background), got minimum {arr.min()}")
+        raise InvalidInputError(f"instances must be >= 0 (0 = background), got minimum {arr.min()}")
     return arr
-
-
-def _check_positive_float(name: str, value, allow_zero: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        raise ValueError(f"{name} must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    return value
 
 
 def check_class_weights(class_weights):
     """Validate ``class_weights`` ('balanced', None or {0: wb, 1: wf}); return 'balanced', None or a (wb, wf)
-    float tuple. Raises ValueError naming ``class_weights`` for anything else (host-side)."""
+    float tuple. Raises InvalidInputError naming ``class_weights`` for anything else (host-side)."""
     if class_weights is None:
         return None
     if isinstance(class_weights, str):
         if class_weights != "balanced":
-            raise ValueError(f"class_weights must be 'balanced', None or a mapping {{0: wb, 1: wf}}, "
-                             f"got {class_weights!r}")
+            raise InvalidInputError(f"class_weights must be 'balanced', None or a mapping {{0: wb, 1: wf}}, "
+                                    f"got {class_weights!r}")
         return "balanced"
     if isinstance(class_weights, Mapping):
         keys = set(class_weights.keys())
         if keys != {0, 1}:
-            raise ValueError(f"class_weights mapping must have exactly the keys 0 (background) and 1 (object), "
-                             f"got keys {sorted(keys, key=repr)}")
+            raise InvalidInputError(f"class_weights mapping must have exactly the keys 0 (background) and 1 (object), "
+                                    f"got keys {sorted(keys, key=repr)}")
         out = []
         for k in (0, 1):
             v = class_weights[k]
-            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"class_weights[{k}] must be a finite number >= 0, got {v!r}")
-            out.append(float(v))
+            out.append(checks.real(f"class_weights[{k}]", v, 0.0))
         return tuple(out)
-    raise ValueError(f"class_weights must be 'balanced', None or a mapping {{0: wb, 1: wf}}, "
-                     f"got {type(class_weights).__name__} {class_weights!r}")
+    raise InvalidInputError(f"class_weights must be 'balanced', None or a mapping {{0: wb, 1: wf}}, "
+                            f"got {type(class_weights).__name__} {class_weights!r}")
 
 
 def _check_all(instances, w0, sigma, class_weights):
-    return (_check_instances(instances), _check_positive_float("w0", w0, allow_zero=True),
-            _check_positive_float("sigma", sigma, allow_zero=False), check_class_weights(class_weights))
+    return (_check_instances(instances), checks.real("w0", w0, 0.0), checks.real("sigma", sigma, 0.0, low_open=True),
+            check_class_weights(class_weights))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -125,27 +115,27 @@ def instances_from_mask(mask, foreground=None) -> np.ndarray:
     """
     arr = np.asarray(mask)
     if arr.ndim != 2:
-        raise ValueError(f"mask must be a 2-D (H, W) array, got shape {arr.shape}")
+        raise InvalidInputError(f"mask must be a 2-D (H, W) array, got shape {arr.shape}")
     if arr.dtype != np.bool_ and not np.issubdtype(arr.dtype, np.number):
-        raise ValueError(f"mask must be a boolean or numeric array, got dtype {arr.dtype}")
+        raise InvalidInputError(f"mask must be a boolean or numeric array, got dtype {arr.dtype}")
     if np.issubdtype(arr.dtype, np.complexfloating):
-        raise ValueError(f"mask must be real-valued, got dtype {arr.dtype}")
+        raise InvalidInputError(f"mask must be real-valued, got dtype {arr.dtype}")
     if arr.size == 0:
-        raise ValueError(f"mask must not be empty, got shape {arr.shape}")
+        raise InvalidInputError(f"mask must not be empty, got shape {arr.shape}")
     if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
-        raise ValueError("mask must not contain NaN or infinite values")
+        raise InvalidInputError("mask must not contain NaN or infinite values")
     if foreground is None:
         if arr.dtype == np.bool_:
             fg = arr
         else:
             lo, hi = arr.min(), arr.max()
             if lo < 0:
-                raise ValueError(f"mask must be >= 0 when foreground is None (threshold at half the maximum), "
-                                 f"got minimum {lo}; pass foreground=<cell value>")
+                raise InvalidInputError(f"mask must be >= 0 when foreground is None (threshold at half the maximum), "
+                                        f"got minimum {lo}; pass foreground=<cell value>")
             fg = arr.astype(np.float64) > float(hi) / 2.0
     else:
         if isinstance(foreground, (str, bytes)) or not np.isscalar(foreground):
-            raise ValueError(f"foreground must be None or a scalar cell value, got {foreground!r}")
+            raise InvalidInputError(f"foreground must be None or a scalar cell value, got {foreground!r}")
         fg = arr == foreground
     labels, _ = ndi.label(fg, structure=_FOUR_CONNECTED, output=np.int32)
     return labels
@@ -183,8 +173,7 @@ def contour_classes(instances, width: int = CONTOUR_WIDTH) -> np.ndarray:
     where objects touch. Objects thinner than about ``2 * width`` are all contour. Host-side.
     """
     inst = _check_instances(instances).astype(np.int64)
-    if isinstance(width, bool) or not isinstance(width, numbers.Integral) or width < 1:
-        raise ValueError(f"width must be an integer >= 1 (pixels), got {width!r}")
+    checks.integer("width", width, 1)
     footprint = ndi.iterate_structure(_FOUR_CONNECTED, width)
     same = ((ndi.grey_dilation(inst, footprint=footprint, mode="nearest") == inst)
             & (ndi.grey_erosion(inst, footprint=footprint, mode="nearest") == inst))
@@ -222,8 +211,7 @@ def distance_classes(instances, bins: int = DISTANCE_BINS) -> np.ndarray:
     A softmax over these classes learns where each object's centre is (the top classes) as well as the
     foreground (any class but 0); ``unet_jax.instances`` seeds one object per predicted centre, so touching
     objects come apart even where no background pixel separates them."""
-    if isinstance(bins, bool) or not isinstance(bins, numbers.Integral) or bins < 2:
-        raise ValueError(f"bins must be an integer >= 2, got {bins!r}")
+    checks.integer("bins", bins, 2)
     d = object_distance(instances)
     return np.where(d > 0, np.clip(np.ceil(d * bins), 1, bins), 0).astype(np.int32)
 

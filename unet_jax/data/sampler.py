@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unet_jax import checks
+from unet_jax.checks import InvalidInputError
 from unet_jax.tiling import PAD_MODES, mirror_indices
 
 PAD_MODE = "symmetric"
@@ -54,49 +56,37 @@ class DeviceDataset(NamedTuple):
 # Checks and geometry (host-side)
 # ----------------------------------------------------------------------------------------------------------------
 
-def _check_int(name: str, value, lo: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
-    return int(value)
-
-
 def _check_geometry(tile_size, out_size) -> int:
     """Validate tile_size/out_size; return the border (tile_size - out_size) // 2."""
-    tile_size = _check_int("tile_size", tile_size, 1)
-    out_size = _check_int("out_size", out_size, 1)
+    tile_size = checks.integer("tile_size", tile_size, 1)
+    out_size = checks.integer("out_size", out_size, 1)
     if out_size > tile_size or (tile_size - out_size) % 2:
-        raise ValueError(f"out_size must be at most tile_size with an even difference (a border on each side), "
-                         f"got tile_size={tile_size}, out_size={out_size}")
+        raise InvalidInputError(f"out_size must be at most tile_size with an even difference (a border on each "
+                                f"side), got tile_size={tile_size}, out_size={out_size}")
     return (tile_size - out_size) // 2
-
-
-def _check_pad_mode(pad_mode: str) -> str:
-    if pad_mode not in PAD_MODES:
-        raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
-    return pad_mode
 
 
 def _example_arrays(example, i) -> tuple:
     """(image (H, W, C) float32, class labels (H, W) int32, weights (H, W) float32) of one example dict, checked.
     The labels are the example's ``classes`` if it has them, else ``instances > 0``."""
     if not hasattr(example, "__getitem__"):
-        raise ValueError(f"examples[{i}] must be a dict with 'image', 'instances' and 'weights', got "
-                         f"{type(example).__name__}")
+        raise InvalidInputError(f"examples[{i}] must be a dict with 'image', 'instances' and 'weights', got "
+                                f"{type(example).__name__}")
     try:
         image, instances, weights = (np.asarray(example[k]) for k in ("image", "instances", "weights"))
     except KeyError as err:
-        raise ValueError(f"examples[{i}] has no {err.args[0]!r}; expected the keys 'image', 'instances', "
-                         f"'weights' (as from unet_jax.data.load_split)") from None
+        raise InvalidInputError(f"examples[{i}] has no {err.args[0]!r}; expected the keys 'image', 'instances', "
+                                f"'weights' (as from unet_jax.data.load_split)") from None
     if image.ndim == 2:
         image = image[..., None]
     if image.ndim != 3 or image.shape[0] < 1 or image.shape[1] < 1:
-        raise ValueError(f"examples[{i}]['image'] must be (H, W, C) or (H, W), got shape {image.shape}")
+        raise InvalidInputError(f"examples[{i}]['image'] must be (H, W, C) or (H, W), got shape {image.shape}")
     if instances.shape != image.shape[:2] or weights.shape != image.shape[:2]:
-        raise ValueError(f"examples[{i}]: instances {instances.shape} and weights {weights.shape} must be "
-                         f"{image.shape[:2]}, the image's (H, W)")
+        raise InvalidInputError(f"examples[{i}]: instances {instances.shape} and weights {weights.shape} must be "
+                                f"{image.shape[:2]}, the image's (H, W)")
     labels = np.asarray(example["classes"]) if "classes" in example else (instances > 0)
     if labels.shape != instances.shape:
-        raise ValueError(f"examples[{i}]: classes {labels.shape} must be {image.shape[:2]}, the image's (H, W)")
+        raise InvalidInputError(f"examples[{i}]: classes {labels.shape} must be {image.shape[:2]}, the image's (H, W)")
     return image.astype(np.float32, copy=False), labels.astype(np.int32), weights.astype(np.float32, copy=False)
 
 
@@ -190,14 +180,14 @@ def to_device_dataset(examples: Sequence, tile_size: int, out_size: int, pad_mod
     ``instances > 0``), weights (N, Hp, Wp) float32 and sizes (N, 2) int32; Hp = max_i max(H_i, O) + T - O (likewise Wp).
     """
     border = _check_geometry(tile_size, out_size)
-    _check_pad_mode(pad_mode)
+    checks.one_of("pad_mode", pad_mode, PAD_MODES)
     if isinstance(examples, (str, bytes)) or not hasattr(examples, "__len__") or len(examples) == 0:
-        raise ValueError(f"examples must be a non-empty sequence of example dicts, got {type(examples).__name__}"
-                         f"{' of length 0' if hasattr(examples, '__len__') else ''}")
+        raise InvalidInputError(f"examples must be a non-empty sequence of example dicts, got {type(examples).__name__}"
+                                f"{' of length 0' if hasattr(examples, '__len__') else ''}")
     arrays = [_example_arrays(examples[i], i) for i in range(len(examples))]
     channels = {a[0].shape[-1] for a in arrays}
     if len(channels) != 1:
-        raise ValueError(f"examples must all have the same number of image channels, got {sorted(channels)}")
+        raise InvalidInputError(f"examples must all have the same number of image channels, got {sorted(channels)}")
     c = channels.pop()
     geoms = [_geometry(a[0].shape[0], a[0].shape[1], out_size, border) for a in arrays]
     hp = max(g.eh for g in geoms) + 2 * border
@@ -246,8 +236,14 @@ def sample_origins(dataset: DeviceDataset, key: jax.Array, batch_size: int, out_
     origins : int32 (B, 2), (oy, ox) uniform over [0, E - O] x [0, F - O] of the chosen image (``sizes``), or
     foreground-centred with probability ``foreground``
     """
-    batch_size = _check_int("batch_size", batch_size, 1)
-    out_size = _check_int("out_size", out_size, 1)
+    checks.integer("batch_size", batch_size, 1)
+    checks.integer("out_size", out_size, 1)
+    checks.real("foreground", foreground, 0.0, 1.0)
+    return _origins(dataset, key, batch_size, out_size, foreground)
+
+
+def _origins(dataset, key, batch_size, out_size, foreground):
+    """``sample_origins`` of checked arguments."""
     n = dataset.sizes.shape[0]
     k_index, k_y, k_x = jax.random.split(key, 3)
     index = jax.random.randint(k_index, (batch_size,), 0, n, dtype=jnp.int32)
@@ -255,8 +251,6 @@ def sample_origins(dataset: DeviceDataset, key: jax.Array, batch_size: int, out_
     oy = jax.random.randint(k_y, (batch_size,), 0, sizes[:, 0] - out_size + 1, dtype=jnp.int32)
     ox = jax.random.randint(k_x, (batch_size,), 0, sizes[:, 1] - out_size + 1, dtype=jnp.int32)
     uniform = jnp.stack([oy, ox], axis=-1)
-    if not 0.0 <= foreground <= 1.0:
-        raise ValueError(f"foreground must be a probability in [0, 1], got {foreground!r}")
     if foreground == 0:
         return index, uniform
     k_fg = jax.random.fold_in(key, 3)
@@ -289,12 +283,21 @@ def gather_tiles(dataset: DeviceDataset, index: jax.Array, origins: jax.Array, t
     -------
     images float32 (B, T, T, C), labels int32 (B, T, T), weights float32 (B, T, T)
     """
-    tile_size = _check_int("tile_size", tile_size, 1)
-    _, hp, wp, c = dataset.images.shape
+    checks.integer("tile_size", tile_size, 1)
+    _check_tile(dataset, tile_size)
+    return _gather(dataset, index, origins, tile_size)
+
+
+def _check_tile(dataset, tile_size):
+    _, hp, wp, _ = dataset.images.shape
     if tile_size > hp or tile_size > wp:
-        raise ValueError(f"tile_size {tile_size} exceeds the padded data set ({hp} x {wp}); build it with "
-                         f"to_device_dataset(examples, tile_size={tile_size}, ...)")
-    t = tile_size
+        raise InvalidInputError(f"tile_size {tile_size} exceeds the padded data set ({hp} x {wp}); build it with "
+                                f"to_device_dataset(examples, tile_size={tile_size}, ...)")
+
+
+def _gather(dataset, index, origins, t):
+    """``gather_tiles`` of checked arguments."""
+    c = dataset.images.shape[-1]
 
     def one(i, oy, ox):
         img = jax.lax.dynamic_slice(dataset.images, (i, oy, ox, 0), (1, t, t, c))[0]
@@ -328,11 +331,12 @@ def sample_tiles(dataset: DeviceDataset, key: jax.Array, batch_size: int, tile_s
     labels : int32 (B, T, T), class labels (0 background, 1 cell)
     weights : float32 (B, T, T)
     """
-    if out_size > tile_size or (tile_size - out_size) % 2:
-        raise ValueError(f"out_size must be at most tile_size with an even difference, got tile_size={tile_size}, "
-                         f"out_size={out_size}")
-    index, origins = sample_origins(dataset, key, batch_size, out_size, foreground)
-    return gather_tiles(dataset, index, origins, tile_size)
+    _check_geometry(tile_size, out_size)
+    checks.integer("batch_size", batch_size, 1)
+    checks.real("foreground", foreground, 0.0, 1.0)
+    _check_tile(dataset, tile_size)
+    index, origins = _origins(dataset, key, batch_size, out_size, foreground)
+    return _gather(dataset, index, origins, tile_size)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -373,7 +377,7 @@ def fits_on_device(examples: Sequence, limit_bytes: Optional[int] = None, tile_s
     if limit_bytes is None:
         free = _free_device_bytes()
         limit_bytes = free // 2 if free else 1 << 30
-    limit_bytes = _check_int("limit_bytes", limit_bytes, 0)
+    limit_bytes = checks.integer("limit_bytes", limit_bytes, 0)
     if tile_size == 0 and out_size == 0:
         tile_size = out_size = 1
     return device_dataset_nbytes(examples, tile_size, out_size) <= limit_bytes

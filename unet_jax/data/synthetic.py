@@ -14,6 +14,7 @@ from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 from skimage.segmentation import find_boundaries, relabel_sequential
 
+from unet_jax import checks
 from unet_jax.checks import InvalidInputError
 from unet_jax.data.common import UNetBuilder, UNetConfig, config_name, progress
 from unet_jax.data.io import to_float_image
@@ -111,8 +112,7 @@ def synthetic_example(seed: int, split: str, index: int, image_size: int):
     """Example ``index`` of ``split`` ('train' | 'validation') for ``seed``: (image (H, W, 1) float32, instances
     int32 (H, W), name). The image is normalised as predict reads a file (``to_float_image``), so a saved example
     predicts as it trained. Deterministic; host-side."""
-    if split not in SPLITS:
-        raise InvalidInputError(f"split must be one of {SPLITS}, got {split!r}")
+    checks.one_of("split", split, SPLITS)
     rng = np.random.default_rng([int(seed), SPLITS.index(split), int(index)])
     image, instances = synthetic_cells(image_size, rng)
     name = f"{split}_{index:05d}"

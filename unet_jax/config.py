@@ -477,6 +477,17 @@ def apply_overrides(config, overrides: Sequence[Tuple[str, str]]):
     return config
 
 
+def config_lines(config, prefix: str = "") -> list:
+    """``'section.key = value'`` for every field of ``config`` (values as Python literals), sections in order."""
+    lines = []
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            lines += config_lines(value, f"{prefix}{key}.")
+        else:
+            lines.append(f"{prefix}{key} = {value!r}")
+    return lines
+
+
 def resolve_config(config_path: Optional[str], overrides):
     """The experiment config: the file given (or the built-in synthetic default) with overrides applied."""
     if config_path:

@@ -1,11 +1,6 @@
-"""Data augmentation (paper section 3.1) on the accelerator, in pure jax.numpy.
-
-The paper's random elastic deformations (displacements on a coarse 3x3 grid, Gaussian with 10 pixels standard
-deviation, bicubic interpolation), plus shifts, rotations, flips, zoom and gray-value variations. All geometric
-parts are composed into one coordinate map (``coordinate_map``) and every array is resampled once (``warp``).
-Entry points: ``augment`` (one example, jit/vmap-able; the train step vmaps it), ``augment_batch`` (the preview's
-batched form) and ``read_config`` (the static ``augment`` config section). Design notes: BENCHMARKS.md.
-"""
+"""Data augmentation (paper section 3.1) on the accelerator, in pure jax.numpy: elastic deformations, shifts,
+rotations, flips, zoom and gray values. The geometric parts compose into one coordinate map (``coordinate_map``)
+so every array is resampled once (``warp``). Design notes: BENCHMARKS.md."""
 from __future__ import annotations
 
 import functools
@@ -62,18 +57,8 @@ class AugmentConfig(NamedTuple):
 
 
 def read_config(config) -> AugmentConfig:
-    """Read and validate the ``augment`` config section (host-side, at trace time).
-
-    Parameters
-    ----------
-    config : ml_collections.ConfigDict or Mapping
-        The ``augment`` section of ``unet_jax.config.base_config()`` (a whole experiment config with an ``augment``
-        section is accepted too), or an ``AugmentConfig``.
-
-    Returns
-    -------
-    AugmentConfig of plain Python values. A missing field or a bad value raises ValueError naming it.
-    """
+    """The ``augment`` section (or a whole config holding one, or an ``AugmentConfig``) as a checked
+    ``AugmentConfig`` of plain Python values (host-side, at trace time)."""
     if isinstance(config, AugmentConfig):
         return config
     if not isinstance(config, Mapping) and not hasattr(config, "keys"):
@@ -147,20 +132,8 @@ def _check_shape(shape):
 # ----------------------------------------------------------------------------------------------------------------
 
 def sample_displacement_grid(key: jax.Array, grid=3, sigma: float = 10.0) -> jax.Array:
-    """Random displacement vectors on a coarse grid, i.i.d. N(0, sigma^2) pixels.
-
-    Parameters
-    ----------
-    key : PRNG key
-    grid : int or (int, int)
-        Grid points per axis (>= 2); the paper uses 3.
-    sigma : float
-        Standard deviation in pixels (>= 0); the paper uses 10.
-
-    Returns
-    -------
-    float32 (2, gy, gx): row and column displacements at the grid points.
-    """
+    """float32 (2, gy, gx): random displacements on a coarse ``grid`` (int or pair, >= 2 points per axis),
+    i.i.d. N(0, sigma^2) pixels; the paper's grid 3, sigma 10."""
     gy, gx = (grid, grid) if not isinstance(grid, (tuple, list)) else tuple(grid)
     gy, gx = checks.integer("grid", gy, 2), checks.integer("grid", gx, 2)
     sigma = checks.real("sigma", sigma, 0.0) if not isinstance(sigma, jax.Array) else sigma
@@ -179,23 +152,9 @@ def _cubic_interpolation_matrix(n: int, g: int) -> np.ndarray:
 
 
 def displacement_field(grid_displacements: jax.Array, shape) -> jax.Array:
-    """Per-pixel displacements from a coarse grid by bicubic (cubic B-spline) interpolation.
-
-    Along each axis: the interpolating cubic B-spline with mirror boundary (scipy.ndimage's ``order=3,
-    mode='mirror'``).
-
-    Parameters
-    ----------
-    grid_displacements : float (2, gy, gx)
-        Displacements (rows, cols) in pixels at the grid points, e.g. from ``sample_displacement_grid``. Grid point
-        ``(a, b)`` sits at pixel ``(a (H-1)/(gy-1), b (W-1)/(gx-1))``.
-    shape : (int, int)
-        Image (H, W).
-
-    Returns
-    -------
-    float32 (2, H, W); equals the grid values at the grid points.
-    """
+    """float32 (2, H, W) per-pixel displacements from the coarse (2, gy, gx) grid by cubic B-spline
+    interpolation with mirror boundary (scipy's ``order=3, mode='mirror'``); grid point (a, b) sits at pixel
+    (a (H-1)/(gy-1), b (W-1)/(gx-1))."""
     h, w = _check_shape(shape)
     d = grid_displacements
     if not hasattr(d, "shape") or d.ndim != 3 or d.shape[0] != 2 or min(d.shape[1:]) < 2:
@@ -238,30 +197,11 @@ def dihedral_matrix(k) -> jax.Array:
 
 def coordinate_map(shape, matrix: Optional[jax.Array] = None, offset: Optional[jax.Array] = None,
                    grid_displacements: Optional[jax.Array] = None) -> jax.Array:
-    """The sampling positions ``q(p) = c + matrix @ (p + d(p) - c) + offset`` of every output pixel.
+    """float32 (2, H, W) sampling positions ``q(p) = c + matrix @ (p + d(p) - c) + offset`` for ``warp``.
 
-    Coordinates are (row, col) in pixels; pixel ``(i, j)`` sits at ``(i, j)``. ``d`` is
-    ``displacement_field(grid_displacements, shape)``. Every term is a product of a row basis ``[B_y, i,
-    1]`` and a column basis ``[B_x, j, 1]`` (``B``: the cubic interpolation matrices), so the whole map is one
-    small matrix product ``[B_y, i, 1] @ C_k @ [B_x, j, 1]^T`` per coordinate, with the (g+2) x (g+2)
-    coefficients ``C_k`` built from ``matrix``, ``offset`` and the grid: the per-pixel field is never formed on its
-    own, and the result is exact where it should be (the identity and the 8 symmetries give integer positions).
-
-    Parameters
-    ----------
-    shape : (int, int)
-        Output (H, W), also the input's.
-    matrix : float (2, 2) or None
-        Sampling matrix about the image centre ``c = ((H-1)/2, (W-1)/2)`` (None = identity).
-    offset : float (2,) or None
-        Translation (rows, cols) in pixels (None = 0); positive values move the content up/left.
-    grid_displacements : float (2, gy, gx) or None
-        Coarse elastic displacements (``sample_displacement_grid``), applied before the affine part (None = 0).
-
-    Returns
-    -------
-    float32 (2, H, W): row and column input positions, for ``warp``.
-    """
+    ``c`` is the image centre, ``d`` the elastic field of ``grid_displacements`` (None = 0; ``matrix`` None = identity,
+    ``offset`` None = 0). The map is one small matrix product per coordinate of cubic row and column bases, so the
+    per-pixel field is never formed and the 8 symmetries give exact integer positions."""
     h, w = _check_shape(shape)
     if matrix is not None and tuple(jnp.shape(matrix)) != (2, 2):
         raise InvalidInputError(f"matrix must have shape (2, 2), got {tuple(jnp.shape(matrix))}")
@@ -322,27 +262,8 @@ def _reflect(x: jax.Array, n: int) -> jax.Array:
 
 
 def warp(image: jax.Array, labels: Optional[jax.Array], weights: Optional[jax.Array], coords: jax.Array):
-    """Resample image, labels and weights once at ``coords`` (mirror boundary).
-
-    Equals ``jax.scipy.ndimage.map_coordinates(..., mode='mirror')`` with ``order=1`` (image, weights) /
-    ``order=0`` (labels) (checked by the tests).
-
-    Parameters
-    ----------
-    image : float (H, W) or (H, W, C)
-        Linear interpolation.
-    labels : int (H, W) or None
-        Nearest neighbour: the output only holds values present in the input.
-    weights : float (H, W) or None
-        Linear interpolation.
-    coords : float (2, H', W')
-        Row and column input positions of each output pixel (``coordinate_map``); outside [0, H-1] x [0, W-1]
-        the arrays are mirrored (scipy's ``mode='mirror'``).
-
-    Returns
-    -------
-    (image, labels, weights) of spatial shape (H', W'), dtypes kept; None stays None.
-    """
+    """Resample image and weights (linear) and labels (nearest: no new values) once at ``coords`` (2, H', W'),
+    mirrored outside the image; equals ``jax.scipy.ndimage.map_coordinates(..., mode='mirror')``. None stays None."""
     _check_arrays(image, labels, weights)
     if not hasattr(coords, "shape") or coords.ndim != 3 or coords.shape[0] != 2:
         raise InvalidInputError(f"coords must have shape (2, H, W), got "
@@ -397,26 +318,8 @@ def _resample(images, labels, weights, rows, cols):
 
 def elastic_warp(key: jax.Array, image: jax.Array, labels: Optional[jax.Array], weights: Optional[jax.Array], *,
                  grid=3, sigma: float = 10.0):
-    """Random elastic deformation (the paper's): coarse Gaussian displacements, bicubic upsampling, one resampling.
-
-    Parameters
-    ----------
-    key : PRNG key
-    image : float (H, W) or (H, W, C)
-        Resampled with linear interpolation.
-    labels : int (H, W) or None
-        Nearest neighbour (no new label values).
-    weights : float (H, W) or None
-        Linear interpolation.
-    grid : int or (int, int)
-        Grid points per axis (>= 2), the first and last on the border pixels; static.
-    sigma : float
-        Standard deviation of the grid displacements in pixels; static. ``sigma == 0`` returns the inputs.
-
-    Returns
-    -------
-    (image, labels, weights), shapes and dtypes kept; mirror boundary.
-    """
+    """The paper's random elastic deformation: N(0, sigma^2) displacements on a ``grid`` of points per axis
+    (static), bicubic upsampling and one resampling (``warp``); ``sigma == 0`` returns the inputs."""
     hw = _check_arrays(image, labels, weights)
     sigma = checks.real("sigma", sigma, 0.0)
     for g in (grid if isinstance(grid, (tuple, list)) else (grid,)):
@@ -428,23 +331,9 @@ def elastic_warp(key: jax.Array, image: jax.Array, labels: Optional[jax.Array], 
 
 
 def random_coordinate_map(key: jax.Array, shape, config) -> Optional[jax.Array]:
-    """One random sampling map composing every enabled geometric part (``q = c + M (p + d(p) - c) + t``).
-
-    Parameters
-    ----------
-    key : PRNG key
-    shape : (int, int)
-        Image (H, W).
-    config : ConfigDict, Mapping or AugmentConfig
-        The ``augment`` section. ``elastic``: grid displacements N(0, elastic_sigma^2) on an elastic_grid^2 grid;
-        ``rotate``: angle uniform in [-max_rotation, max_rotation] degrees; ``flip``: one of the 8 symmetries of
-        the square, uniformly (the 4 shape-keeping ones for non-square images); ``shift``: uniform in [-shift,
-        shift] pixels per axis; ``scale``: zoom uniform in [1 - scale, 1 + scale] (> 1 magnifies).
-
-    Returns
-    -------
-    float32 (2, H, W) positions for ``warp``, or None when no geometric part is active (no resampling needed).
-    """
+    """One random ``coordinate_map`` composing the enabled geometric parts of the ``augment`` section
+    (elastic grid, rotation in [-max_rotation, max_rotation] degrees, one of the 8 symmetries (4 for non-square
+    images), shift, zoom in [1 - scale, 1 + scale]); None when none is active."""
     planes = _random_planes(key, _check_shape(shape), read_config(config))
     return None if planes is None else jnp.stack(planes)
 
@@ -484,22 +373,8 @@ def _random_planes(key, shape, cfg: AugmentConfig):
 
 def gray_value_augment(key: jax.Array, image: jax.Array, *, brightness: float = 0.0, contrast: float = 0.0,
                        gamma: float = 0.0, noise: float = 0.0) -> jax.Array:
-    """Random gray-value variations of an image in [0, 1], clipped back to [0, 1].
-
-    In order: gamma ``x ** exp(u)``, u uniform in [-gamma, gamma]; contrast ``(x - mean) * s + mean``, s uniform
-    in [1 - contrast, 1 + contrast], mean over the whole image; brightness ``x + b``, b uniform in [-brightness,
-    brightness]; additive Gaussian noise with standard deviation ``noise`` per pixel. A zero switches its part
-    off (static Python values); with all zero the image is returned unchanged.
-
-    Parameters
-    ----------
-    key : PRNG key
-    image : float (H, W) or (H, W, C), values in [0, 1]
-
-    Returns
-    -------
-    image, same shape and dtype.
-    """
+    """Random gamma ``x ** exp(u)``, contrast about the image mean, brightness offset and Gaussian noise,
+    each uniform in +-its setting (0 = off, static), on an image in [0, 1], clipped back to [0, 1]."""
     if not hasattr(image, "dtype") or not jnp.issubdtype(image.dtype, jnp.floating):
         raise InvalidInputError(f"image must be a floating array with values in [0, 1], got "
                                 f"{getattr(image, 'dtype', type(image).__name__)}")
@@ -534,25 +409,10 @@ def _gray_values(key, image, brightness, contrast, gamma, noise):
 # ----------------------------------------------------------------------------------------------------------------
 
 def augment(key: jax.Array, image: jax.Array, labels: Optional[jax.Array], weights: Optional[jax.Array], config):
-    """Augment one training example: all geometric parts in one resampling, then gray values on the image.
+    """Augment one example (jit- and vmap-able): every geometric part in one resampling, then gray values.
 
-    Parameters
-    ----------
-    key : PRNG key
-    image : float32 (H, W) or (H, W, C), values in [0, 1]
-    labels : int32 (H, W) or None
-        Class or instance labels; nearest-neighbour resampling keeps their value set.
-    weights : float32 (H, W) or None
-        Weight map, linearly interpolated.
-    config : ConfigDict, Mapping or AugmentConfig
-        The ``augment`` section of ``unet_jax.config.base_config()`` (static values, read at trace time, so a
-        part that is switched off costs nothing); ``enabled=False`` returns the inputs. See
-        ``random_coordinate_map`` and ``gray_value_augment`` for each part.
-
-    Returns
-    -------
-    (image, labels, weights), shapes and dtypes kept. Usable inside ``jax.jit`` and ``jax.vmap``.
-    """
+    ``labels`` (int, nearest) and ``weights`` (float, linear) may be None. ``config``: the ``augment`` section or an
+    ``AugmentConfig``, read at trace time so a part switched off costs nothing; ``enabled=False`` returns the inputs."""
     cfg = read_config(config)
     hw = _check_arrays(image, labels, weights)
     if not cfg.enabled:
@@ -567,22 +427,8 @@ def augment(key: jax.Array, image: jax.Array, labels: Optional[jax.Array], weigh
 
 def augment_batch(key: jax.Array, images: jax.Array, labels: Optional[jax.Array], weights: Optional[jax.Array],
                   config):
-    """``augment`` every example of a batch with its own key: ``augment(jax.random.split(key, B)[n], ...)``.
-
-    The random parameters and gray values are vmapped; the resampling of the whole batch is one gather per array.
-
-    Parameters
-    ----------
-    key : PRNG key
-    images : float32 (B, H, W, C) or (B, H, W)
-    labels : int32 (B, H, W) or None
-    weights : float32 (B, H, W) or None
-    config : the ``augment`` config section (see ``augment``)
-
-    Returns
-    -------
-    (images, labels, weights), shapes and dtypes kept.
-    """
+    """``augment`` of each example of a (B, H, W[, C]) batch with key ``jax.random.split(key, B)[n]``; one
+    gather per array for the whole batch."""
     cfg = read_config(config)
     _check_arrays(images, labels, weights, batched=True)
     if not cfg.enabled:

@@ -96,28 +96,9 @@ def _nearest_valid(size: int, depth: int, padding: str) -> tuple:
 
 
 def output_size(size: int, depth: int = 4, padding: str = "VALID") -> int:
-    """Spatial output size of the U-Net for a square (or one side of a) input tile.
-
-    Parameters
-    ----------
-    size : int
-        Input side length in pixels.
-    depth : int
-        Number of 2x2 max-pools (4 in the paper).
-    padding : {'VALID', 'SAME'}
-        Convolution padding. VALID is the paper's: each 3x3 conv trims 2 pixels.
-
-    Returns
-    -------
-    int
-        The output side length (388 for 572 with the paper's settings; ``size`` for SAME).
-
-    Raises
-    ------
-    ValueError
-        If any 2x2 max-pool would see an odd size (or the size becomes non-positive); the message names the
-        nearest valid input sizes.
-    """
+    """The U-Net's output side for an input side ``size`` (388 for 572 with depth 4, VALID; ``size`` for SAME).
+    An invalid size (a 2x2 max-pool would see an odd size, or nothing is left) raises InvalidInputError naming the
+    nearest valid sizes."""
     checks.one_of("padding", padding, PADDINGS)
     checks.integer("depth", depth, 1)
     size = checks.integer("size", size)

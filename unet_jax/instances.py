@@ -1,17 +1,7 @@
-"""Objects from a foreground probability: one label per object, touching objects apart (host-side, NumPy).
-
-``'components'``: the 4-connected components of ``prob > threshold`` (touching objects merge).
-``'watershed'``: a seeded watershed of the foreground's distance transform (smoothed by a Gaussian of ``smooth``
-pixels, so ragged outlines do not seed objects of their own), one seed per h-maximum (a peak that rises ``h``
-pixels above every saddle to a higher peak), so two touching round objects joined by a neck at least ``h`` pixels
-narrower than either's radius come out apart. ``'contours'``, for a network trained on three classes (background,
-interior, contour; ``unet_jax.weights.contour_classes``): one seed per 4-connected component of
-``interior > 0.5``, grown over the foreground by a watershed of the interior probability. ``'centres'``, for a
-network trained on ``data.target='distance'`` (``unet_jax.weights.distance_classes``): the same, seeded where the
-predicted normalised distance to the object's edge exceeds 0.5 (each object's centre, however large or small the
-object), grown over the foreground by a watershed of that distance. Labels are uint16
-(uint32 past 65535 objects), as Fiji and napari read them.
-"""
+"""Objects from a foreground probability, touching objects apart (host-side, NumPy): 'components' (4-connected
+components of ``prob > threshold``), 'watershed' (seeded by the h-maxima of the smoothed distance transform),
+'contours' and 'centres' (seeds from a three-class or distance-target network's interior map, grown over the
+foreground). Labels are uint16 (uint32 past 65535 objects), as Fiji and napari read them."""
 from __future__ import annotations
 
 import numpy as np
@@ -38,34 +28,11 @@ def as_label_dtype(labels) -> np.ndarray:
 def label_instances(fg_prob, threshold: float = 0.5, method: str = "watershed", h: float = 2.0,
                     min_size: int = 0, smooth: float = 2.0, interior=None, min_fraction: float = 0.0,
                     object_area: float = 0.0) -> np.ndarray:
-    """One label per object of a foreground probability map.
+    """(H, W) uint16/uint32 labels of the objects of ``fg_prob`` (H, W) > ``threshold``, 0 = background.
 
-    Parameters
-    ----------
-    fg_prob : float array (H, W) in [0, 1]
-        P(foreground), e.g. ``predict_probabilities(...)[..., 1]``.
-    threshold : float in [0, 1)
-        Foreground is ``fg_prob > threshold``.
-    method : 'watershed', 'components', 'contours' or 'centres' (both need ``interior``)
-    h : float > 0
-        Watershed only: the depth, in pixels of the distance transform, a peak needs to seed its own object.
-    min_size : int >= 0
-        Objects of fewer pixels are removed (0 keeps all).
-    min_fraction : float in [0, 1)
-        Objects smaller than this fraction of ``object_area`` are removed (specks and fragments; 0 keeps all).
-    object_area : float >= 0
-        The typical object's area in pixels, e.g. the median of the annotated training objects (``eval.object_area``,
-        learned by ``train``); 0 = unknown, and ``min_fraction`` is not applied.
-    smooth : float >= 0
-        Watershed only: sigma in pixels of the Gaussian applied to the distance transform (0: none).
-    interior : float array (H, W) in [0, 1] or None
-        The seed map: 'contours', P(object interior) of a three-class network (``probs[..., 1]``); 'centres', the
-        predicted normalised distance to the object's edge (``unet_jax.inference.centre_map``).
-
-    Returns
-    -------
-    (H, W) uint16 (or uint32) labels, 0 = background, objects numbered 1..N.
-    """
+    ``h``: the depth in distance-transform pixels a watershed peak needs to seed an object, after a Gaussian of
+    ``smooth`` pixels; ``interior``: the seed map of 'contours' (P(interior)) and 'centres' (``centre_map``).
+    Objects under ``min_size`` pixels or ``min_fraction`` of ``object_area`` (0: unknown) are dropped."""
     prob = np.asarray(fg_prob)
     if prob.ndim != 2 or not np.issubdtype(prob.dtype, np.floating):
         raise InvalidInputError(f"fg_prob must be a 2-D float array, got {prob.dtype} of shape {prob.shape}")

@@ -45,35 +45,10 @@ def _as_float_image(image) -> np.ndarray:
 
 def augment_preview(images, labels, config, path, n: int = 8, seed: int = 0, tile: int = 256,
                     columns: int = 4) -> np.ndarray:
-    """Host-side: augment ``n`` random tiles and write them as a PNG grid with the label borders drawn over them.
-
-    Each tile is a random ``tile x tile`` crop of a random image, augmented with ``augment_batch`` (one jitted
-    call, ``config`` as in training); borders between different label values are drawn with
-    ``skimage.segmentation.mark_boundaries``.
-
-    Parameters
-    ----------
-    images : array (N, H, W) or (N, H, W, C), or a sequence of (H, W[, C]) arrays of any sizes; uint8 (0..255)
-        or float in [0, 1]
-    labels : int array (N, H, W) or a sequence of (H, W) arrays (each its image's size)
-        Class or instance labels (e.g. ISBI: 1 = cell, 0 = membrane).
-    config : ConfigDict or Mapping
-        The ``augment`` section of ``unet_jax.config.base_config()`` (see ``unet_jax.augment.augment``).
-    path : str or Path
-        Output PNG file; parent directories are created.
-    n : int
-        Number of tiles (>= 1).
-    seed : int
-        Seeds the choice of crops (numpy) and the augmentation (``jax.random.PRNGKey(seed)``).
-    tile : int
-        Tile height and width in pixels (at most the smallest image side).
-    columns : int
-        Tiles per row of the grid.
-
-    Returns
-    -------
-    uint8 (rows * (tile + gap) - gap, cols * (tile + gap) - gap, 3): the RGB picture written to ``path``.
-    """
+    """Augment ``n`` random ``tile`` x ``tile`` crops of ``images`` (uint8 or float in [0, 1], any sizes) with
+    ``augment_batch`` and the ``augment`` section ``config``, draw the borders of ``labels`` over them and write the
+    grid of ``columns`` tiles a row to the PNG ``path``; returns the uint8 RGB picture. ``seed`` seeds the crops and
+    the augmentation (host-side)."""
     images = [_as_float_image(im) for im in images]
     labels = [np.asarray(lab) for lab in labels]
     if not images or len(labels) != len(images):
@@ -137,25 +112,9 @@ def preview_path(path) -> Path:
 
 
 def preview_from_config(config, path, n: int = 8, seed: int = 0, tile: Optional[int] = None) -> Path:
-    """Host-side: ``augment_preview`` of the training split of an experiment config's data set.
-
-    Parameters
-    ----------
-    config : ml_collections.ConfigDict
-        A whole experiment config (``unet_jax.config.base_config`` schema): ``data`` and ``weights`` choose the data
-        set (``unet_jax.data.load_split``, prepared first if needed), ``augment`` the augmentation.
-    path : str or Path
-        Output PNG.
-    n, seed : int
-        Number of tiles; seed of the crops and the augmentation.
-    tile : int or None
-        Tile size; None = ``config.train.tile_size``, at most the smallest image side.
-
-    Returns
-    -------
-    Path of the written PNG (``path``, or ``path/augment_preview.png`` when ``path`` is a folder). Borders are
-    drawn between the data set's object instances.
-    """
+    """``augment_preview`` of the labelled training examples of an experiment config's data set (``tile``
+    None: ``train.tile_size``, at most the smallest image side); returns the PNG's path (``path`` or
+    ``path/augment_preview.png`` for a folder)."""
     path = preview_path(path)
     examples = [e for e in load_split(config.data, config.weights, "train") if e["labelled"]]
     if not examples:

@@ -1,10 +1,5 @@
-"""Data: TFDS builders for the paper's data sets and your own, a host loader, and the on-device tile sampler.
-
-Builders (``DATASETS``; formats in each builder class's docstring): ``synthetic_cells`` (generated, the default),
-``isbi2012``, ``ctc`` and ``folder`` (your own images/ and masks/), written as array_record and read with
-``as_data_source()`` (no TensorFlow needed). Host API: ``load_split(data_config, weights_config, split)``
-(``make_builder``, ``prepare``). Device API (``unet_jax.data.sampler``): ``to_device_dataset`` / ``sample_tiles``.
-"""
+"""Data: TFDS builders (``DATASETS``: synthetic_cells, isbi2012, ctc, folder; docs/data.md), the host loader
+``load_split`` (``make_builder``, ``prepare``) and the on-device tile sampler (``unet_jax.data.sampler``)."""
 from __future__ import annotations
 
 import fcntl
@@ -28,9 +23,9 @@ DEFAULT_DATA_DIR = "~/.cache/unet_jax/tfds"
 
 log = logging.getLogger("unet_jax.data")
 
-__all__ = ["load_split", "make_builder", "resolve_target", "MissingSplitError", "prepare", "check_class_ids", "DATASETS", "SPLITS",
-           "DEFAULT_DATA_DIR", "DeviceDataset", "to_device_dataset", "sample_tiles", "sample_origins", "gather_tiles", "fits_on_device",
-           "device_dataset_nbytes", "PAD_MODE"]
+__all__ = ["load_split", "make_builder", "resolve_target", "MissingSplitError", "prepare", "check_class_ids",
+           "DATASETS", "SPLITS", "DEFAULT_DATA_DIR", "DeviceDataset", "to_device_dataset", "sample_tiles",
+           "sample_origins", "gather_tiles", "fits_on_device", "device_dataset_nbytes", "PAD_MODE"]
 
 
 class MissingSplitError(InvalidInputError):
@@ -108,13 +103,9 @@ def resolve_target(data_config) -> tuple:
 
 
 def prepare(builder, root=None):
-    """``builder.download_and_prepare`` with ``root`` as the manual directory (no-op if already prepared).
-
-    Host-side. TFDS writes into an ``incomplete.*`` folder that it renames when every split is written, so a build
-    that fails leaves no partial data set behind. Builds of one data set config take turns (a lock file beside
-    its folder); whatever an interrupted build left (``incomplete.*`` folders, killed before TFDS could remove
-    them) is removed before the next one starts, and a failed first build leaves no empty folder behind.
-    """
+    """``builder.download_and_prepare`` with ``root`` as the manual directory (a no-op once prepared). Builds of
+    one config take turns (a lock file beside its folder); what an interrupted build left is removed first, and a
+    failed first build leaves no empty folder."""
 
     kwargs = {}
     if root is not None:

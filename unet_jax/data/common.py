@@ -1,11 +1,6 @@
-"""What every unet_jax data set builder shares: the example features (``features``), the target and weight-map part
-of the builder config (``UNetConfig``) and the config naming that keeps prepared data sets apart. Host-side
-(tensorflow-datasets, numpy; ``array_record`` files read with ``as_data_source()``, no TensorFlow).
-
-A prepared data set lives under ``data_dir/<builder>/<config name>/<version>``; the config name ends in a hash
-of every setting that shapes the examples and of the input files' fingerprint (``config_name``), so changed
-settings or files prepare a new data set instead of reusing stale targets.
-"""
+"""What every unet_jax data set builder shares: the example ``features``, the builder-config fields of the
+target and weight map (``UNetConfig``) and the config names that keep prepared data sets apart (a hash of the
+settings and input files; docs/data.md). Host-side; array_record files are read without TensorFlow."""
 from __future__ import annotations
 
 import dataclasses
@@ -102,14 +97,7 @@ def weight_settings(weights) -> dict:
 
 
 def features(channels: Optional[int] = 1) -> tfds.features.FeaturesDict:
-    """The example features; ``channels=None`` allows either 1 or 3 channels (decided at preparation).
-
-    ``image`` float32 (H, W, C) in [0, 1]; ``instances`` int32 (H, W), 0 = background, 1..K = objects (all 0 if
-    unlabelled); ``classes`` int32 (H, W), the training target: ``instances > 0`` less the separation border
-    between touching objects for two classes, the mask's class ids for class masks; ``weights`` float32 (H, W),
-    the paper's weight map of the target's objects; ``labelled`` bool (False: no ground truth, e.g. the ISBI
-    test stack); ``name`` text, unique within the data set.
-    """
+    """The example features (docs/data.md); ``channels=None`` allows 1 or 3 channels."""
     return tfds.features.FeaturesDict({
         "image": tfds.features.Tensor(shape=(None, None, channels), dtype=np.float32, encoding="zlib"),
         "instances": tfds.features.Tensor(shape=(None, None), dtype=np.int32, encoding="zlib"),
@@ -127,12 +115,9 @@ def progress(iterable, total: int, desc: str):
 
 
 class UNetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """Base of the unet_jax builders (not registered): ``_info`` and the example/weight-map helpers.
-
-    Subclasses set ``VERSION``, ``BUILDER_CONFIGS``, ``DESCRIPTION``, ``CHANNELS`` (1, or None for 1 or 3) and
-    ``EXPECTED`` (a text listing the files a manual directory must hold, used in error messages), and implement
-    ``_split_generators``.
-    """
+    """Base of the unet_jax builders (not registered): subclasses set ``VERSION``, ``DESCRIPTION``, ``CHANNELS``
+    (1, or None for 1 or 3) and ``EXPECTED`` (the files a manual directory holds, for messages) and implement
+    ``_split_generators``."""
     DESCRIPTION = ""
     CHANNELS: Optional[int] = 1
     EXPECTED = ""
@@ -172,15 +157,8 @@ class UNetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def make_example(self, image: np.ndarray, instances: Optional[np.ndarray], name: str,
                      classes: Optional[np.ndarray] = None) -> dict:
-        """The feature dict of one example; computes the weight map (zeros and ``labelled=False`` if no labels).
-
-        Parameters
-        ----------
-        image : float32 (H, W, C) in [0, 1]
-        instances : int32 (H, W) or None (unlabelled)
-        name : str
-        classes : int32 (H, W) class ids or None (two classes: ``instances > 0``)
-        """
+        """The feature dict of one example with its target and weight map (zeros and ``labelled=False`` when
+        ``instances`` is None); ``classes``: class ids of a class mask, else None."""
         cfg = self.builder_config
         h, w = image.shape[:2]
         if instances is None:

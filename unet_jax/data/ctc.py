@@ -47,27 +47,8 @@ def make_config(builder_config: str, weights: dict, *, validation_fraction: floa
 
 
 class Ctc(UNetBuilder):
-    """TFDS builder ``ctc``: Cell Tracking Challenge 2-D training data, annotated frames only.
-
-    Configs ``phc_c2dh_u373`` (PhC-C2DH-U373: glioblastoma-astrocytoma U373 cells, phase contrast) and
-    ``dic_c2dh_hela`` (DIC-C2DH-HeLa: HeLa cells, differential interference contrast). Download the training data
-    from https://celltrackingchallenge.net/2d-datasets/ and unzip it; the manual directory is either the data set
-    folder itself or its parent::
-
-        <root>/[PhC-C2DH-U373/]01/t000.tif, t001.tif, ...          frames of sequence 01
-        <root>/[PhC-C2DH-U373/]01_GT/SEG/man_seg000.tif, ...       reference segmentations of some frames
-        <root>/[PhC-C2DH-U373/]02/..., 02_GT/SEG/...               the same for sequence 02
-
-    Only frames with a SEG annotation are used (the number in ``man_seg<NNN>.tif`` names the frame ``t<NNN>.tif``).
-    Annotations are instance masks (16-bit, 0 = background, one id per cell) and are kept as they are. Images are
-    normalised per image, whatever their bit depth, from their 1st/99.8th percentiles to [0, 1] and clipped
-    (``unet_jax.data.io.to_float_image``, as predict reads an image).
-
-    Splits: ``validation`` = the last ``round(validation_fraction * n)`` annotated frames of each sequence (n its
-    annotated frames; at least one if the fraction is > 0 and n >= 2), ``train`` = the rest. Holding out the end of
-    each sequence keeps frames that are neighbours in time (nearly identical) out of both splits at once. There is
-    no ``test`` split (the challenge's test sequences carry no annotations). Names: ``01/t000``, ``02/t083``, ...
-    """
+    """TFDS builder ``ctc``: Cell Tracking Challenge 2-D training data (PhC-C2DH-U373, DIC-C2DH-HeLa), annotated
+    frames only, the end of each sequence held out (layout and splits: docs/data.md)."""
     name = "ctc"
     VERSION = tfds.core.Version("1.2.0")
     RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "classes feature.",

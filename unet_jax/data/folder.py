@@ -1,9 +1,5 @@
-"""Your own data: a folder of images and masks with matching names, as the TFDS builder ``folder``. Host-side.
-
-``Folder`` (its docstring: layout of ``data.root``, conversions, what is rejected, splits) reads
-``<root>/images/`` and ``<root>/masks/``; ``find_pairs`` matches them by name stem; ``make_config`` names the
-builder config. File reading and conversion: ``unet_jax.data.io``.
-"""
+"""Your own data: ``<root>/images/`` and ``<root>/masks/`` matched by name stem, as the TFDS builder ``folder``
+(host-side; docs/data.md). File reading and conversion: ``unet_jax.data.io``."""
 from __future__ import annotations
 
 import dataclasses
@@ -58,15 +54,8 @@ def _by_stem(directory: Path, what: str) -> dict:
 
 
 def find_pairs(root) -> list:
-    """Sorted ``[(name, image_path, mask_path)]`` of a folder data set; checks the layout. Host-side.
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``images/`` or ``masks/`` is missing or holds no image.
-    ValueError
-        If an image has no mask or a mask no image (names listed), or two files share a stem.
-    """
+    """Sorted ``[(name, image_path, mask_path)]`` of a folder data set. FileNotFoundError if ``images/`` or
+    ``masks/`` is missing or empty; InvalidInputError for unmatched files or a shared stem."""
     root = Path(root)
     expected = (f"{root}/images/ and {root}/masks/ holding PNG or TIFF files with matching names "
                 f"(images/a.png <-> masks/a.png)")
@@ -131,36 +120,9 @@ def check_binary_reads(root, reports: list) -> None:
 
 
 class Folder(UNetBuilder):
-    """TFDS builder ``folder``: your own images and masks. No download; ``data.root`` is the manual directory::
-
-        <root>/images/a.png, b.tif, ...     images: PNG or TIFF, 8- or 16-bit (or float), greyscale or RGB
-        <root>/masks/a.png, b.tif, ...      one mask per image, same name stem (the suffix may differ)
-
-    Images may differ in size and need not be square. What is done with messy files (each logged at INFO level on
-    the ``unet_jax.data`` logger, naming the file):
-
-    * greyscale saved as RGB (three equal channels): converted to one channel; alpha channels dropped;
-    * intensities: normalised per image, whatever the bit depth, from their 1st/99.8th percentiles to [0, 1]
-      (``unet_jax.data.io.to_float_image``, as predict reads an image);
-    * true colour images keep 3 channels; if some images are colour and others greyscale, the greyscale ones are
-      repeated to 3 channels so that every example has the same channel count;
-    * masks: binary (two values, e.g. 0/255 or 0/1: cells are the pixels above half the maximum, split into cells
-      by 4-connected components) or instance labels (0 = background, one integer id per cell: kept). Binary masks
-      with anti-aliased edges (grey values only along the edges) are thresholded at half their maximum.
-      ``mask_type`` ('auto', 'binary', 'instance') overrides the detection (``unet_jax.data.io.mask_to_instances``);
-    * class masks (``mask_type='classes'``, never auto-detected): each pixel value is a class id 0..K-1 (0 =
-      background; palette PNGs give their indices), ``model.num_classes`` = K; objects for the weight maps are the
-      4-connected components of each class (``unet_jax.data.io.mask_to_classes``).
-
-    Rejected with a ValueError naming the file and how to fix it: an image without a mask or a mask without an
-    image, two images with the same stem, image and mask of different sizes, colour masks, negative, NaN or
-    non-integer (beyond anti-aliased edges) mask values, unreadable or truncated files, stacks instead of 2-D images.
-
-    Splits: ``validation`` = ``round(validation_fraction * n)`` images (at least one if the fraction is > 0 and
-    n >= 2) picked by a fixed pseudo-random permutation of the sorted names, ``train`` = the rest. No ``test``
-    split. All files are read twice: once to check them (nothing is written if one is bad) and once to write the
-    examples.
-    """
+    """TFDS builder ``folder``: your own ``images/`` and ``masks/`` under ``data.root``; files are checked
+    (nothing is written if one is bad) and then read again to write the examples (layout, mask readings, what is
+    refused, splits: docs/data.md)."""
     name = "folder"
     VERSION = tfds.core.Version("1.2.0")
     RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "classes feature (class masks).",

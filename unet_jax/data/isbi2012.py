@@ -47,25 +47,8 @@ def _stack(arr: np.ndarray, path) -> np.ndarray:
 
 
 class Isbi2012(UNetBuilder):
-    """TFDS builder ``isbi2012``: the ISBI 2012 EM segmentation challenge's training and test stacks.
-
-    Manual directory: the challenge's three files (``FILES``), as downloaded from
-    https://imagej.net/events/isbi-2012-segmentation-challenge ::
-
-        train-volume.tif   30 x 512 x 512 uint8 stack, serial-section TEM of the Drosophila larva ventral nerve cord
-        train-labels.tif   30 x 512 x 512 uint8 stack, 255 = cell interior, 0 = membrane
-        test-volume.tif    30 x 512 x 512 uint8 stack, no labels (held by the organisers)
-
-    Splits: ``train`` = the first ``30 - validation_slices`` slices of the training stack, ``validation`` = the last
-    ``validation_slices`` (default 5: slices 0-24 / 25-29; 0 = no validation split), ``test`` = the 30 test slices,
-    unlabelled (``labelled`` False, instances and weights all 0).
-
-    Conversion: image = ``io.to_float_image(slice)`` (float32 (512, 512, 1), as predict reads an image);
-    instances = 4-connected components of the cell pixels (``labels == 255``;
-    ``unet_jax.weights.instances_from_mask``), so each cell is one object and the membranes are background;
-    weights = ``unet_weight_map(instances, w0, sigma, class_weights)``. Names: ``train-volume_z00`` ..
-    ``train-volume_z29``, ``test-volume_z00`` .. (sorted by name = slice order).
-    """
+    """TFDS builder ``isbi2012``: the ISBI 2012 EM segmentation challenge's training and test stacks (manual
+    directory, splits and names: docs/data.md)."""
     name = "isbi2012"
     VERSION = tfds.core.Version("1.2.0")
     RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "classes feature.",

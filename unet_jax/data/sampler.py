@@ -27,24 +27,10 @@ __all__ = ["DeviceDataset", "to_device_dataset", "sample_origins", "gather_tiles
 
 
 class DeviceDataset(NamedTuple):
-    """A split on the device, mirror-padded for tile sampling (a pytree: pass it to jitted functions).
-
-    Attributes
-    ----------
-    images : float32 (N, Hp, Wp, C)
-        Image i occupies ``[:Ei + 2b, :Fi + 2b]`` (its size, at least O, plus the border b on both sides);
-        zeros beyond.
-    labels : int32 (N, Hp, Wp)
-        Class labels (``classes``, or ``instances > 0``), padded the same way.
-    weights : float32 (N, Hp, Wp)
-        Weight maps, padded the same way (0 where an image smaller than O was extended, and beyond each image).
-    sizes : int32 (N, 2)
-        (Ei, Fi) = (max(H_i, O), max(W_i, O)): the extent output windows range over; origins lie in
-        [0, Ei - O] x [0, Fi - O].
-    foreground : bool (N, ceil(max Ei / FG_BLOCK), ceil(max Fi / FG_BLOCK))
-        Block (a, b) is True if extent pixels [a * FG_BLOCK, (a + 1) * FG_BLOCK) x [b * FG_BLOCK, ...) of the
-        image hold a foreground (class > 0) pixel of the image itself; for foreground-centred sampling.
-    """
+    """A split on the device, mirror-padded for tile sampling (a pytree). ``images`` (N, Hp, Wp, C), ``labels``
+    and ``weights`` (N, Hp, Wp): image i fills ``[:Ei + 2b, :Fi + 2b]``, zeros beyond (weights also 0 where an image
+    smaller than O was extended); ``sizes`` (N, 2) the extents (Ei, Fi) = (max(H_i, O), max(W_i, O)) output windows
+    range over; ``foreground`` whether each FG_BLOCK x FG_BLOCK block holds a foreground pixel of the image."""
     images: jax.Array
     labels: jax.Array
     weights: jax.Array
@@ -146,39 +132,12 @@ def device_dataset_nbytes(examples: Sequence, tile_size: int, out_size: int) -> 
 
 def to_device_dataset(examples: Sequence, tile_size: int, out_size: int, pad_mode: str = PAD_MODE,
                       device=None) -> DeviceDataset:
-    """Mirror-pad a split once on the host and put it on the device for ``sample_tiles``. Host-side.
+    """Mirror-pad a split once on the host and put it on ``device`` for ``sample_tiles``.
 
-    Geometry, for a tile of T = ``tile_size`` input pixels whose VALID network output is O = ``out_size`` pixels:
-    the output window is O x O, centred in the tile, and the tile extends it by the border b = (T - O) / 2 on every
-    side. An output window lies wholly inside the image. Where the tile's border reaches past the image, the image
-    is mirrored with ``pad_mode`` (default ``PAD_MODE`` = ``'symmetric'``: the edge pixel is repeated,
-    ``c b a | a b c``), the default of overlap-tile inference in ``unet_jax.tiling``, so training and inference see
-    the same extrapolation. Class labels and weights are mirrored the same way, so all three come out at tile size;
-    the loss centre-crops labels and weights to the logits, and augmentation warps all three together.
-
-    Images smaller than O (in height or width) are first extended by mirroring to O (the extra pixels split as
-    evenly as possible before and after), so they fit one output window. In that extension the weights are 0: the
-    loss counts every real pixel once and ignores the mirrored copies (labels there are mirrored, like the image).
-
-    Parameters
-    ----------
-    examples : sequence of dicts
-        Each with 'image' float32 (H, W, C) (or (H, W)), 'instances' int (H, W) and 'weights' float32 (H, W),
-        e.g. ``unet_jax.data.load_split(...)``. Sizes may differ; the channel count may not.
-    tile_size : int
-        Network input tile T.
-    out_size : int
-        Its output O (``unet_jax.geometry.output_size(tile_size, depth, padding)``); T - O must be even (>= 0).
-    pad_mode : {'symmetric', 'reflect'}
-        Mirror mode (``np.pad``); default ``PAD_MODE``, as in ``unet_jax.tiling``.
-    device : jax.Device or Sharding, optional
-        Where to put the arrays (default: the default device).
-
-    Returns
-    -------
-    DeviceDataset with images (N, Hp, Wp, C) float32, labels (N, Hp, Wp) int32 (``classes``, or
-    ``instances > 0``), weights (N, Hp, Wp) float32 and sizes (N, 2) int32; Hp = max_i max(H_i, O) + T - O (likewise Wp).
-    """
+    A tile of T = ``tile_size`` pixels has the VALID output window O = ``out_size`` at its centre and a border
+    b = (T - O) / 2; output windows lie inside the image, the border is mirrored with ``pad_mode`` (as in
+    ``unet_jax.tiling``, so training and inference extrapolate alike). Images smaller than O are first mirrored up to
+    O with zero weights there. Examples: dicts of 'image', 'instances', 'weights' (and 'classes'), one channel count."""
     border = _check_geometry(tile_size, out_size)
     checks.one_of("pad_mode", pad_mode, PAD_MODES)
     if isinstance(examples, (str, bytes)) or not hasattr(examples, "__len__") or len(examples) == 0:
@@ -212,30 +171,10 @@ def to_device_dataset(examples: Sequence, tile_size: int, out_size: int, pad_mod
 @functools.partial(jax.jit, static_argnames=("batch_size", "out_size", "foreground"))
 def sample_origins(dataset: DeviceDataset, key: jax.Array, batch_size: int, out_size: int,
                    foreground: float = 0.0):
-    """Random image indices and output-window origins (pure jax; jit-compiled).
-
-    Uniform law: the image index is uniform over the N images (each image equally likely, whatever its size), and
-    given the image the origin is uniform over its (E - O + 1) x (F - O + 1) valid positions (for images smaller
-    than O: the one position). Every pixel then lies in some output window, but a pixel within O of an image edge
-    in fewer windows than one in the middle. ``tests/test_sampler.py`` checks both the origin law and the coverage.
-
-    Parameters
-    ----------
-    dataset : DeviceDataset
-    key : PRNG key
-    batch_size, out_size : int (static)
-    foreground : float in [0, 1] (static)
-        Probability that a window is centred on foreground instead of uniform (nnU-Net draws a third of its
-        patches so): a foreground block of the chosen image (``DeviceDataset.foreground``) is drawn uniformly, a
-        pixel uniformly inside it, and the window placed so that this pixel lies at a uniform position in it
-        (clipped to the valid origins). Images without foreground fall back to the uniform law.
-
-    Returns
-    -------
-    index : int32 (B,), uniform over [0, N)
-    origins : int32 (B, 2), (oy, ox) uniform over [0, E - O] x [0, F - O] of the chosen image (``sizes``), or
-    foreground-centred with probability ``foreground``
-    """
+    """Random image indices (B,) and output-window origins (B, 2) (pure jax, jit-compiled). Images are
+    equally likely whatever their size; the origin is uniform over the image's valid positions, or with probability
+    ``foreground`` placed so that a uniformly drawn foreground pixel lies at a uniform position in the window
+    (images without foreground fall back to the uniform law). tests/test_sampler.py checks the law."""
     checks.integer("batch_size", batch_size, 1)
     checks.integer("out_size", out_size, 1)
     checks.real("foreground", foreground, 0.0, 1.0)
@@ -274,15 +213,8 @@ def _foreground_origin(blocks, key, i, size, *, out_size):
 
 @functools.partial(jax.jit, static_argnames=("tile_size",))
 def gather_tiles(dataset: DeviceDataset, index: jax.Array, origins: jax.Array, tile_size: int):
-    """The tiles whose output windows start at ``origins`` (pure jax; jit-compiled).
-
-    Tile b is ``dataset.images[index[b], oy:oy + T, ox:ox + T]`` (padded coordinates = the output origin, as the
-    padding adds the border), cut with ``lax.dynamic_slice``; likewise labels and weights.
-
-    Returns
-    -------
-    images float32 (B, T, T, C), labels int32 (B, T, T), weights float32 (B, T, T)
-    """
+    """float32 images (B, T, T, C), int32 labels and float32 weights (B, T, T) of the tiles whose output windows
+    start at ``origins`` in images ``index`` (``lax.dynamic_slice``; pure jax, jit-compiled)."""
     checks.integer("tile_size", tile_size, 1)
     _check_tile(dataset, tile_size)
     return _gather(dataset, index, origins, tile_size)
@@ -311,26 +243,9 @@ def _gather(dataset, index, origins, t):
 @functools.partial(jax.jit, static_argnames=("batch_size", "tile_size", "out_size", "foreground"))
 def sample_tiles(dataset: DeviceDataset, key: jax.Array, batch_size: int, tile_size: int, out_size: int,
                  foreground: float = 0.0):
-    """A random batch of training tiles from a ``DeviceDataset`` (pure jax; jit-compiled, usable inside jit).
-
-    Picks ``batch_size`` images uniformly (with replacement) and in each a uniform random output-window origin
-    (``sample_origins``), then slices the tile-size window around it (``gather_tiles``). ``tile_size`` and
-    ``out_size`` must be the ones the data set was built with (``to_device_dataset``).
-
-    Parameters
-    ----------
-    dataset : DeviceDataset
-    key : PRNG key
-    batch_size, tile_size, out_size : int (static)
-    foreground : float (static)
-        Share of foreground-centred windows (``sample_origins``).
-
-    Returns
-    -------
-    images : float32 (B, T, T, C)
-    labels : int32 (B, T, T), class labels (0 background, 1 cell)
-    weights : float32 (B, T, T)
-    """
+    """A random batch of training tiles (images (B, T, T, C), labels and weights (B, T, T)) from a
+    ``DeviceDataset`` built with the same ``tile_size`` and ``out_size``: ``sample_origins`` then ``gather_tiles``
+    (pure jax, jit-compiled)."""
     _check_geometry(tile_size, out_size)
     checks.integer("batch_size", batch_size, 1)
     checks.real("foreground", foreground, 0.0, 1.0)
@@ -358,22 +273,8 @@ def _free_device_bytes() -> Optional[int]:
 
 def fits_on_device(examples: Sequence, limit_bytes: Optional[int] = None, tile_size: int = 0,
                    out_size: int = 0) -> bool:
-    """Whether ``to_device_dataset(examples, tile_size, out_size)`` fits in ``limit_bytes``. Host-side.
-
-    Parameters
-    ----------
-    examples : sequence of example dicts (only the image shapes are read)
-    limit_bytes : int, optional
-        Budget for the data set. Default: half of the first local device's free memory (``memory_stats``; on
-        CPU the available physical memory), leaving the rest for parameters, optimiser state and activations;
-        1 GiB if that is unknown.
-    tile_size, out_size : int
-        The tile geometry (0, 0: count the images unpadded).
-
-    Returns
-    -------
-    bool: whether the padded split fits the budget.
-    """
+    """Whether ``to_device_dataset(examples, tile_size, out_size)`` (0, 0: unpadded) fits in ``limit_bytes``;
+    default half the first device's free memory (CPU: available RAM), 1 GiB if unknown."""
     if limit_bytes is None:
         free = _free_device_bytes()
         limit_bytes = free // 2 if free else 1 << 30

@@ -1,9 +1,5 @@
 """Synthetic EM-like images of touching cells: the default data set (TFDS builder ``synthetic_cells``), generated
-in seconds, no download. Host-side (numpy, scipy, scikit-image).
-
-``synthetic_cells`` draws one image and its labels, ``synthetic_example`` one example of a split,
-``SyntheticCells`` is the builder (its docstring: splits, names, determinism).
-"""
+in seconds, no download (host-side; docs/data.md)."""
 from __future__ import annotations
 
 import dataclasses
@@ -25,28 +21,9 @@ __all__ = ["SyntheticCells", "SyntheticConfig", "make_config", "synthetic_cells"
 
 
 def synthetic_cells(size, rng: np.random.Generator, cell_diameter: float = 28.0):
-    """One synthetic EM-like image with its instance labels. Host-side.
-
-    The image mimics an ISBI 2012 slice: cells packed edge to edge (a Voronoi tessellation of random seeds, its
-    edges bent by a smooth random warp), separated by thin dark membranes (2-4 pixels wide, 2.7 on average; ISBI's
-    are about 6), with textured bright interiors (per-cell brightness, smooth mottling, small dark vesicles), then
-    blurred and given Gaussian noise. Ground truth is ISBI-like: instance labels with the membranes as background
-    (0), one id per cell.
-
-    Parameters
-    ----------
-    size : int or (int, int)
-        Image (height, width), at least 16 each.
-    rng : numpy.random.Generator
-        All randomness comes from it.
-    cell_diameter : float
-        Mean cell diameter in pixels.
-
-    Returns
-    -------
-    image : float32 (H, W) in [0, 1]
-    instances : int32 (H, W), 0 = membrane, 1..K = cells (4-connected, numbered 1..K without gaps)
-    """
+    """One synthetic ISBI-like image, float32 (H, W) in [0, 1], and its int32 instances (0 = membrane, cells
+    1..K, 4-connected, no gaps) for ``size`` (>= 16 a side), all randomness from ``rng``: a warped Voronoi tessellation
+    of cells of ``cell_diameter`` pixels, 2-4 pixel dark membranes, textured interiors, blur and noise."""
     h, w = (size, size) if np.isscalar(size) else size
     h, w = int(h), int(w)
     if h < 16 or w < 16:
@@ -140,14 +117,8 @@ def make_config(weights: dict, *, num_train: int, num_validation: int, image_siz
 
 
 class SyntheticCells(UNetBuilder):
-    """TFDS builder ``synthetic_cells``: generated EM-like images of touching cells (``synthetic_cells``).
-
-    No manual directory. Splits ``train`` (``num_train`` images) and ``validation`` (``num_validation``; none if
-    0) of ``image_size`` x ``image_size`` pixels; names ``train_00000``, ``validation_00000``, ... Determinism:
-    example ``i`` of split ``s`` is drawn from ``numpy.random.default_rng([seed, s, i])`` (s = 0 train,
-    1 validation; ``synthetic_example``), so it depends only on (seed, split, index, image_size): the same for any
-    ``num_train`` or ``num_validation``, different between splits and seeds.
-    """
+    """TFDS builder ``synthetic_cells``: generated EM-like images of touching cells; example i of a split
+    depends only on (seed, split, i, image_size) (docs/data.md)."""
     name = "synthetic_cells"
     VERSION = tfds.core.Version("1.2.0")
     RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "classes feature.",

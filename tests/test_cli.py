@@ -351,3 +351,76 @@ def test_damaged_checkpoints_are_one_line_with_a_hint(trained, tmp_path):
     assert all(line.startswith("unet-jax: ") for line in lines), lines    # warnings one line each too
     r = run_cli("evaluate", "--workdir", str(copy), "--no-images", "--step", "12")
     assert r.returncode == 2 and "try another --step" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_version(capsys, monkeypatch):
+    import importlib.metadata
+
+    import unet_jax
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0
+    assert re.fullmatch(r"unet-jax \d+\.\d+\.\S+\n", capsys.readouterr().out)
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", missing)   # not installed: the package's own version
+    assert cli.package_version() == unet_jax.__version__
+
+
+def test_config_show_prints_every_field(capsys, tiny):
+    from unet_jax.config import base_config
+    assert cli.main(["config", "show"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    base = base_config()
+    assert len(lines) == sum(len(base[s]) if hasattr(base[s], "keys") else 1 for s in base)
+    assert "train.num_steps = 10000" in lines and "data.name = 'synthetic_cells'" in lines and "seed = 0" in lines
+    assert cli.main(["config", "show", "--config", str(tiny / "tiny.py"), "--config.train.num_steps=7",
+                     "--config.data.target", "contours", "--config.model.num_classes=3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "train.num_steps = 7" in lines and "data.target = 'contours'" in lines
+    code, err = _main(capsys, "config", "show", "--config.train.num_steps=0")      # checked as train checks it
+    assert code == 2 and err.startswith("unet-jax: error: config.train.num_steps") and "Traceback" not in err
+
+
+def test_every_argument_has_help():
+    import argparse
+
+    def walk(parser, name):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub, subparser in action.choices.items():
+                    yield from walk(subparser, f"{name} {sub}")
+            elif not isinstance(action, argparse._HelpAction):
+                yield name, action
+
+    missing = [f"{name} {'/'.join(a.option_strings) or a.dest}" for name, a in walk(cli.build_parser(), "unet-jax")
+               if not a.help]
+    assert not missing
+    r = run_cli("predict", "--help")
+    assert r.returncode == 0 and "a workdir written by" in r.stdout and "checkpoint step" in r.stdout
+
+
+@pytest.mark.parametrize("error, code", [("InvalidInputError", 2), ("OSError", 2), ("DivergenceError", 2),
+                                         ("ValueError", None), ("KeyError", None), ("TypeError", None)])
+def test_only_user_and_run_errors_are_one_line(capsys, monkeypatch, error, code):
+    """Invalid input, files and the run's own errors: one line, exit 2; a plain ValueError, KeyError or TypeError
+    is a bug and keeps its traceback (raised out of main: exit 1 from the console script)."""
+    import builtins
+
+    from unet_jax.checks import InvalidInputError
+    from unet_jax.train import DivergenceError
+    kind = {"InvalidInputError": InvalidInputError, "DivergenceError": DivergenceError}.get(error) or \
+        getattr(builtins, error)
+
+    def fail(config):
+        raise kind("what went wrong")
+
+    monkeypatch.setattr(cli, "validate", fail)
+    if code is None:
+        with pytest.raises(kind, match="what went wrong"):
+            cli.main(["config", "show"])
+    else:
+        got, err = _main(capsys, "config", "show")
+        assert got == code and err == "unet-jax: error: what went wrong\n"

@@ -1,11 +1,6 @@
-"""Data augmentation (paper section 3.1) on the accelerator, in pure jax.numpy.
-
-The paper's random elastic deformations (displacements on a coarse 3x3 grid, Gaussian with 10 pixels standard
-deviation, bicubic interpolation), plus shifts, rotations, flips, zoom and gray-value variations. All geometric
-parts are composed into one coordinate map (``coordinate_map``) and every array is resampled once (``warp``).
-Entry points: ``augment`` (one example, jit/vmap-able; the train step vmaps it), ``augment_batch`` (the preview's
-batched form) and ``read_config`` (the static ``augment`` config section). Design notes: BENCHMARKS.md.
-"""
+"""Data augmentation (paper section 3.1) on the accelerator, in pure jax.numpy: elastic deformations, shifts,
+rotations, flips, zoom and gray values. The geometric parts compose into one coordinate map (``coordinate_map``)
+so every array is resampled once (``warp``). Design notes: BENCHMARKS.md."""
 from __future__ import annotations
 
 import functools
@@ -17,6 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.ndimage
+
+from unet_jax import checks
+from unet_jax.checks import InvalidInputError
 
 __all__ = [
     "AugmentConfig", "read_config", "sample_displacement_grid", "displacement_field", "rotation_matrix",
@@ -58,66 +56,33 @@ class AugmentConfig(NamedTuple):
                 or self.flip or self.shift > 0 or self.scale > 0)
 
 
-def _check_bool(name, value):
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be a bool, got {value!r}")
-    return bool(value)
-
-
-def _check_number(name, value, low=0.0, high=math.inf, high_open=False):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name} must be a static Python number, got {value!r}")
-    value = float(value)
-    bad_high = value >= high if high_open else value > high
-    if not math.isfinite(value) or value < low or bad_high:
-        interval = f"[{low}, {high}{')' if high_open else ']'}"
-        raise ValueError(f"{name} must be in {interval}, got {value!r}")
-    return value
-
-
-def _check_grid(name, grid):
-    if isinstance(grid, (bool, np.bool_)) or not isinstance(grid, (int, np.integer)) or grid < 2:
-        raise ValueError(f"{name} must be an integer >= 2 (grid points per axis), got {grid!r}")
-    return int(grid)
-
-
 def read_config(config) -> AugmentConfig:
-    """Read and validate the ``augment`` config section (host-side, at trace time).
-
-    Parameters
-    ----------
-    config : ml_collections.ConfigDict or Mapping
-        The ``augment`` section of ``unet_jax.config.base_config()`` (a whole experiment config with an ``augment``
-        section is accepted too), or an ``AugmentConfig``.
-
-    Returns
-    -------
-    AugmentConfig of plain Python values. A missing field or a bad value raises ValueError naming it.
-    """
+    """The ``augment`` section (or a whole config holding one, or an ``AugmentConfig``) as a checked
+    ``AugmentConfig`` of plain Python values (host-side, at trace time)."""
     if isinstance(config, AugmentConfig):
         return config
     if not isinstance(config, Mapping) and not hasattr(config, "keys"):
-        raise ValueError(f"config must be an ml_collections.ConfigDict or a mapping, got {type(config).__name__}")
+        raise InvalidInputError(f"config must be an ml_collections.ConfigDict or a mapping, got {type(config).__name__}")
     if "augment" in config.keys() and "enabled" not in config.keys():
         config = config["augment"]
     missing = [f for f in CONFIG_FIELDS if f not in config.keys()]
     if missing:
-        raise ValueError(f"config.augment is missing the fields {missing}; expected all of {list(CONFIG_FIELDS)}")
+        raise InvalidInputError(f"config.augment is missing the fields {missing}; expected all of {list(CONFIG_FIELDS)}")
     c = {f: config[f] for f in CONFIG_FIELDS}
     return AugmentConfig(
-        enabled=_check_bool("config.augment.enabled", c["enabled"]),
-        elastic=_check_bool("config.augment.elastic", c["elastic"]),
-        elastic_grid=_check_grid("config.augment.elastic_grid", c["elastic_grid"]),
-        elastic_sigma=_check_number("config.augment.elastic_sigma", c["elastic_sigma"]),
-        rotate=_check_bool("config.augment.rotate", c["rotate"]),
-        max_rotation=_check_number("config.augment.max_rotation", c["max_rotation"], high=180.0),
-        flip=_check_bool("config.augment.flip", c["flip"]),
-        shift=_check_number("config.augment.shift", c["shift"]),
-        scale=_check_number("config.augment.scale", c["scale"], high=1.0, high_open=True),
-        brightness=_check_number("config.augment.brightness", c["brightness"]),
-        contrast=_check_number("config.augment.contrast", c["contrast"], high=1.0),
-        gamma=_check_number("config.augment.gamma", c["gamma"]),
-        noise=_check_number("config.augment.noise", c["noise"]),
+        enabled=checks.boolean("config.augment.enabled", c["enabled"]),
+        elastic=checks.boolean("config.augment.elastic", c["elastic"]),
+        elastic_grid=checks.integer("config.augment.elastic_grid", c["elastic_grid"], 2),
+        elastic_sigma=checks.real("config.augment.elastic_sigma", c["elastic_sigma"], 0.0),
+        rotate=checks.boolean("config.augment.rotate", c["rotate"]),
+        max_rotation=checks.real("config.augment.max_rotation", c["max_rotation"], 0.0, 180.0),
+        flip=checks.boolean("config.augment.flip", c["flip"]),
+        shift=checks.real("config.augment.shift", c["shift"], 0.0),
+        scale=checks.real("config.augment.scale", c["scale"], 0.0, 1.0, high_open=True),
+        brightness=checks.real("config.augment.brightness", c["brightness"], 0.0),
+        contrast=checks.real("config.augment.contrast", c["contrast"], 0.0, 1.0),
+        gamma=checks.real("config.augment.gamma", c["gamma"], 0.0),
+        noise=checks.real("config.augment.noise", c["noise"], 0.0),
     )
 
 
@@ -131,23 +96,24 @@ def _check_arrays(image, labels, weights, batched=False):
     img_dims = (3 + lead, 4) if batched else (2, 3)
     if not hasattr(image, "shape") or image.ndim not in img_dims:
         want = "(B, H, W, C) or (B, H, W)" if batched else "(H, W) or (H, W, C)"
-        raise ValueError(f"image{'s' if batched else ''} must have shape {want}, got "
-                         f"{getattr(image, 'shape', type(image).__name__)}")
+        raise InvalidInputError(f"image{'s' if batched else ''} must have shape {want}, got "
+                                f"{getattr(image, 'shape', type(image).__name__)}")
     if not jnp.issubdtype(image.dtype, jnp.floating):
-        raise ValueError(f"image must be a floating array with values in [0, 1], got dtype {image.dtype}")
+        raise InvalidInputError(f"image must be a floating array with values in [0, 1], got dtype {image.dtype}")
     shape = tuple(image.shape[:2 + lead])
     hw = shape[lead:]
     if min(hw) < 1:
-        raise ValueError(f"image must have a non-empty spatial shape, got {tuple(image.shape)}")
+        raise InvalidInputError(f"image must have a non-empty spatial shape, got {tuple(image.shape)}")
     for name, arr, kind in (("labels", labels, jnp.integer), ("weights", weights, jnp.floating)):
         if arr is None:
             continue
         if not hasattr(arr, "shape") or tuple(arr.shape) != shape:
-            raise ValueError(f"{name} must have shape {shape} (the image's {'(B, H, W)' if batched else '(H, W)'}),"
-                             f" got {getattr(arr, 'shape', type(arr).__name__)}")
+            dims = "(B, H, W)" if batched else "(H, W)"
+            raise InvalidInputError(f"{name} must have shape {shape} (the image's {dims}), got "
+                                    f"{getattr(arr, 'shape', type(arr).__name__)}")
         if not jnp.issubdtype(arr.dtype, kind):
             want = "an integer" if kind is jnp.integer else "a floating"
-            raise ValueError(f"{name} must have {want} dtype, got {arr.dtype}")
+            raise InvalidInputError(f"{name} must have {want} dtype, got {arr.dtype}")
     return tuple(int(s) for s in hw)
 
 
@@ -155,9 +121,9 @@ def _check_shape(shape):
     try:
         h, w = (int(s) for s in shape)
     except (TypeError, ValueError):
-        raise ValueError(f"shape must be (H, W), got {shape!r}") from None
+        raise InvalidInputError(f"shape must be (H, W), got {shape!r}") from None
     if h < 1 or w < 1:
-        raise ValueError(f"shape must be positive (H, W), got {shape!r}")
+        raise InvalidInputError(f"shape must be positive (H, W), got {shape!r}")
     return h, w
 
 
@@ -166,23 +132,11 @@ def _check_shape(shape):
 # ----------------------------------------------------------------------------------------------------------------
 
 def sample_displacement_grid(key: jax.Array, grid=3, sigma: float = 10.0) -> jax.Array:
-    """Random displacement vectors on a coarse grid, i.i.d. N(0, sigma^2) pixels.
-
-    Parameters
-    ----------
-    key : PRNG key
-    grid : int or (int, int)
-        Grid points per axis (>= 2); the paper uses 3.
-    sigma : float
-        Standard deviation in pixels (>= 0); the paper uses 10.
-
-    Returns
-    -------
-    float32 (2, gy, gx): row and column displacements at the grid points.
-    """
+    """float32 (2, gy, gx): random displacements on a coarse ``grid`` (int or pair, >= 2 points per axis),
+    i.i.d. N(0, sigma^2) pixels; the paper's grid 3, sigma 10."""
     gy, gx = (grid, grid) if not isinstance(grid, (tuple, list)) else tuple(grid)
-    gy, gx = _check_grid("grid", gy), _check_grid("grid", gx)
-    sigma = _check_number("sigma", sigma) if not isinstance(sigma, jax.Array) else sigma
+    gy, gx = checks.integer("grid", gy, 2), checks.integer("grid", gx, 2)
+    sigma = checks.real("sigma", sigma, 0.0) if not isinstance(sigma, jax.Array) else sigma
     return sigma * jax.random.normal(key, (2, gy, gx), jnp.float32)
 
 
@@ -198,28 +152,14 @@ def _cubic_interpolation_matrix(n: int, g: int) -> np.ndarray:
 
 
 def displacement_field(grid_displacements: jax.Array, shape) -> jax.Array:
-    """Per-pixel displacements from a coarse grid by bicubic (cubic B-spline) interpolation.
-
-    Along each axis: the interpolating cubic B-spline with mirror boundary (scipy.ndimage's ``order=3,
-    mode='mirror'``).
-
-    Parameters
-    ----------
-    grid_displacements : float (2, gy, gx)
-        Displacements (rows, cols) in pixels at the grid points, e.g. from ``sample_displacement_grid``. Grid point
-        ``(a, b)`` sits at pixel ``(a (H-1)/(gy-1), b (W-1)/(gx-1))``.
-    shape : (int, int)
-        Image (H, W).
-
-    Returns
-    -------
-    float32 (2, H, W); equals the grid values at the grid points.
-    """
+    """float32 (2, H, W) per-pixel displacements from the coarse (2, gy, gx) grid by cubic B-spline
+    interpolation with mirror boundary (scipy's ``order=3, mode='mirror'``); grid point (a, b) sits at pixel
+    (a (H-1)/(gy-1), b (W-1)/(gx-1))."""
     h, w = _check_shape(shape)
     d = grid_displacements
     if not hasattr(d, "shape") or d.ndim != 3 or d.shape[0] != 2 or min(d.shape[1:]) < 2:
-        raise ValueError(f"grid_displacements must have shape (2, gy, gx) with gy, gx >= 2, got "
-                         f"{getattr(d, 'shape', type(d).__name__)}")
+        raise InvalidInputError(f"grid_displacements must have shape (2, gy, gx) with gy, gx >= 2, got "
+                                f"{getattr(d, 'shape', type(d).__name__)}")
     by = jnp.asarray(_cubic_interpolation_matrix(h, int(d.shape[1])))
     bx = jnp.asarray(_cubic_interpolation_matrix(w, int(d.shape[2])))
     rows = jnp.einsum("kab,wb->kaw", d.astype(jnp.float32), bx, precision=_HIGHEST)     # (2, gy, W)
@@ -257,39 +197,20 @@ def dihedral_matrix(k) -> jax.Array:
 
 def coordinate_map(shape, matrix: Optional[jax.Array] = None, offset: Optional[jax.Array] = None,
                    grid_displacements: Optional[jax.Array] = None) -> jax.Array:
-    """The sampling positions ``q(p) = c + matrix @ (p + d(p) - c) + offset`` of every output pixel.
+    """float32 (2, H, W) sampling positions ``q(p) = c + matrix @ (p + d(p) - c) + offset`` for ``warp``.
 
-    Coordinates are (row, col) in pixels; pixel ``(i, j)`` sits at ``(i, j)``. ``d`` is
-    ``displacement_field(grid_displacements, shape)``. Every term is a product of a row basis ``[B_y, i,
-    1]`` and a column basis ``[B_x, j, 1]`` (``B``: the cubic interpolation matrices), so the whole map is one
-    small matrix product ``[B_y, i, 1] @ C_k @ [B_x, j, 1]^T`` per coordinate, with the (g+2) x (g+2)
-    coefficients ``C_k`` built from ``matrix``, ``offset`` and the grid: the per-pixel field is never formed on its
-    own, and the result is exact where it should be (the identity and the 8 symmetries give integer positions).
-
-    Parameters
-    ----------
-    shape : (int, int)
-        Output (H, W), also the input's.
-    matrix : float (2, 2) or None
-        Sampling matrix about the image centre ``c = ((H-1)/2, (W-1)/2)`` (None = identity).
-    offset : float (2,) or None
-        Translation (rows, cols) in pixels (None = 0); positive values move the content up/left.
-    grid_displacements : float (2, gy, gx) or None
-        Coarse elastic displacements (``sample_displacement_grid``), applied before the affine part (None = 0).
-
-    Returns
-    -------
-    float32 (2, H, W): row and column input positions, for ``warp``.
-    """
+    ``c`` is the image centre, ``d`` the elastic field of ``grid_displacements`` (None = 0; ``matrix`` None = identity,
+    ``offset`` None = 0). The map is one small matrix product per coordinate of cubic row and column bases, so the
+    per-pixel field is never formed and the 8 symmetries give exact integer positions."""
     h, w = _check_shape(shape)
     if matrix is not None and tuple(jnp.shape(matrix)) != (2, 2):
-        raise ValueError(f"matrix must have shape (2, 2), got {tuple(jnp.shape(matrix))}")
+        raise InvalidInputError(f"matrix must have shape (2, 2), got {tuple(jnp.shape(matrix))}")
     if offset is not None and tuple(jnp.shape(offset)) != (2,):
-        raise ValueError(f"offset must have shape (2,), got {tuple(jnp.shape(offset))}")
+        raise InvalidInputError(f"offset must have shape (2,), got {tuple(jnp.shape(offset))}")
     d = grid_displacements
     if d is not None and (not hasattr(d, "shape") or d.ndim != 3 or d.shape[0] != 2 or min(d.shape[1:]) < 2):
-        raise ValueError(f"grid_displacements must have shape (2, gy, gx) with gy, gx >= 2, got "
-                         f"{getattr(d, 'shape', type(d).__name__)}")
+        raise InvalidInputError(f"grid_displacements must have shape (2, gy, gx) with gy, gx >= 2, got "
+                                f"{getattr(d, 'shape', type(d).__name__)}")
     return jnp.stack(_coordinate_planes((h, w), matrix, offset, grid_displacements))
 
 
@@ -341,30 +262,12 @@ def _reflect(x: jax.Array, n: int) -> jax.Array:
 
 
 def warp(image: jax.Array, labels: Optional[jax.Array], weights: Optional[jax.Array], coords: jax.Array):
-    """Resample image, labels and weights once at ``coords`` (mirror boundary).
-
-    Equals ``jax.scipy.ndimage.map_coordinates(..., mode='mirror')`` with ``order=1`` (image, weights) /
-    ``order=0`` (labels) (checked by the tests).
-
-    Parameters
-    ----------
-    image : float (H, W) or (H, W, C)
-        Linear interpolation.
-    labels : int (H, W) or None
-        Nearest neighbour: the output only holds values present in the input.
-    weights : float (H, W) or None
-        Linear interpolation.
-    coords : float (2, H', W')
-        Row and column input positions of each output pixel (``coordinate_map``); outside [0, H-1] x [0, W-1]
-        the arrays are mirrored (scipy's ``mode='mirror'``).
-
-    Returns
-    -------
-    (image, labels, weights) of spatial shape (H', W'), dtypes kept; None stays None.
-    """
+    """Resample image and weights (linear) and labels (nearest: no new values) once at ``coords`` (2, H', W'),
+    mirrored outside the image; equals ``jax.scipy.ndimage.map_coordinates(..., mode='mirror')``. None stays None."""
     _check_arrays(image, labels, weights)
     if not hasattr(coords, "shape") or coords.ndim != 3 or coords.shape[0] != 2:
-        raise ValueError(f"coords must have shape (2, H, W), got {getattr(coords, 'shape', type(coords).__name__)}")
+        raise InvalidInputError(f"coords must have shape (2, H, W), got "
+                                f"{getattr(coords, 'shape', type(coords).__name__)}")
     return _resample_one(image, labels, weights, coords[0], coords[1])
 
 
@@ -415,30 +318,12 @@ def _resample(images, labels, weights, rows, cols):
 
 def elastic_warp(key: jax.Array, image: jax.Array, labels: Optional[jax.Array], weights: Optional[jax.Array], *,
                  grid=3, sigma: float = 10.0):
-    """Random elastic deformation (the paper's): coarse Gaussian displacements, bicubic upsampling, one resampling.
-
-    Parameters
-    ----------
-    key : PRNG key
-    image : float (H, W) or (H, W, C)
-        Resampled with linear interpolation.
-    labels : int (H, W) or None
-        Nearest neighbour (no new label values).
-    weights : float (H, W) or None
-        Linear interpolation.
-    grid : int or (int, int)
-        Grid points per axis (>= 2), the first and last on the border pixels; static.
-    sigma : float
-        Standard deviation of the grid displacements in pixels; static. ``sigma == 0`` returns the inputs.
-
-    Returns
-    -------
-    (image, labels, weights), shapes and dtypes kept; mirror boundary.
-    """
+    """The paper's random elastic deformation: N(0, sigma^2) displacements on a ``grid`` of points per axis
+    (static), bicubic upsampling and one resampling (``warp``); ``sigma == 0`` returns the inputs."""
     hw = _check_arrays(image, labels, weights)
-    sigma = _check_number("sigma", sigma)
+    sigma = checks.real("sigma", sigma, 0.0)
     for g in (grid if isinstance(grid, (tuple, list)) else (grid,)):
-        _check_grid("grid", g)
+        checks.integer("grid", g, 2)
     if sigma == 0:
         return image, labels, weights
     rows, cols = _coordinate_planes(hw, grid_displacements=sample_displacement_grid(key, grid, sigma))
@@ -446,23 +331,9 @@ def elastic_warp(key: jax.Array, image: jax.Array, labels: Optional[jax.Array], 
 
 
 def random_coordinate_map(key: jax.Array, shape, config) -> Optional[jax.Array]:
-    """One random sampling map composing every enabled geometric part (``q = c + M (p + d(p) - c) + t``).
-
-    Parameters
-    ----------
-    key : PRNG key
-    shape : (int, int)
-        Image (H, W).
-    config : ConfigDict, Mapping or AugmentConfig
-        The ``augment`` section. ``elastic``: grid displacements N(0, elastic_sigma^2) on an elastic_grid^2 grid;
-        ``rotate``: angle uniform in [-max_rotation, max_rotation] degrees; ``flip``: one of the 8 symmetries of
-        the square, uniformly (the 4 shape-keeping ones for non-square images); ``shift``: uniform in [-shift,
-        shift] pixels per axis; ``scale``: zoom uniform in [1 - scale, 1 + scale] (> 1 magnifies).
-
-    Returns
-    -------
-    float32 (2, H, W) positions for ``warp``, or None when no geometric part is active (no resampling needed).
-    """
+    """One random ``coordinate_map`` composing the enabled geometric parts of the ``augment`` section
+    (elastic grid, rotation in [-max_rotation, max_rotation] degrees, one of the 8 symmetries (4 for non-square
+    images), shift, zoom in [1 - scale, 1 + scale]); None when none is active."""
     planes = _random_planes(key, _check_shape(shape), read_config(config))
     return None if planes is None else jnp.stack(planes)
 
@@ -502,29 +373,20 @@ def _random_planes(key, shape, cfg: AugmentConfig):
 
 def gray_value_augment(key: jax.Array, image: jax.Array, *, brightness: float = 0.0, contrast: float = 0.0,
                        gamma: float = 0.0, noise: float = 0.0) -> jax.Array:
-    """Random gray-value variations of an image in [0, 1], clipped back to [0, 1].
-
-    In order: gamma ``x ** exp(u)``, u uniform in [-gamma, gamma]; contrast ``(x - mean) * s + mean``, s uniform
-    in [1 - contrast, 1 + contrast], mean over the whole image; brightness ``x + b``, b uniform in [-brightness,
-    brightness]; additive Gaussian noise with standard deviation ``noise`` per pixel. A zero switches its part
-    off (static Python values); with all zero the image is returned unchanged.
-
-    Parameters
-    ----------
-    key : PRNG key
-    image : float (H, W) or (H, W, C), values in [0, 1]
-
-    Returns
-    -------
-    image, same shape and dtype.
-    """
+    """Random gamma ``x ** exp(u)``, contrast about the image mean, brightness offset and Gaussian noise,
+    each uniform in +-its setting (0 = off, static), on an image in [0, 1], clipped back to [0, 1]."""
     if not hasattr(image, "dtype") or not jnp.issubdtype(image.dtype, jnp.floating):
-        raise ValueError(f"image must be a floating array with values in [0, 1], got "
-                         f"{getattr(image, 'dtype', type(image).__name__)}")
-    brightness = _check_number("brightness", brightness)
-    contrast = _check_number("contrast", contrast, high=1.0)
-    gamma = _check_number("gamma", gamma)
-    noise = _check_number("noise", noise)
+        raise InvalidInputError(f"image must be a floating array with values in [0, 1], got "
+                                f"{getattr(image, 'dtype', type(image).__name__)}")
+    brightness = checks.real("brightness", brightness, 0.0)
+    contrast = checks.real("contrast", contrast, 0.0, 1.0)
+    gamma = checks.real("gamma", gamma, 0.0)
+    noise = checks.real("noise", noise, 0.0)
+    return _gray_values(key, image, brightness, contrast, gamma, noise)
+
+
+def _gray_values(key, image, brightness, contrast, gamma, noise):
+    """``gray_value_augment`` of checked settings."""
     if not (brightness or contrast or gamma or noise):
         return image
     k_gamma, k_contrast, k_bright, k_noise = jax.random.split(key, 4)
@@ -547,25 +409,10 @@ def gray_value_augment(key: jax.Array, image: jax.Array, *, brightness: float = 
 # ----------------------------------------------------------------------------------------------------------------
 
 def augment(key: jax.Array, image: jax.Array, labels: Optional[jax.Array], weights: Optional[jax.Array], config):
-    """Augment one training example: all geometric parts in one resampling, then gray values on the image.
+    """Augment one example (jit- and vmap-able): every geometric part in one resampling, then gray values.
 
-    Parameters
-    ----------
-    key : PRNG key
-    image : float32 (H, W) or (H, W, C), values in [0, 1]
-    labels : int32 (H, W) or None
-        Class or instance labels; nearest-neighbour resampling keeps their value set.
-    weights : float32 (H, W) or None
-        Weight map, linearly interpolated.
-    config : ConfigDict, Mapping or AugmentConfig
-        The ``augment`` section of ``unet_jax.config.base_config()`` (static values, read at trace time, so a
-        part that is switched off costs nothing); ``enabled=False`` returns the inputs. See
-        ``random_coordinate_map`` and ``gray_value_augment`` for each part.
-
-    Returns
-    -------
-    (image, labels, weights), shapes and dtypes kept. Usable inside ``jax.jit`` and ``jax.vmap``.
-    """
+    ``labels`` (int, nearest) and ``weights`` (float, linear) may be None. ``config``: the ``augment`` section or an
+    ``AugmentConfig``, read at trace time so a part switched off costs nothing; ``enabled=False`` returns the inputs."""
     cfg = read_config(config)
     hw = _check_arrays(image, labels, weights)
     if not cfg.enabled:
@@ -574,29 +421,14 @@ def augment(key: jax.Array, image: jax.Array, labels: Optional[jax.Array], weigh
     planes = _random_planes(k_geo, hw, cfg)
     if planes is not None:
         image, labels, weights = _resample_one(image, labels, weights, *planes)
-    image = gray_value_augment(k_gray, image, brightness=cfg.brightness, contrast=cfg.contrast, gamma=cfg.gamma,
-                               noise=cfg.noise)
+    image = _gray_values(k_gray, image, cfg.brightness, cfg.contrast, cfg.gamma, cfg.noise)
     return image, labels, weights
 
 
 def augment_batch(key: jax.Array, images: jax.Array, labels: Optional[jax.Array], weights: Optional[jax.Array],
                   config):
-    """``augment`` every example of a batch with its own key: ``augment(jax.random.split(key, B)[n], ...)``.
-
-    The random parameters and gray values are vmapped; the resampling of the whole batch is one gather per array.
-
-    Parameters
-    ----------
-    key : PRNG key
-    images : float32 (B, H, W, C) or (B, H, W)
-    labels : int32 (B, H, W) or None
-    weights : float32 (B, H, W) or None
-    config : the ``augment`` config section (see ``augment``)
-
-    Returns
-    -------
-    (images, labels, weights), shapes and dtypes kept.
-    """
+    """``augment`` of each example of a (B, H, W[, C]) batch with key ``jax.random.split(key, B)[n]``; one
+    gather per array for the whole batch."""
     cfg = read_config(config)
     _check_arrays(images, labels, weights, batched=True)
     if not cfg.enabled:
@@ -608,7 +440,7 @@ def augment_batch(key: jax.Array, images: jax.Array, labels: Optional[jax.Array]
     if cfg.geometric:
         rows, cols = jax.vmap(lambda k: _random_planes(k, (h, w), cfg))(k_geo)
         images, labels, weights = _resample(images, labels, weights, rows, cols)
-    gray = functools.partial(gray_value_augment, brightness=cfg.brightness, contrast=cfg.contrast,
-                             gamma=cfg.gamma, noise=cfg.noise)
+    gray = functools.partial(_gray_values, brightness=cfg.brightness, contrast=cfg.contrast, gamma=cfg.gamma,
+                             noise=cfg.noise)
     images = jax.vmap(gray)(k_gray, images)
     return images, labels, weights

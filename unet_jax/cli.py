@@ -1,31 +1,36 @@
-"""The ``unet-jax`` command line: ``train``, ``evaluate``, ``predict``, ``export``, ``ablate``, ``augment-preview``.
+"""The ``unet-jax`` command line: ``train``, ``evaluate``, ``predict``, ``export``, ``ablate``, ``augment-preview``,
+``config show``. Each subcommand parses its arguments and calls one importable function (host-side).
 
-Host-side. Each subcommand parses its arguments and calls one importable function; nothing else happens here.
-Configs are Python files with ``get_config()`` returning an ``ml_collections.ConfigDict`` (see experiments/);
-``--config.SECTION.KEY=VALUE`` overrides one field (unknown keys are an error). Errors a user can fix (bad
-config key or value, invalid tile size, missing data, missing workdir, unreadable input, an export's missing
-optional dependency) print one line on stderr and exit with code 2; ``--debug`` shows the traceback instead.
-Anything else is a bug and keeps its traceback (exit code 1). ``train`` stopped by SIGTERM, SIGINT or SIGUSR1
-saves the step it is at and exits with 128 + the signal's number (143, 130, 138; ``unet_jax.signals``).
+``--config.SECTION.KEY=VALUE`` overrides one field of the experiment file's ``get_config()``. Exit code 2 with one
+line on stderr (``--debug``: the traceback) for what the user can fix or the run itself reported: invalid input
+(``checks.InvalidInputError``, config errors included), usage (argparse), files (OSError: missing, unwritable, a
+full disk), a diverged run, an unreadable checkpoint, an incomplete sweep, an export's missing optional
+dependency. Any other exception is a bug and shows its traceback (exit 1). ``train`` stopped by SIGTERM, SIGINT
+or SIGUSR1 saves its step and exits with 128 + the signal's number (``unet_jax.signals``).
 """
 from __future__ import annotations
 
 import argparse
 import errno
+import importlib.metadata
 import logging
 import sys
 import warnings
 from typing import List, Optional, Sequence, Tuple
 
+import unet_jax
 from unet_jax import configure_cpu
 from unet_jax.ablate import SweepIncomplete, run_sweep
-from unet_jax.config import UsageError, resolve_config
+from unet_jax.checkpoint import CheckpointRestoreError
+from unet_jax.checks import InvalidInputError
+from unet_jax.config import (UsageError, apply_overrides, base_config, config_lines, load_config_file,
+                             resolve_config, validate)
 from unet_jax.evaluate import evaluate
 from unet_jax.export import FORMATS, INSTALL_HINT, export_model
 from unet_jax.predict import predict_paths
 from unet_jax.preview import preview_from_config
 from unet_jax.signals import TrainingInterrupted
-from unet_jax.train import TRIVIAL_MARGIN, train_and_evaluate
+from unet_jax.train import TRIVIAL_MARGIN, DivergenceError, NonFiniteLossError, train_and_evaluate
 
 EXIT_USAGE = 2
 
@@ -137,6 +142,13 @@ def _cmd_preview(args, overrides):
     print(f"wrote {path}")
 
 
+def _cmd_config_show(args, overrides):
+    config = load_config_file(args.config) if args.config else base_config()
+    config = apply_overrides(config, overrides)
+    validate(config)
+    print("\n".join(config_lines(config)))
+
+
 def _print_metrics(title, metrics):
     items = ", ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items())
                       if isinstance(v, (int, float)))
@@ -149,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="U-Net (Ronneberger et al. 2015) for biomedical image segmentation, in JAX/Flax.",
         epilog="Config overrides: --config.SECTION.KEY=VALUE, e.g. --config.optimizer.learning_rate=0.01 "
                "--config.train.num_steps=200. See experiments/ for the configs.")
+    p.add_argument("--version", action="version", version=f"unet-jax {package_version()}",
+                   help="print the installed version and exit")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -165,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Restore the best (or --step) checkpoint, predict the split with overlap-tile "
                                    "inference and report pixel, Rand and warping error, VI, IoU and SEG per image.")
     e.add_argument("--workdir", required=True, help="a workdir written by `unet-jax train`")
-    e.add_argument("--split", default="validation", choices=["train", "validation", "test"])
+    e.add_argument("--split", default="validation", choices=["train", "validation", "test"],
+                   help="data split to evaluate (default: validation)")
     e.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations")
     e.add_argument("--step", type=int, default=None, help="checkpoint step (default: best, else latest)")
     e.add_argument("--output", default=None, help="output directory (default: WORKDIR/eval_SPLIT)")
@@ -175,11 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("predict", help="segment images (tif/png files or a folder) with a trained workdir",
                        description="Writes per input NAME_prob.tif (cell probability, float32), NAME_labels.tif "
                                    "(instance labels) and NAME_overlay.png. Stacks are predicted slice by slice.")
-    r.add_argument("--workdir", required=True)
+    r.add_argument("--workdir", required=True, help="a workdir written by `unet-jax train`")
     r.add_argument("--input", required=True, help="an image file (tif/png, 2D or a stack) or a folder of them")
     r.add_argument("--output", required=True, help="output directory")
     r.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations")
-    r.add_argument("--step", type=int, default=None)
+    r.add_argument("--step", type=int, default=None, help="checkpoint step (default: best, else latest)")
     r.add_argument("--overwrite", action="store_true",
                    help="replace files in --output that have an output's name (default: refuse, write nothing)")
     r.set_defaults(func=_cmd_predict)
@@ -195,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "pip install 'unet-jax[export]'. Takes no --config overrides.")
     x.add_argument("--workdir", required=True, help="a workdir written by `unet-jax train`")
     x.add_argument("--step", type=int, default=None, help="checkpoint step (default: best, else latest)")
-    x.add_argument("--format", required=True, choices=FORMATS)
+    x.add_argument("--format", required=True, choices=FORMATS, help="output format")
     x.add_argument("--output", required=True, help="output file (.stablehlo, .onnx, .zip) or package folder")
     x.add_argument("--tile-size", type=int, default=None,
                    help="input tile side in pixels (default: the workdir's eval.tile_size); must be a valid "
@@ -208,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "several seeds, then writes results.md, results.csv and results.png (mean +- "
                                    "std). Interrupted sweeps resume: finished runs are skipped.")
     a.add_argument("--config", required=True, help="sweep file (experiments/ablations/*.py)")
-    a.add_argument("--workdir", required=True)
+    a.add_argument("--workdir", required=True, help="output directory: one run folder per variant and seed, and "
+                                                     "the results tables")
     a.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the sweep's)")
     a.set_defaults(func=_cmd_ablate)
 
@@ -216,10 +232,21 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Samples training tiles of the config's data set, augments them as the "
                                    "config says and draws the label borders over them.")
     v.add_argument("--config", help="experiment config file (default: the built-in synthetic experiment)")
-    v.add_argument("--output", default="augment_preview.png")
+    v.add_argument("--output", default="augment_preview.png", help="output PNG file or folder "
+                                                                   "(default: augment_preview.png)")
     v.add_argument("-n", type=int, default=8, help="number of tiles")
-    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--seed", type=int, default=0, help="seed of the crops and the augmentation (default: 0)")
     v.set_defaults(func=_cmd_preview)
+
+    c = sub.add_parser("config", help="show an experiment's configuration",
+                       description="config show: print every config field as SECTION.KEY = VALUE.")
+    cs = c.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    show = cs.add_parser("show", help="print every config field with its value, one SECTION.KEY = VALUE a line",
+                         description="Print every field of the experiment config, after --config.KEY=VALUE "
+                                     "overrides and the same checks as train.")
+    show.add_argument("--config", help="experiment config file (default: the schema's defaults, "
+                                       "unet_jax.config.base_config)")
+    show.set_defaults(func=_cmd_config_show)
     return p
 
 
@@ -248,10 +275,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("unet-jax: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # noqa: BLE001 - what a user can fix is one line; anything else keeps its traceback
-        if debug or not _is_user_error(e):
+    except USER_ERRORS as e:     # what a user can fix, or the run reported, is one line; any other error is a bug
+        if debug:
             raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        msg = str(e)
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
             msg = f"no space left on the device while writing {e.filename or 'the output'}; free space there or " \
                   f"choose another folder (--workdir, --output)"
@@ -259,14 +286,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_USAGE
 
 
-# Errors a user can fix. FloatingPointError: a diverged run (train.NonFiniteLossError); OSError: a path that is
-# a file, unwritable, or a full disk.
-_USER_ERRORS = (ValueError, KeyError, FloatingPointError, OSError)
+# Exit code 2: invalid input (config errors are InvalidInputError too), files (missing, unwritable, a full disk),
+# and the run's own errors: a diverged run, an unreadable checkpoint, a sweep with failed runs.
+USER_ERRORS = (InvalidInputError, OSError, DivergenceError, NonFiniteLossError, CheckpointRestoreError,
+               SweepIncomplete)
 
 
-def _is_user_error(e: BaseException) -> bool:
-    ckpt = sys.modules.get("unet_jax.checkpoint")   # imported by then if a checkpoint was read
-    return isinstance(e, _USER_ERRORS) or (ckpt is not None and isinstance(e, ckpt.CheckpointRestoreError))
+def package_version() -> str:
+    """The installed distribution's version (importlib.metadata), else the package's own ``__version__``."""
+    try:
+        return importlib.metadata.version("unet-jax")
+    except importlib.metadata.PackageNotFoundError:
+        return unet_jax.__version__
 
 
 def _quiet_closed_loop_errors() -> None:

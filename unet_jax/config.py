@@ -10,17 +10,18 @@ import ast
 import contextlib
 import difflib
 import importlib.util
-import math
-import numbers
 import sys
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
 import ml_collections
 
+from unet_jax import checks
 from unet_jax.augment import read_config as read_augment_config
+from unet_jax.checks import InvalidInputError
 from unet_jax.data import DATASETS
 from unet_jax.data.common import TARGETS, normalize_class_weights
+from unet_jax.data.ctc import DATASETS as CTC_DATASETS
 from unet_jax.data.io import MASK_TYPES
 from unet_jax.geometry import PADDINGS, output_size
 from unet_jax.instances import INSTANCE_METHODS
@@ -170,79 +171,119 @@ def synthetic_config() -> ml_collections.ConfigDict:
 
 
 def fill_eval_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Add the eval fields (and data.target, weights.separation_border) a run saved before they existed, with their
-    defaults (a restored ``config.json``)."""
+    """Add every field a run saved before it existed (a restored ``config.json``), with its ``base_config`` value,
+    so that fields are always read as attributes."""
     base = base_config()
-    for section, keys in (("eval", list(base.eval)), ("data", ["target"]), ("weights", ["separation_border"])):
-        for key in keys:
+    for section in base.keys():
+        if not isinstance(base[section], ml_collections.ConfigDict) or section not in config:
+            continue
+        for key in base[section].keys():
             if key not in config[section]:
                 with config[section].unlocked():
                     config[section][key] = base[section][key]
     return config
 
 
+def section(name: str, values=None) -> ml_collections.ConfigDict:
+    """``base_config()``'s section ``name`` ('data' or 'weights') with ``values`` (a mapping of some of its fields,
+    or None) set and checked: for library callers of ``unet_jax.data.load_split`` that pass a plain dict."""
+    base = base_config()[name]
+    values = dict(values or {})
+    unknown = sorted(set(values) - set(base.keys()))
+    if unknown:
+        raise InvalidInputError(f"unknown {name} field(s) {unknown}; known: {sorted(base.keys())}")
+    s = base
+    for key, value in values.items():
+        try:
+            s[key] = value                # typed like the field (an int w0 becomes 10.0)
+        except TypeError:
+            with s.ignore_type():         # e.g. class_weights (1, 3); the checks below judge it
+                s[key] = value
+    {"data": validate_data, "weights": validate_weights}[name](s)
+    return s
+
+
 def validate_eval(config: ml_collections.ConfigDict) -> None:
     """The eval section of ``validate``; ``evaluate`` and ``predict`` check it again after their overrides."""
     e, m = config.eval, config.model
     _int("eval.batch_size", e.batch_size)
-    _float("eval.threshold", e.threshold, 0.0, 1.0, min_open=True, max_open=True)
+    _real("eval.threshold", e.threshold, 0.0, 1.0, low_open=True, high_open=True)
     _bool("eval.tta", e.tta)
     _one_of("eval.instances", e.instances, INSTANCE_METHODS)
     for method, target in (("contours", "contours"), ("centres", "distance")):
         if e.instances == method and config.data.target not in (target, "auto"):
-            raise ValueError(f"config.eval.instances={method!r} needs a model trained with data.target={target!r}; "
-                             f"use 'watershed' or 'components' for this model")
-    _float("eval.watershed_h", e.watershed_h, min_open=True)
-    _float("eval.watershed_smooth", e.watershed_smooth)
+            raise InvalidInputError(f"config.eval.instances={method!r} needs a model trained with data.target="
+                                    f"{target!r}; use 'watershed' or 'components' for this model")
+    _real("eval.watershed_h", e.watershed_h, low_open=True)
+    _real("eval.watershed_smooth", e.watershed_smooth)
     _int("eval.min_object_size", e.min_object_size, 0)
-    _float("eval.min_object_fraction", e.min_object_fraction, 0.0, 1.0, max_open=True)
-    _float("eval.object_area", e.object_area)
-    try:
-        output_size(e.tile_size, m.depth, m.padding)
-    except ValueError as err:
-        raise ValueError(f"config.eval.tile_size: {err}") from None
+    _real("eval.min_object_fraction", e.min_object_fraction, 0.0, 1.0, high_open=True)
+    _real("eval.object_area", e.object_area)
+    _tile_size("eval.tile_size", e.tile_size, m)
 
 
 def _one_of(name, value, allowed):
-    if value not in allowed:
-        raise ValueError(f"config.{name} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
-    return value
+    return checks.one_of(f"config.{name}", value, allowed)
 
 
-def _int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"config.{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+def _int(name, value, minimum=1, maximum=None):
+    return checks.integer(f"config.{name}", value, minimum, maximum)
 
 
-def _float(name, value, minimum=0.0, maximum=math.inf, min_open=False, max_open=False):
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > minimum if min_open else value >= minimum)
-    ok = ok and (value < maximum if max_open else value <= maximum)
-    if not ok:
-        interval = f"{'(' if min_open else '['}{minimum}, {maximum}{')' if max_open else ']'}"
-        raise ValueError(f"config.{name} must be a number in {interval}, got {value!r}")
-    return float(value)
+def _real(name, value, low=0.0, high=None, **open_ends):
+    return checks.real(f"config.{name}", value, low, high, **open_ends)
 
 
 def _bool(name, value):
-    if not isinstance(value, bool):
-        raise ValueError(f"config.{name} must be true or false, got {value!r}")
-    return value
+    return checks.boolean(f"config.{name}", value)
+
+
+def _tile_size(name, tile_size, model):
+    try:
+        output_size(tile_size, model.depth, model.padding)
+    except ValueError as err:
+        raise InvalidInputError(f"config.{name}: {err}") from None
+
+
+def validate_data(d: ml_collections.ConfigDict) -> None:
+    """The data section of ``validate`` (without the checks against the model)."""
+    _one_of("data.name", d.name, DATASETS)
+    if d.name in ("isbi2012", "ctc", "folder") and not d.root:
+        raise InvalidInputError(f"config.data.root must name the directory with the downloaded {d.name} files "
+                                f"(e.g. --config.data.root=/path/to/{d.name})")
+    if d.name == "ctc":
+        _one_of("data.builder_config", d.builder_config, sorted(CTC_DATASETS))
+    elif d.builder_config not in ("", "default"):
+        raise InvalidInputError(f"config.data.builder_config must be '' for {d.name}, got {d.builder_config!r}")
+    _real("data.validation_fraction", d.validation_fraction, 0.0, 1.0, high_open=True)
+    _int("data.validation_slices", d.validation_slices, 0)
+    _one_of("data.mask_type", d.mask_type, MASK_TYPES)
+    _one_of("data.target", d.target, TARGETS + ("auto",))
+    _int("data.num_train", d.num_train, 1)
+    _int("data.num_validation", d.num_validation, 0)
+    _int("data.image_size", d.image_size, 16)
+    _int("data.seed", d.seed, 0)
+
+
+def validate_weights(w: ml_collections.ConfigDict) -> None:
+    """The weights section of ``validate``."""
+    _real("weights.w0", w.w0)
+    _real("weights.sigma", w.sigma, low_open=True)
+    try:
+        normalize_class_weights(w.class_weights)
+    except InvalidInputError as err:
+        raise InvalidInputError(f"config.weights.{err}") from None
+    _bool("weights.separation_border", w.separation_border)
 
 
 def validate(config) -> None:
-    """Check every section of an experiment config before any work starts (host-side).
-
-    Raises
-    ------
-    ValueError
-        Naming the first bad field (``config.SECTION.KEY``), what it holds and what is expected.
-    """
+    """Check every section of an experiment config before any work starts (host-side): the one check of config
+    values; everything downstream reads them as typed attributes. Raises InvalidInputError naming the first bad
+    field (``config.SECTION.KEY``), what it holds and what is expected."""
     if not isinstance(config, ml_collections.ConfigDict):
-        raise ValueError(f"config must be an ml_collections.ConfigDict (experiments/*.py get_config()), got "
-                         f"{type(config).__name__}")
-    fill_eval_defaults(config)   # a config written before an eval field existed
+        raise InvalidInputError(f"config must be an ml_collections.ConfigDict (experiments/*.py get_config()), got "
+                                f"{type(config).__name__}")
+    fill_eval_defaults(config)   # a config written before a field existed
     m, d, t, o = config.model, config.data, config.train, config.optimizer
     _one_of("model.padding", m.padding, PADDINGS)
     _one_of("model.norm", m.norm or None, NORMS)
@@ -250,75 +291,57 @@ def validate(config) -> None:
     _one_of("model.dtype", m.dtype, DTYPES)
     for key in ("features", "depth", "num_classes"):
         _int(f"model.{key}", m[key])
-    _float("model.dropout_rate", m.dropout_rate, 0.0, 1.0, max_open=True)
+    _real("model.dropout_rate", m.dropout_rate, 0.0, 1.0, high_open=True)
 
-    _one_of("data.name", d.name, DATASETS)
-    if d.name in ("isbi2012", "ctc", "folder") and not d.root:
-        raise ValueError(f"config.data.root must name the directory with the downloaded {d.name} files "
-                         f"(e.g. --config.data.root=/path/to/{d.name})")
-    _float("data.validation_fraction", d.validation_fraction, 0.0, 1.0, max_open=True)
-    _int("data.validation_slices", d.validation_slices, 0)
-    _one_of("data.mask_type", d.mask_type, MASK_TYPES)
-    _one_of("data.target", d.target, TARGETS + ("auto",))
+    validate_data(d)
     need = {"contours": (3, "three classes (background, interior, contour)"),
             "distance": (1 + DISTANCE_BINS, f"{1 + DISTANCE_BINS} classes (background and {DISTANCE_BINS} of the "
                                             f"distance to the object's edge)")}
     if d.target in need and (m.num_classes != need[d.target][0] or d.mask_type == "classes"):
-        raise ValueError(f"config.data.target={d.target!r} trains {need[d.target][1]} on binary or instance "
-                         f"masks: set model.num_classes={need[d.target][0]} (got {m.num_classes}) and a mask_type "
-                         f"other than 'classes' (got {d.mask_type!r})")
-
-    _float("weights.w0", config.weights.w0)
-    _float("weights.sigma", config.weights.sigma, min_open=True)
-    try:
-        normalize_class_weights(config.weights.class_weights)
-    except ValueError as err:
-        raise ValueError(f"config.weights.{err}") from None
-    if not isinstance(config.weights.separation_border, bool):
-        raise ValueError(f"config.weights.separation_border must be True or False, got "
-                         f"{config.weights.separation_border!r}")
-    _float("loss.dice_weight", config.loss.dice_weight)
+        raise InvalidInputError(f"config.data.target={d.target!r} trains {need[d.target][1]} on binary or instance "
+                                f"masks: set model.num_classes={need[d.target][0]} (got {m.num_classes}) and a "
+                                f"mask_type other than 'classes' (got {d.mask_type!r})")
+    validate_weights(config.weights)
+    _real("loss.dice_weight", config.loss.dice_weight)
     read_augment_config(config.augment)
 
     _one_of("optimizer.name", o.name, OPTIMIZERS)
     _one_of("optimizer.schedule", o.schedule, SCHEDULES)
-    _float("optimizer.learning_rate", o.learning_rate, min_open=True)
-    _float("optimizer.momentum", o.momentum, 0.0, 1.0)
+    _real("optimizer.learning_rate", o.learning_rate, low_open=True)
+    _real("optimizer.momentum", o.momentum, 0.0, 1.0)
     _bool("optimizer.nesterov", o.nesterov)
-    _float("optimizer.weight_decay", o.weight_decay)
-    _float("optimizer.grad_clip_norm", o.grad_clip_norm)
+    _real("optimizer.weight_decay", o.weight_decay)
+    _real("optimizer.grad_clip_norm", o.grad_clip_norm)
     accum = _int("optimizer.grad_accum_steps", o.grad_accum_steps)
     warmup = _int("optimizer.warmup_steps", o.warmup_steps, 0)
 
     num_steps = _int("train.num_steps", t.num_steps)
     updates = num_steps // accum
     if o.schedule != "constant" and updates < 1:
-        raise ValueError(f"config.optimizer.grad_accum_steps ({accum}) must be at most train.num_steps "
-                         f"({num_steps}) for schedule {o.schedule!r}")
+        raise InvalidInputError(f"config.optimizer.grad_accum_steps ({accum}) must be at most train.num_steps "
+                                f"({num_steps}) for schedule {o.schedule!r}")
     if o.schedule == "warmup_cosine" and warmup >= updates:
-        raise ValueError(f"config.optimizer.warmup_steps must be smaller than the number of optimizer updates "
-                         f"(train.num_steps // grad_accum_steps = {updates}), got {warmup}")
+        raise InvalidInputError(f"config.optimizer.warmup_steps must be smaller than the number of optimizer "
+                                f"updates (train.num_steps // grad_accum_steps = {updates}), got {warmup}")
     for key, minimum in (("batch_size", 1), ("log_every", 1), ("eval_every", 0), ("checkpoint_every", 0),
                          ("keep_checkpoints", 1), ("max_rollbacks", 0)):
         _int(f"train.{key}", t[key], minimum)
-    _float("train.time_limit", t.time_limit)
-    _float("train.foreground_fraction", t.foreground_fraction, 0.0, 1.0)
+    _real("train.time_limit", t.time_limit)
+    _real("train.foreground_fraction", t.foreground_fraction, 0.0, 1.0)
     _bool("train.allow_config_change", t.allow_config_change)
+    _bool("train.distributed", t.distributed)
     if t.best_metric:
         _one_of("train.best_metric", t.best_metric, BEST_METRICS)
     _one_of("train.best_mode", t.best_mode, BEST_MODES)
     validate_eval(config)
-    try:
-        output_size(t.tile_size, m.depth, m.padding)
-    except ValueError as err:
-        raise ValueError(f"config.train.tile_size: {err}") from None
+    _tile_size("train.tile_size", t.tile_size, m)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Config files and overrides
 # ----------------------------------------------------------------------------------------------------------------
 
-class UsageError(ValueError):
+class UsageError(InvalidInputError):
     """An error in what the user asked for; printed as one line, exit code 2."""
 
 
@@ -452,6 +475,17 @@ def apply_overrides(config, overrides: Sequence[Tuple[str, str]]):
             else:
                 node = node[part]
     return config
+
+
+def config_lines(config, prefix: str = "") -> list:
+    """``'section.key = value'`` for every field of ``config`` (values as Python literals), sections in order."""
+    lines = []
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            lines += config_lines(value, f"{prefix}{key}.")
+        else:
+            lines.append(f"{prefix}{key} = {value!r}")
+    return lines
 
 
 def resolve_config(config_path: Optional[str], overrides):

@@ -9,19 +9,18 @@ from __future__ import annotations
 
 from typing import Optional
 
+from unet_jax import checks
+from unet_jax.checks import InvalidInputError
+
 PADDINGS = ("VALID", "SAME")
 
 
-def _check_padding(padding: str) -> str:
-    if padding not in PADDINGS:
-        raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
-    return padding
+def _check_padding(padding: str) -> str:   # kept for unet_jax.model until it calls checks itself
+    return checks.one_of("padding", padding, PADDINGS)
 
 
-def _check_depth(depth: int) -> int:
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-        raise ValueError(f"depth must be a positive integer, got {depth!r}")
-    return depth
+def _check_depth(depth: int) -> int:       # kept for unet_jax.model until it calls checks itself
+    return checks.integer("depth", depth, 1)
 
 
 def _trace_valid(size: int, depth: int) -> Optional[int]:
@@ -69,7 +68,7 @@ def _valid_in_from_bottom(b: int, depth: int) -> int:
 
 def valid_input_sizes(depth: int = 4, upto: int = 4096):
     """All valid VALID-padding input sizes up to ``upto`` (for depth 4: 188, 204, ..., 572, ... = 16k + 12)."""
-    _check_depth(depth)
+    checks.integer("depth", depth, 1)
     b = _min_bottom(depth)
     out = []
     while (s := _valid_in_from_bottom(b, depth)) <= upto:
@@ -97,55 +96,34 @@ def _nearest_valid(size: int, depth: int, padding: str) -> tuple:
 
 
 def output_size(size: int, depth: int = 4, padding: str = "VALID") -> int:
-    """Spatial output size of the U-Net for a square (or one side of a) input tile.
-
-    Parameters
-    ----------
-    size : int
-        Input side length in pixels.
-    depth : int
-        Number of 2x2 max-pools (4 in the paper).
-    padding : {'VALID', 'SAME'}
-        Convolution padding. VALID is the paper's: each 3x3 conv trims 2 pixels.
-
-    Returns
-    -------
-    int
-        The output side length (388 for 572 with the paper's settings; ``size`` for SAME).
-
-    Raises
-    ------
-    ValueError
-        If any 2x2 max-pool would see an odd size (or the size becomes non-positive); the message names the
-        nearest valid input sizes.
-    """
-    _check_padding(padding)
-    _check_depth(depth)
-    if isinstance(size, bool) or not isinstance(size, (int,)) and not hasattr(size, "__index__"):
-        raise ValueError(f"size must be an integer, got {size!r}")
-    size = int(size)
+    """The U-Net's output side for an input side ``size`` (388 for 572 with depth 4, VALID; ``size`` for SAME).
+    An invalid size (a 2x2 max-pool would see an odd size, or nothing is left) raises InvalidInputError naming the
+    nearest valid sizes."""
+    checks.one_of("padding", padding, PADDINGS)
+    checks.integer("depth", depth, 1)
+    size = checks.integer("size", size)
     if size <= 0:
-        raise ValueError(f"size must be positive, got {size}")
+        raise InvalidInputError(f"size must be positive, got {size}")
     if padding == "SAME":
         if size % (2 ** depth):
-            raise ValueError(
-                f"input size {size} is not valid for depth {depth} with SAME padding: it must be a multiple of "
-                f"{2 ** depth}; nearest valid sizes: {_nearest_valid(size, depth, padding)}")
+            raise InvalidInputError(
+                       f"input size {size} is not valid for depth {depth} with SAME padding: it must be a multiple of "
+                       f"{2 ** depth}; nearest valid sizes: {_nearest_valid(size, depth, padding)}")
         return size
     out = _trace_valid(size, depth)
     if out is None:
-        raise ValueError(
-            f"input size {size} is not valid for depth {depth} with VALID padding: a 2x2 max-pool would see an "
-            f"odd size or the output would be empty; nearest valid sizes: {_nearest_valid(size, depth, padding)}")
+        raise InvalidInputError(
+                   f"input size {size} is not valid for depth {depth} with VALID padding: a 2x2 max-pool would see an "
+                   f"odd size or the output would be empty; nearest valid sizes: "
+                   f"{_nearest_valid(size, depth, padding)}")
     return out
 
 
 def valid_input_size(min_output: int, depth: int = 4, padding: str = "VALID") -> int:
     """Smallest valid input size whose output is at least ``min_output`` pixels (e.g. 388 -> 572)."""
-    _check_padding(padding)
-    _check_depth(depth)
-    if isinstance(min_output, bool) or int(min_output) != min_output or min_output <= 0:
-        raise ValueError(f"min_output must be a positive integer, got {min_output!r}")
+    checks.one_of("padding", padding, PADDINGS)
+    checks.integer("depth", depth, 1)
+    checks.integer("min_output", min_output, 1)
     if padding == "SAME":
         m = 2 ** depth
         return -(-int(min_output) // m) * m
@@ -157,7 +135,7 @@ def valid_input_size(min_output: int, depth: int = 4, padding: str = "VALID") ->
 
 def border(depth: int = 4, padding: str = "VALID") -> int:
     """Context pixels lost on each side: (input - output) / 2; 92 for the paper network, 0 for SAME."""
-    if _check_padding(padding) == "SAME":
+    if checks.one_of("padding", padding, PADDINGS) == "SAME":
         return 0
     s = valid_input_size(1, depth)
     return (s - output_size(s, depth)) // 2

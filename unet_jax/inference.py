@@ -15,6 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from unet_jax import metrics
+from unet_jax.checks import InvalidInputError
 from unet_jax.config import ISBI_METRICS
 from unet_jax.instances import label_instances
 from unet_jax.model import UNet
@@ -45,40 +46,18 @@ def predict_probabilities(model: UNet, variables, image, eval_config, tta: bool 
 def evaluate_examples(model: UNet, variables, examples: Sequence[dict], config, *, tta: bool = False,
                       sweep: bool = False, on_prediction: Optional[Callable[[dict, np.ndarray], None]] = None,
                       progress: Optional[str] = None) -> Tuple[Dict[str, float], List[dict]]:
-    """Predict ``examples`` and measure the labelled ones: the evaluator of validation and of ``evaluate``.
+    """Predict ``examples`` (``load_split`` dicts) and measure the labelled ones: the evaluator of validation
+    and of ``evaluate``. ``sweep``: the ISBI 2012 measures at the challenge's thresholds per image and pooled (else at
+    ``eval.threshold``, pooled, only for isbi2012 or an ISBI ``train.best_metric``); ``on_prediction(example,
+    probabilities)`` after each image; ``progress``: a bar title or None.
 
-    Parameters
-    ----------
-    model, variables : the network and its ``{'params': ...[, 'batch_stats': ...]}``
-    examples : ``unet_jax.data.load_split`` output ('image', 'instances', 'classes', 'weights', 'name',
-        'labelled')
-    config : the full experiment config (``eval.tile_size``, ``eval.batch_size``, ``eval.threshold``)
-    tta : average the 8 flips/rotations
-    sweep : the ISBI 2012 measures at the challenge's thresholds, per image and pooled (``evaluate``); False:
-        at ``eval.threshold`` only, pooled, and only for the isbi2012 data set or an ISBI ``train.best_metric``
-        (validation during training, a few seconds per 512x512 image)
-    on_prediction : called as ``on_prediction(example, probabilities)`` after each image (e.g. to write files)
-    progress : a progress-bar title, or None for no bar
-
-    Returns
-    -------
-    (summary, rows). ``summary`` pools the labelled images: 'loss' (the weighted cross-entropy of the
-    probabilities, the training energy on whole images), 'pixel_mismatch' (fraction of wrong pixels at
-    ``eval.threshold``, arg-max for more than two classes) and, for two classes, 'iou' (mean over images),
-    'trivial_iou' (the better of all-background and all-foreground: a model that does not beat it learned
-    nothing), 'foreground_fraction', the object measures of ``objects_of`` (``eval.instances``) against the true
-    objects ('seg', the mean over images; ``metrics.object_scores``: 'object_f1', 'object_precision',
-    'object_recall' at IoU 0.5 pooled over images, 'mean_ap') and the ISBI measures (``unet_jax.metrics.isbi2012``,
-    statistics summed over the images as for a stack). ``rows``: one dict per example, 'name' and, for labelled
-    two-class images, ``metrics.threshold_metrics`` at ``eval.threshold`` of those objects (and with ``sweep`` the
-    image's own ``isbi2012``); a contours network is measured the same way, on P(interior or contour). With
-    more than two classes (class masks): 'iou' is the mean over the classes
-    1..K-1 of the arg-max's per-class IoU ('iou_classK' each, per image and averaged), and the objects are those
-    of P(any class but background).
-    """
+    Returns (summary, rows): ``summary`` pools the labelled images ('loss', 'pixel_mismatch', and for two classes
+    'iou', 'trivial_iou', 'foreground_fraction', the object measures of ``objects_of`` and the ISBI measures; for
+    class masks the mean per-class 'iou'); ``rows`` one dict per example with its own measures. docs/data.md lists
+    every key."""
     if not examples:
-        raise ValueError("examples must be a non-empty list of examples, got an empty list")
-    threshold = float(config.eval.threshold)
+        raise InvalidInputError("examples must be a non-empty list of examples, got an empty list")
+    threshold = config.eval.threshold
     challenge = sweep or config.data.name == "isbi2012" or config.train.best_metric in ISBI_METRICS
     items = examples
     if progress:
@@ -171,7 +150,7 @@ def objects_of(probs, config) -> np.ndarray:
     uint16/uint32 labels, 0 = background."""
     e = config.eval
     seeds = {"contours": lambda: probs[..., 1], "centres": lambda: centre_map(probs)}.get(e.instances)
-    return label_instances(foreground_probability(probs), threshold=float(e.threshold), method=e.instances,
-                           h=float(e.watershed_h), min_size=int(e.min_object_size), smooth=float(e.watershed_smooth),
-                           interior=None if seeds is None else seeds(),
-                           min_fraction=float(e.min_object_fraction), object_area=float(e.object_area))
+    return label_instances(foreground_probability(probs), threshold=e.threshold, method=e.instances,
+                           h=e.watershed_h, min_size=e.min_object_size, smooth=e.watershed_smooth,
+                           interior=None if seeds is None else seeds(), min_fraction=e.min_object_fraction,
+                           object_area=e.object_area)

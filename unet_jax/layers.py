@@ -1,16 +1,7 @@
-"""The U-Net's layers written for speed: 2x2 max-pool, 2x2 up-convolution and 3x3 convolution with custom VJPs.
-
-Each equals its generic flax/lax counterpart (same parameters, same results to float rounding; tests/test_layers.py
-compares outputs and gradients) and is faster on XLA:CPU, where the generic ops are slow (BENCHMARKS.md):
-
-* ``max_pool_2x2``: (N, H, W, C) -> (N, H/2, W/2, C), as ``nn.max_pool(x, (2, 2), strides=(2, 2))``;
-* ``upconv2x2`` / ``UpConv2x2``: (N, H, W, C_in) -> (N, 2H, 2W, C_out), as ``nn.ConvTranspose(C_out, (2, 2),
-  strides=(2, 2))``: one matrix product and a depth-to-space reshape;
-* ``conv3x3_shift`` / ``Conv3x3``: 3x3 convolution, as ``nn.Conv(C_out, (3, 3))``; shifted multiply-adds for
-  ``C_in <= SHIFT_MAX_CHANNELS`` (the paper's 1-channel first layer), ``lax.conv_general_dilated`` otherwise.
-
-Activations are NHWC in the compute dtype (float32 or bfloat16); parameters are float32.
-"""
+"""The U-Net's layers written for XLA:CPU speed, each equal to its flax/lax counterpart to float rounding
+(tests/test_layers.py; BENCHMARKS.md): ``max_pool_2x2``, ``upconv2x2`` / ``UpConv2x2`` (one matrix product and a
+depth-to-space reshape) and ``conv3x3_shift`` / ``Conv3x3`` (shifted multiply-adds for few input channels,
+``lax.conv_general_dilated`` otherwise). NHWC activations in the compute dtype; float32 parameters."""
 from __future__ import annotations
 
 from typing import Any
@@ -64,20 +55,9 @@ max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 @jax.custom_vjp
 def upconv2x2(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """2x2/stride-2 transposed convolution without bias as a matrix product and a depth-to-space reshape.
-
-    Parameters
-    ----------
-    x : float array (N, H, W, C_in)
-    kernel : float array (2, 2, C_in, C_out) in ``nn.ConvTranspose``'s convention, same dtype as ``x``
-
-    Returns
-    -------
-    array (N, 2H, 2W, C_out) of ``x``'s dtype: output pixel (2h + i, 2w + j) is ``x[h, w] @ kernel[1-i, 1-j]``.
-
-    The custom VJP rearranges the output gradient once, to (N H W, 4 C_out), for both gradient products (autodiff
-    made two differently laid-out copies of it).
-    """
+    """(N, H, W, C_in) -> (N, 2H, 2W, C_out): a 2x2/stride-2 transposed convolution without bias (kernel as
+    ``nn.ConvTranspose``'s) as one matrix product and a depth-to-space reshape; the custom VJP rearranges the output
+    gradient once for both gradient products."""
     n, h, w, c_in = x.shape
     c_out = kernel.shape[-1]
     y = jnp.dot(x, _upconv_matrix(kernel)).reshape(n, h, w, 2, 2, c_out)
@@ -141,24 +121,10 @@ def _shifted(x: jax.Array, kh: int, kw: int):
 
 @jax.custom_vjp
 def conv3x3_shift(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """VALID convolution as shifted multiply-adds, for few input channels (the paper's 1-channel first layer).
-
-    Parameters
-    ----------
-    x : float array (N, H, W, C_in)
-    kernel : float array (kh, kw, C_in, C_out), same dtype as ``x``
-
-    Returns
-    -------
-    array (N, H - kh + 1, W - kw + 1, C_out) of ``x``'s dtype (accumulated in float32), equal to
-    ``lax.conv_general_dilated(x, kernel, (1, 1), 'VALID')`` to float rounding.
-
-    The forward is kh*kw*C_in broadcast multiply-adds that XLA fuses, with a following bias and ReLU, into one
-    loop over the output. The custom VJP computes the kernel gradient as one matrix product of the (kh kw C_in,
-    N h w) shifted views with the (N h w, C_out) output gradient (autodiff of the forward would make kh*kw*C_in
-    reductions over the output) and the input gradient with ``lax``'s transposed convolution (dead code, removed
-    by XLA, when ``x`` is the network input).
-    """
+    """VALID convolution as kh*kw*C_in shifted multiply-adds that XLA fuses with bias and ReLU, for few input
+    channels (the paper's first layer); equal to ``lax.conv_general_dilated`` to rounding. The custom VJP takes the
+    kernel gradient as one matrix product of the shifted views and the input gradient by lax's transposed
+    convolution."""
     kh, kw, c_in, _ = kernel.shape
     k = kernel.astype(jnp.float32)
     views = _shifted(x, kh, kw)

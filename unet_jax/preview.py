@@ -20,6 +20,8 @@ import skimage.io
 from skimage.segmentation import mark_boundaries
 
 from unet_jax import augment as aug
+from unet_jax import checks
+from unet_jax.checks import InvalidInputError
 from unet_jax.data import load_split
 from unet_jax.data.io import check_writable_directory
 
@@ -33,64 +35,38 @@ def _as_float_image(image) -> np.ndarray:
     if image.ndim == 2:
         image = image[..., None]
     if image.ndim != 3:
-        raise ValueError(f"each image must have shape (H, W) or (H, W, C), got {image.shape}")
+        raise InvalidInputError(f"each image must have shape (H, W) or (H, W, C), got {image.shape}")
     if np.issubdtype(image.dtype, np.integer):
         return image.astype(np.float32) / float(np.iinfo(image.dtype).max)
     if np.issubdtype(image.dtype, np.floating):
         return np.clip(image.astype(np.float32), 0.0, 1.0)
-    raise ValueError(f"images must be integer or floating arrays, got dtype {image.dtype}")
+    raise InvalidInputError(f"images must be integer or floating arrays, got dtype {image.dtype}")
 
 
 def augment_preview(images, labels, config, path, n: int = 8, seed: int = 0, tile: int = 256,
                     columns: int = 4) -> np.ndarray:
-    """Host-side: augment ``n`` random tiles and write them as a PNG grid with the label borders drawn over them.
-
-    Each tile is a random ``tile x tile`` crop of a random image, augmented with ``augment_batch`` (one jitted
-    call, ``config`` as in training); borders between different label values are drawn with
-    ``skimage.segmentation.mark_boundaries``.
-
-    Parameters
-    ----------
-    images : array (N, H, W) or (N, H, W, C), or a sequence of (H, W[, C]) arrays of any sizes; uint8 (0..255)
-        or float in [0, 1]
-    labels : int array (N, H, W) or a sequence of (H, W) arrays (each its image's size)
-        Class or instance labels (e.g. ISBI: 1 = cell, 0 = membrane).
-    config : ConfigDict or Mapping
-        The ``augment`` section of ``unet_jax.config.base_config()`` (see ``unet_jax.augment.augment``).
-    path : str or Path
-        Output PNG file; parent directories are created.
-    n : int
-        Number of tiles (>= 1).
-    seed : int
-        Seeds the choice of crops (numpy) and the augmentation (``jax.random.PRNGKey(seed)``).
-    tile : int
-        Tile height and width in pixels (at most the smallest image side).
-    columns : int
-        Tiles per row of the grid.
-
-    Returns
-    -------
-    uint8 (rows * (tile + gap) - gap, cols * (tile + gap) - gap, 3): the RGB picture written to ``path``.
-    """
+    """Augment ``n`` random ``tile`` x ``tile`` crops of ``images`` (uint8 or float in [0, 1], any sizes) with
+    ``augment_batch`` and the ``augment`` section ``config``, draw the borders of ``labels`` over them and write the
+    grid of ``columns`` tiles a row to the PNG ``path``; returns the uint8 RGB picture. ``seed`` seeds the crops and
+    the augmentation (host-side)."""
     images = [_as_float_image(im) for im in images]
     labels = [np.asarray(lab) for lab in labels]
     if not images or len(labels) != len(images):
-        raise ValueError(f"images and labels must be non-empty and of the same length, got {len(images)} images "
-                         f"and {len(labels)} labels")
+        raise InvalidInputError(f"images and labels must be non-empty and of the same length, got {len(images)} "
+                                f"images and {len(labels)} labels")
     for k, (im, lab) in enumerate(zip(images, labels)):
         if lab.shape != im.shape[:2] or not np.issubdtype(lab.dtype, np.integer):
-            raise ValueError(f"labels[{k}] must be an integer array of shape {im.shape[:2]} (its image's), got "
-                             f"{lab.dtype} {lab.shape}")
+            raise InvalidInputError(f"labels[{k}] must be an integer array of shape {im.shape[:2]} (its image's), "
+                                    f"got {lab.dtype} {lab.shape}")
     channels = {im.shape[2] for im in images}
     if len(channels) != 1:
-        raise ValueError(f"all images must have the same number of channels, got {sorted(channels)}")
+        raise InvalidInputError(f"all images must have the same number of channels, got {sorted(channels)}")
     c = channels.pop()
     for name, value, low in (("n", n, 1), ("tile", tile, 2), ("columns", columns, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        checks.integer(name, value, low)
     smallest = min(min(im.shape[:2]) for im in images)
     if tile > smallest:
-        raise ValueError(f"tile must be at most the smallest image side {smallest}, got {tile}")
+        raise InvalidInputError(f"tile must be at most the smallest image side {smallest}, got {tile}")
     cfg = aug.read_config(config)
 
     rng = np.random.default_rng(seed)
@@ -129,38 +105,22 @@ def preview_path(path) -> Path:
     folder = str(path).endswith(("/", os.sep)) or Path(path).is_dir()
     path = Path(path) / "augment_preview.png" if folder else Path(path)
     if path.suffix.lower() != ".png":
-        raise ValueError(f"--output {str(path)!r} must name a .png file or a folder (got "
-                         f"{repr(path.suffix) if path.suffix else 'no suffix'})")
+        raise InvalidInputError(f"--output {str(path)!r} must name a .png file or a folder (got "
+                                f"{repr(path.suffix) if path.suffix else 'no suffix'})")
     check_writable_directory(path.parent, "--output")
     return path
 
 
 def preview_from_config(config, path, n: int = 8, seed: int = 0, tile: Optional[int] = None) -> Path:
-    """Host-side: ``augment_preview`` of the training split of an experiment config's data set.
-
-    Parameters
-    ----------
-    config : ml_collections.ConfigDict
-        A whole experiment config (``unet_jax.config.base_config`` schema): ``data`` and ``weights`` choose the data
-        set (``unet_jax.data.load_split``, prepared first if needed), ``augment`` the augmentation.
-    path : str or Path
-        Output PNG.
-    n, seed : int
-        Number of tiles; seed of the crops and the augmentation.
-    tile : int or None
-        Tile size; None = ``config.train.tile_size``, at most the smallest image side.
-
-    Returns
-    -------
-    Path of the written PNG (``path``, or ``path/augment_preview.png`` when ``path`` is a folder). Borders are
-    drawn between the data set's object instances.
-    """
+    """``augment_preview`` of the labelled training examples of an experiment config's data set (``tile``
+    None: ``train.tile_size``, at most the smallest image side); returns the PNG's path (``path`` or
+    ``path/augment_preview.png`` for a folder)."""
     path = preview_path(path)
     examples = [e for e in load_split(config.data, config.weights, "train") if e["labelled"]]
     if not examples:
-        raise ValueError(f"the {config.data.name!r} data set has no labelled training examples")
+        raise InvalidInputError(f"the {config.data.name!r} data set has no labelled training examples")
     smallest = min(min(e["image"].shape[:2]) for e in examples)
-    tile = min(int(config.train.tile_size), smallest) if tile is None else tile
+    tile = min(config.train.tile_size, smallest) if tile is None else tile
     augment_preview([e["image"] for e in examples], [e["instances"] for e in examples], config.augment, path,
                     n=n, seed=seed, tile=tile)
     return path

@@ -1,11 +1,6 @@
-"""Overlap-tile inference (paper section 2, figure 2) and test-time augmentation.
-
-An image of any size is segmented tile by tile, missing context beyond its border extrapolated by mirroring.
-VALID tiles reproduce one pass over the mirror-padded image (up to float rounding); SAME tiles are blended with a
-raised-cosine window (``tile_grid``, ``blend_window``). Entry points: ``predict_tiled`` (one image), ``predict_stack`` (a
-stack) and ``make_batch_predictor`` (the jit-compiled per-batch function, pure jax.numpy; everything else here is
-host-side numpy). Design notes: BENCHMARKS.md.
-"""
+"""Overlap-tile inference (paper section 2, figure 2) and test-time augmentation, host-side around one jitted
+batch function (``make_batch_predictor``). Missing context beyond the border is mirrored; VALID tiles equal one
+pass over the padded image, SAME tiles are blended with a raised-cosine window. Design notes: BENCHMARKS.md."""
 from __future__ import annotations
 
 import dataclasses
@@ -17,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from unet_jax import checks
+from unet_jax.checks import InvalidInputError
 from unet_jax.geometry import PADDINGS, border, output_size
 
 PAD_MODES = ("symmetric", "reflect")
@@ -31,30 +28,9 @@ __all__ = ["TileGrid", "TileBatch", "tile_grid", "mirror_indices", "iter_tile_ba
 
 @dataclasses.dataclass(frozen=True)
 class TileGrid:
-    """Tile layout for one image (host-side, plain integers).
-
-    Attributes
-    ----------
-    image_shape : (int, int)
-        (H, W) of the image.
-    tile_size : int
-        Input tile side T.
-    out_size : int
-        Output tile side O = ``output_size(T, depth, padding)``.
-    step : int
-        Distance between neighbouring tile origins (a multiple of ``2**depth``).
-    pad_before : int
-        Mirrored pixels before the image (top and left) in the padded image.
-    offset : int
-        Offset of a tile's output relative to its input origin, in padded coordinates: a tile at padded input
-        origin ``y`` predicts image rows ``y + offset - pad_before ...`` (``border`` for VALID, 0 for SAME).
-    origins_y, origins_x : tuple of int
-        Tile origins in padded input coordinates, ``k * step``.
-    padding : str
-        'VALID' or 'SAME'.
-    overlap : int
-        Blending overlap in pixels (SAME), or the output overlap O - step (VALID).
-    """
+    """Tile layout of one image (plain integers): input tile T and output O, the ``step`` between origins,
+    ``pad_before`` mirrored pixels top and left, the ``offset`` of a tile's output from its input origin (``border``
+    for VALID, 0 for SAME), the origins in padded coordinates and the overlap (SAME: blending; VALID: O - step)."""
     image_shape: tuple
     tile_size: int
     out_size: int
@@ -83,69 +59,41 @@ class TileGrid:
         return np.stack([yy.ravel(), xx.ravel()], axis=1)
 
 
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def tile_grid(image_shape, tile_size: int, *, depth: int = 4, padding: str = "VALID",
               overlap: Optional[int] = None) -> TileGrid:
-    """Plan the tiles covering an image (host-side).
+    """Plan the tiles covering an ``image_shape`` (H, W) for a valid ``tile_size`` (host-side).
 
-    VALID (the paper's network): the image is mirror-padded by ``border(depth)`` pixels on the top and left, and
-    tile origins lie on a grid of ``step`` = the largest multiple of ``2**depth`` that is at most O, so each tile
-    computes exactly the pixels of one pass over the whole padded image (equal up to float rounding). SAME: tiles
-    overlap by ``overlap`` pixels and the image is mirror-padded by ``overlap`` on the top and left, so every
-    image pixel lies on the plateau (or peak) of some tile's ``blend_window``.
-
-    Parameters
-    ----------
-    image_shape : (int, int)
-        Image (H, W), both >= 1.
-    tile_size : int
-        Input tile side T; must be a valid size for ``depth`` and ``padding`` (``unet_jax.geometry.output_size``
-        raises a ValueError naming the nearest valid sizes otherwise).
-    depth : int
-        Number of 2x2 max-pools of the network.
-    padding : {'VALID', 'SAME'}
-        The network's convolution padding.
-    overlap : int or None
-        SAME only: tile overlap in pixels, a multiple of ``2**depth`` in [0, T / 2]; None picks half a tile
-        rounded down to a multiple of ``2**depth``. Must be None for VALID (the geometry fixes it).
-
-    Returns
-    -------
-    TileGrid
-    """
-    if padding not in PADDINGS:
-        raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+    VALID: origins every ``step`` (the largest multiple of ``2**depth`` <= O) after ``border(depth)`` mirrored
+    pixels, so tiles compute exactly one pass over the padded image. SAME: tiles overlap by ``overlap`` (a multiple of
+    ``2**depth`` in [0, T/2]; None: half a tile) so every pixel lies on some tile's ``blend_window`` plateau."""
+    checks.one_of("padding", padding, PADDINGS)
     if len(tuple(image_shape)) != 2:
-        raise ValueError(f"image_shape must be (H, W), got {image_shape!r}")
-    h, w = (_check_int("image_shape", s, 1) for s in image_shape)
-    tile_size = _check_int("tile_size", tile_size, 1)
-    depth = _check_int("depth", depth, 1)
+        raise InvalidInputError(f"image_shape must be (H, W), got {image_shape!r}")
+    h, w = (checks.integer("image_shape", s, 1) for s in image_shape)
+    tile_size = checks.integer("tile_size", tile_size, 1)
+    depth = checks.integer("depth", depth, 1)
     try:
         out = output_size(tile_size, depth, padding)
-    except ValueError as e:
-        raise ValueError(f"tile_size {tile_size} is not a valid input size: {e}") from None
+    except InvalidInputError as e:
+        raise InvalidInputError(f"tile_size {tile_size} is not a valid input size: {e}") from None
     grid = 2 ** depth
     if padding == "VALID":
         if overlap is not None:
-            raise ValueError(f"overlap must be None for VALID padding (the tile geometry fixes it), got {overlap!r}")
+            raise InvalidInputError(f"overlap must be None for VALID padding (the tile geometry fixes it), got "
+                                    f"{overlap!r}")
         step = (out // grid) * grid
         if step == 0:
-            raise ValueError(f"tile_size {tile_size} gives only {out} output pixels, fewer than the {grid}-pixel "
-                             f"pooling grid of depth {depth}; use a larger tile_size")
+            raise InvalidInputError(f"tile_size {tile_size} gives only {out} output pixels, fewer than the "
+                                    f"{grid}-pixel pooling grid of depth {depth}; use a larger tile_size")
         pad_before = offset = border(depth, padding)
         overlap_px = out - step
     else:
         if overlap is None:
             overlap = (tile_size // 2 // grid) * grid
-        overlap = _check_int("overlap", overlap, 0)
+        overlap = checks.integer("overlap", overlap, 0)
         if overlap % grid or 2 * overlap > tile_size:
-            raise ValueError(f"overlap must be a multiple of {grid} in [0, {tile_size // 2}] for tile_size "
-                             f"{tile_size} and depth {depth}, got {overlap}")
+            raise InvalidInputError(f"overlap must be a multiple of {grid} in [0, {tile_size // 2}] for tile_size "
+                                    f"{tile_size} and depth {depth}, got {overlap}")
         step = tile_size - overlap
         pad_before, offset, overlap_px = overlap, 0, overlap
 
@@ -163,18 +111,9 @@ def tile_grid(image_shape, tile_size: int, *, depth: int = 4, padding: str = "VA
 
 
 def mirror_indices(start: int, length: int, size: int, mode: str = "symmetric") -> np.ndarray:
-    """Source indices of ``length`` consecutive positions from ``start`` on an axis of ``size`` pixels, mirrored.
-
-    Host-side. Position ``p`` (may be negative or >= size) maps to the pixel ``np.pad(x, ..., mode=mode)`` would
-    put there: the mirrored extension is periodic with period ``2 * size`` ('symmetric') or ``2 * size - 2``
-    ('reflect'; a single pixel is repeated).
-
-    Returns
-    -------
-    int64 array (length,) with values in [0, size).
-    """
-    if mode not in PAD_MODES:
-        raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {mode!r}")
+    """int64 (length,) source indices in [0, size) of ``length`` positions from ``start``, mirrored as
+    ``np.pad(..., mode)`` would ('symmetric' period 2 size, 'reflect' 2 size - 2)."""
+    checks.one_of("pad_mode", mode, PAD_MODES)
     p = np.arange(start, start + length, dtype=np.int64)
     if mode == "symmetric":
         p = np.mod(p, 2 * size)
@@ -187,20 +126,12 @@ def mirror_indices(start: int, length: int, size: int, mode: str = "symmetric") 
 
 
 def blend_window(tile_size: int, overlap: int) -> np.ndarray:
-    """1-D raised-cosine (Tukey) blending window for SAME tiles (host-side).
-
-    ``w[i] = sin^2(pi (i + 0.5) / (2 overlap))`` on the first ``overlap`` pixels, the mirror image on the last
-    ``overlap``, 1 in between; strictly positive. Shifted copies ``tile_size - overlap`` apart sum to 1 where two
-    tiles overlap (sin^2 + cos^2). ``overlap = tile_size / 2`` gives the (half-sample-shifted) Hann window.
-
-    Returns
-    -------
-    float64 array (tile_size,)
-    """
-    tile_size = _check_int("tile_size", tile_size, 1)
-    overlap = _check_int("overlap", overlap, 0)
+    """float64 (tile_size,) raised-cosine (Tukey) window for SAME tiles: sin^2 ramps over ``overlap`` pixels at
+    both ends, 1 between, strictly positive; copies ``tile_size - overlap`` apart sum to 1 in the overlap."""
+    tile_size = checks.integer("tile_size", tile_size, 1)
+    overlap = checks.integer("overlap", overlap, 0)
     if 2 * overlap > tile_size:
-        raise ValueError(f"overlap must be at most tile_size / 2 = {tile_size / 2}, got {overlap}")
+        raise InvalidInputError(f"overlap must be at most tile_size / 2 = {tile_size / 2}, got {overlap}")
     w = np.ones(tile_size)
     if overlap:
         ramp = np.sin(np.pi * (np.arange(overlap) + 0.5) / (2 * overlap)) ** 2
@@ -228,17 +159,8 @@ def _window_sum(grid: TileGrid, axis: int) -> np.ndarray:
 
 @dataclasses.dataclass
 class TileBatch:
-    """One batch of input tiles (host-side).
-
-    Attributes
-    ----------
-    tiles : float32 array (batch_size, T, T, C)
-        The first ``count`` entries are tiles; the rest (last batch only) are zero padding.
-    origins : int64 array (count, 2)
-        (y, x) origin of each real tile in padded input coordinates (see ``TileGrid``).
-    count : int
-        Number of real tiles in the batch.
-    """
+    """A batch of input tiles: ``tiles`` float32 (batch_size, T, T, C), the first ``count`` real (the rest
+    zero padding), and their padded-coordinate ``origins`` (count, 2)."""
     tiles: np.ndarray
     origins: np.ndarray
     count: int
@@ -248,45 +170,25 @@ def _as_hwc(image, name="image") -> np.ndarray:
     image = np.asarray(image)
     if image.ndim not in (2, 3) or image.shape[0] < 1 or image.shape[1] < 1 or (
             image.ndim == 3 and image.shape[2] < 1):
-        raise ValueError(f"{name} must be (H, W) or (H, W, C) with non-zero sizes, got shape {image.shape}")
+        raise InvalidInputError(f"{name} must be (H, W) or (H, W, C) with non-zero sizes, got shape {image.shape}")
     if not (np.issubdtype(image.dtype, np.floating) or np.issubdtype(image.dtype, np.integer)
             or image.dtype == bool):
-        raise ValueError(f"{name} must be a real numeric array, got dtype {image.dtype}")
+        raise InvalidInputError(f"{name} must be a real numeric array, got dtype {image.dtype}")
     return image[..., None] if image.ndim == 2 else image
 
 
 def iter_tile_batches(image, grid: TileGrid, batch_size: int = 4, pad_mode: str = "symmetric"
                       ) -> Iterator[TileBatch]:
-    """Yield the input tiles of ``grid`` in row-major order, ``batch_size`` at a time (host-side, lazy).
-
-    Each tile is gathered directly from ``image`` with mirrored indices (``mirror_indices``), so only one batch
-    exists at a time (a new array per batch; the previous one is freed once the caller drops it). A tile inside
-    the image is one slice copy; only along an axis where it crosses the border are rows or columns taken by index
-    (4x less host time than a 2-D fancy index per tile: ``benchmarks/tiling_host.py``).
-
-    Parameters
-    ----------
-    image : array (H, W) or (H, W, C), any real dtype
-        Cast to float32 tile by tile (no rescaling).
-    grid : TileGrid
-        From ``tile_grid(image.shape[:2], ...)``.
-    batch_size : int
-        Tiles per batch; the last batch is zero-padded to this size.
-    pad_mode : {'symmetric', 'reflect'}
-
-    Yields
-    ------
-    TileBatch
-        ``tiles`` float32 (batch_size, T, T, C).
-    """
+    """Yield the ``grid``'s tiles of ``image`` (H, W[, C], cast to float32) as ``TileBatch``es in row-major
+    order (host-side, lazy). Tiles are gathered with mirrored indices, one batch at a time; a tile inside the image
+    is one slice copy (benchmarks/tiling_host.py)."""
     image = _as_hwc(image)
     if not isinstance(grid, TileGrid):
-        raise ValueError(f"grid must be a TileGrid (from tile_grid), got {type(grid).__name__}")
+        raise InvalidInputError(f"grid must be a TileGrid (from tile_grid), got {type(grid).__name__}")
     if tuple(image.shape[:2]) != tuple(grid.image_shape):
-        raise ValueError(f"image shape {image.shape[:2]} does not match grid.image_shape {grid.image_shape}")
-    batch_size = _check_int("batch_size", batch_size, 1)
-    if pad_mode not in PAD_MODES:
-        raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
+        raise InvalidInputError(f"image shape {image.shape[:2]} does not match grid.image_shape {grid.image_shape}")
+    batch_size = checks.integer("batch_size", batch_size, 1)
+    checks.one_of("pad_mode", pad_mode, PAD_MODES)
     h, w, c = image.shape
     t = grid.tile_size
     rows = {o: _span(mirror_indices(o - grid.pad_before, t, h, pad_mode)) for o in grid.origins_y}
@@ -342,22 +244,12 @@ _PREDICTOR_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def make_batch_predictor(apply_fn: Callable, tta: bool = False, variables=None) -> Callable:
-    """Jit-compiled ``(B, T, T, C) float32 -> (B, O, O, K) float32`` softmax probabilities.
-
-    The returned function is pure jax.numpy and cached per ``(apply_fn, tta)`` (weakly, so it lives as long as
-    ``apply_fn`` does); jax compiles it once per input shape. ``apply_fn`` may itself be jitted. Pass the same
-    function object on every call (not a fresh lambda) to reuse compilations.
-
-    With ``variables`` given, ``apply_fn(variables, x)`` is called and the variables are an argument of the
-    compiled function rather than constants baked into it (use this for large networks: e.g.
-    ``apply_fn=model.apply``); the returned function still takes only the batch.
-
-    With ``tta=True`` the 8 dihedral transforms of the batch run through ``apply_fn`` one after another
-    (``jax.lax.map``: the network is compiled once and device memory stays at one batch) and the probabilities,
-    each mapped back by its inverse transform, are averaged.
-    """
+    """Jit-compiled ``(B, T, T, C) -> (B, O, O, K)`` softmax probabilities of ``apply_fn``, cached weakly
+    per (apply_fn, tta): pass the same function object to reuse compilations. ``variables``: called as
+    ``apply_fn(variables, x)`` with them as an argument, not baked-in constants. ``tta``: the 8 symmetries run one
+    after another (``jax.lax.map``) and are averaged, each mapped back."""
     if not callable(apply_fn):
-        raise ValueError(f"apply_fn must be callable, got {type(apply_fn).__name__}")
+        raise InvalidInputError(f"apply_fn must be callable, got {type(apply_fn).__name__}")
     key = (bool(tta), variables is not None)
     try:
         per_fn = _PREDICTOR_CACHE.setdefault(apply_fn, {})
@@ -413,15 +305,15 @@ def _predict_into(predictor, image, grid, out, batch_size, pad_mode, num_classes
         nonlocal out
         probs = np.asarray(probs)
         if probs.ndim != 4 or probs.shape[1:3] != (o_size, o_size) or probs.shape[0] != batch_size:
-            raise ValueError(f"apply_fn must map a ({batch_size}, {grid.tile_size}, {grid.tile_size}, C) batch to "
-                             f"({batch_size}, {o_size}, {o_size}, K) logits, got shape {probs.shape}")
+            raise InvalidInputError(f"apply_fn must map a ({batch_size}, {grid.tile_size}, {grid.tile_size}, C) batch "
+                                    f"to ({batch_size}, {o_size}, {o_size}, K) logits, got shape {probs.shape}")
         k = probs.shape[3]
         if out is None:
             if num_classes is not None and k != num_classes:
-                raise ValueError(f"num_classes is {num_classes} but apply_fn returned {k} channels")
+                raise InvalidInputError(f"num_classes is {num_classes} but apply_fn returned {k} channels")
             out = np.zeros((h, w, k), np.float32)
         elif out.shape[2] != k:
-            raise ValueError(f"apply_fn returned {k} channels, expected {out.shape[2]}")
+            raise InvalidInputError(f"apply_fn returned {k} channels, expected {out.shape[2]}")
         for i in range(batch.count):
             y0 = int(batch.origins[i, 0]) + grid.offset - grid.pad_before   # image coords of output pixel 0
             x0 = int(batch.origins[i, 1]) + grid.offset - grid.pad_before
@@ -454,11 +346,10 @@ def _predict_into(predictor, image, grid, out, batch_size, pad_mode, num_classes
 
 
 def _check_common(batch_size, num_classes, pad_mode):
-    batch_size = _check_int("batch_size", batch_size, 1)
+    batch_size = checks.integer("batch_size", batch_size, 1)
     if num_classes is not None:
-        num_classes = _check_int("num_classes", num_classes, 1)
-    if pad_mode not in PAD_MODES:
-        raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
+        num_classes = checks.integer("num_classes", num_classes, 1)
+    checks.one_of("pad_mode", pad_mode, PAD_MODES)
     return batch_size, num_classes
 
 
@@ -466,48 +357,14 @@ def predict_tiled(apply_fn: Callable, image, tile_size: int, *, depth: int = 4, 
                   batch_size: int = 4, num_classes: Optional[int] = None, tta: bool = False, progress: bool = False,
                   overlap: Optional[int] = None, pad_mode: str = "symmetric",
                   variables=None) -> np.ndarray:
-    """Softmax probabilities of a 2-D image of any size by overlap-tile inference (host-side driver).
+    """float32 (H, W, K) softmax probabilities of an (H, W[, C]) image of any size by overlap-tile
+    inference (host-side driver).
 
-    Parameters
-    ----------
-    apply_fn : callable
-        Maps a float32 batch (B, T, T, C) to float32 logits (B, O, O, K), O = ``output_size(T, depth, padding)``,
-        e.g. ``functools.partial(model.apply, variables)``. It is jit-compiled (with the softmax, and TTA if
-        asked) once and cached per function object; it may already be jitted.
-    image : array (H, W) or (H, W, C)
-        Any size (smaller than a tile too); float32 in [0, 1] by convention, cast to float32 (not rescaled).
-    tile_size : int
-        Input tile side T, valid for ``depth`` and ``padding`` (e.g. 572 for the paper network).
-    depth : int
-        The network's number of poolings.
-    padding : {'VALID', 'SAME'}
-        The network's padding. VALID: exact equality with one pass over the mirror-padded image. SAME: tiles
-        blended with a raised-cosine window whose sums are divided out (see ``tile_grid``).
-    batch_size : int
-        Tiles per apply_fn call; the last batch is padded so one compiled shape serves all batches.
-    num_classes : int or None
-        Expected K (checked against apply_fn's output); None takes it from the output.
-    tta : bool
-        Average the probabilities over the 8 symmetries of the square (dihedral group D4) of each tile, each
-        mapped back by its inverse transform (the paper used 7 rotations).
-    progress : bool or tqdm-like class
-        Show a progress bar over batches: True a tqdm bar, a class (``napari.utils.progress``) one of its own.
-    overlap : int or None
-        SAME only: blending overlap in pixels (see ``tile_grid``).
-    pad_mode : {'symmetric', 'reflect'}
-        How the image is mirrored beyond its border, as ``np.pad``: 'symmetric' (default) repeats the edge pixel
-        (``... c b a | a b c ...``), 'reflect' does not.
-    variables : pytree or None
-        If given, ``apply_fn(variables, x)`` is called with the variables as an argument of the compiled function
-        (not constants baked into it): ``predict_tiled(model.apply, image, 572, variables=variables)``.
-
-    Returns
-    -------
-    float32 array (H, W, K)
-        Softmax probabilities; channel 1 is P(cell) for the paper's two classes. Besides the image and this
-        output, at most two tile batches are held (tiles are gathered with mirrored indices; the padded image is
-        never built).
-    """
+    ``apply_fn`` maps (B, T, T, C) float32 to (B, O, O, K) logits, O = ``output_size(tile_size, depth, padding)``
+    (``variables``: called as ``apply_fn(variables, x)``); it is compiled once per function object. The last batch is
+    padded so one shape serves all; ``num_classes`` is checked against the output; ``tta`` averages the 8 symmetries
+    of each tile; ``progress``: True or a tqdm-like class; ``overlap`` and ``pad_mode`` as in ``tile_grid`` and
+    ``mirror_indices``. At most two tile batches are held besides the image and the output."""
     image = _as_hwc(image)
     batch_size, num_classes = _check_common(batch_size, num_classes, pad_mode)
     grid = tile_grid(image.shape[:2], tile_size, depth=depth, padding=padding, overlap=overlap)
@@ -519,21 +376,11 @@ def predict_stack(apply_fn: Callable, stack, tile_size: int, *, depth: int = 4, 
                   batch_size: int = 4, num_classes: Optional[int] = None, tta: bool = False,
                   progress: bool = False, overlap: Optional[int] = None, pad_mode: str = "symmetric",
                   variables=None) -> np.ndarray:
-    """``predict_tiled`` slice by slice over a stack (host-side).
-
-    Parameters
-    ----------
-    stack : array (Z, H, W) or (Z, H, W, C)
-        A 3-D array is read as Z single-channel slices (unlike ``predict_tiled``, where 3-D means (H, W, C)).
-    Other parameters as in ``predict_tiled``; ``progress`` shows a bar over slices.
-
-    Returns
-    -------
-    float32 array (Z, H, W, K)
-    """
+    """float32 (Z, H, W, K): ``predict_tiled`` slice by slice of a (Z, H, W) or (Z, H, W, C) stack (3-D
+    means single-channel slices here); ``progress`` counts slices."""
     stack = np.asarray(stack)
     if stack.ndim not in (3, 4) or stack.shape[0] < 1:
-        raise ValueError(f"stack must be (Z, H, W) or (Z, H, W, C) with Z >= 1, got shape {stack.shape}")
+        raise InvalidInputError(f"stack must be (Z, H, W) or (Z, H, W, C) with Z >= 1, got shape {stack.shape}")
     batch_size, num_classes = _check_common(batch_size, num_classes, pad_mode)
     first = _as_hwc(stack[0], "stack[0]")
     grid = tile_grid(first.shape[:2], tile_size, depth=depth, padding=padding, overlap=overlap)

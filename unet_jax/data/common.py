@@ -1,11 +1,6 @@
-"""What every unet_jax data set builder shares: the example features (``features``), the target and weight-map part
-of the builder config (``UNetConfig``) and the config naming that keeps prepared data sets apart. Host-side
-(tensorflow-datasets, numpy; ``array_record`` files read with ``as_data_source()``, no TensorFlow).
-
-A prepared data set lives under ``data_dir/<builder>/<config name>/<version>``; the config name ends in a hash
-of every setting that shapes the examples and of the input files' fingerprint (``config_name``), so changed
-settings or files prepare a new data set instead of reusing stale targets.
-"""
+"""What every unet_jax data set builder shares: the example ``features``, the builder-config fields of the
+target and weight map (``UNetConfig``) and the config names that keep prepared data sets apart (a hash of the
+settings and input files; docs/data.md). Host-side; array_record files are read without TensorFlow."""
 from __future__ import annotations
 
 import dataclasses
@@ -20,10 +15,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tqdm.auto import tqdm
 
+from unet_jax.checks import InvalidInputError
 from unet_jax.weights import (check_class_weights, contour_classes, distance_classes, separation_border,
                               unet_weight_map)
 
-__all__ = ["TARGETS", "UNetConfig", "UNetBuilder", "features", "config_name", "normalize_class_weights", "field"]
+__all__ = ["TARGETS", "UNetConfig", "UNetBuilder", "features", "config_name", "normalize_class_weights"]
 
 
 # What a two-class (binary or instance) mask trains: the paper's foreground, background / interior / contour, or
@@ -31,33 +27,27 @@ __all__ = ["TARGETS", "UNetConfig", "UNetBuilder", "features", "config_name", "n
 TARGETS = ("foreground", "contours", "distance")
 
 
-def field(config, name: str, default=None):
-    """``config.name`` (ConfigDict or any object) or ``config[name]`` (mapping); ``default`` if absent. Host-side."""
-    if config is None:
-        return default
-    if isinstance(config, Mapping):
-        return config.get(name, default)
-    return getattr(config, name, default)
-
-
 def normalize_class_weights(class_weights):
-    """'balanced' | None | 'none' | (wb, wf) | mapping {0|'0': wb, 1|'1': wf} -> 'balanced', None or (wb, wf).
+    """'balanced' | None | 'none' | (wb, wf) | mapping {0|'0': wb, 1|'1': wf} -> 'balanced', None or (wb, wf),
+    checked (``unet_jax.weights.check_class_weights``; ``config.validate`` calls it). Host-side. The result is
+    JSON-friendly (for config hashing); ``class_weights_arg`` turns it into what ``unet_weight_map`` takes."""
+    return check_class_weights(_as_mapping(class_weights))
 
-    Host-side. The result is JSON-friendly (for config hashing); ``class_weights_arg`` turns it back into what
-    ``unet_jax.weights.unet_weight_map`` takes. Raises ValueError naming ``class_weights`` for anything else.
-    """
+
+def _as_mapping(class_weights):
+    """The forms a config or JSON file holds -> 'balanced', None, {0: wb, 1: wf} or as given (for the check)."""
     if isinstance(class_weights, str) and class_weights.lower() == "none":
-        class_weights = None
+        return None
     if hasattr(class_weights, "to_dict"):  # ml_collections.ConfigDict
         class_weights = class_weights.to_dict()
     if isinstance(class_weights, Mapping):   # JSON and ConfigDict keys are strings
-        class_weights = {int(k) if str(k) in ("0", "1") else k: v for k, v in class_weights.items()}
-    elif isinstance(class_weights, (tuple, list)):
+        return {int(k) if str(k) in ("0", "1") else k: v for k, v in class_weights.items()}
+    if isinstance(class_weights, (tuple, list)):
         if len(class_weights) != 2:
-            raise ValueError(f"class_weights must be 'balanced', None or (w_background, w_cell), got "
-                             f"{class_weights!r}")
-        class_weights = {0: class_weights[0], 1: class_weights[1]}
-    return check_class_weights(class_weights)
+            raise InvalidInputError(f"class_weights must be 'balanced', None or (w_background, w_cell), got "
+                                    f"{class_weights!r}")
+        return {0: class_weights[0], 1: class_weights[1]}
+    return class_weights
 
 
 def class_weights_arg(class_weights):
@@ -67,29 +57,16 @@ def class_weights_arg(class_weights):
     return class_weights
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, kw_only=True)
 class UNetConfig(tfds.core.BuilderConfig):
-    """Builder config fields shared by every unet_jax builder.
-
-    Attributes
-    ----------
-    w0, sigma, class_weights
-        ``unet_jax.weights.unet_weight_map`` settings the stored weight maps are computed with
-        (``class_weights``: 'balanced', None or (w_background, w_cell)).
-    separation_border : bool
-        Two-class targets are background on ``unet_jax.weights.separation_border`` (where objects touch).
-    target : str
-        'foreground' (two classes), 'contours' (``unet_jax.weights.contour_classes``) or 'distance'
-        (``unet_jax.weights.distance_classes``, with the paper's weight map) for binary and instance masks; class
-        masks keep their ids.
-    fingerprint : str
-        Hash of the input files' relative paths, sizes and modification times ('' for generated data).
-    """
-    w0: float = 10.0
-    sigma: float = 5.0
-    class_weights: Any = "balanced"
-    separation_border: bool = True
-    target: str = "foreground"
+    """Builder config fields shared by every unet_jax builder: the ``weights`` section (``weight_settings``), the
+    resolved ``data.target`` and the input files' fingerprint ('' for generated data). No defaults: every value
+    comes from the experiment config (``unet_jax.config.base_config``) through ``make_config``."""
+    w0: float
+    sigma: float
+    class_weights: Any
+    separation_border: bool
+    target: str
     fingerprint: str = ""
 
     def params(self) -> dict:
@@ -109,33 +86,18 @@ def fingerprint_hash(entries: list) -> str:
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
 
 
-def weight_settings(weights_config) -> dict:
-    """Validated ``{'w0', 'sigma', 'class_weights', 'separation_border'}`` from a weights config (ConfigDict,
-    mapping or None).
-
-    Defaults are the paper's (10, 5, 'balanced', True). Checked by running ``unet_weight_map`` on a tiny input, so a
-    bad value fails here rather than after minutes of preparation.
-    """
-    w0 = field(weights_config, "w0", 10.0)
-    sigma = field(weights_config, "sigma", 5.0)
-    cw = normalize_class_weights(field(weights_config, "class_weights", "balanced"))
-    tiny = np.array([[1, 0, 2]], np.int32)
-    unet_weight_map(tiny, w0=w0, sigma=sigma, class_weights=class_weights_arg(cw))  # raises ValueError if bad
-    separate = field(weights_config, "separation_border", True)
-    if not isinstance(separate, (bool, np.bool_)):
-        raise ValueError(f"weights.separation_border must be True or False, got {separate!r}")
-    return {"w0": float(w0), "sigma": float(sigma), "class_weights": cw, "separation_border": bool(separate)}
+def weight_settings(weights) -> dict:
+    """``{'w0', 'sigma', 'class_weights', 'separation_border'}`` of a validated ``weights`` section, class weights
+    in their normalised form (part of the builder config and its name)."""
+    cw = _as_mapping(weights.class_weights)
+    if isinstance(cw, Mapping):
+        cw = (float(cw[0]), float(cw[1]))
+    return {"w0": weights.w0, "sigma": weights.sigma, "class_weights": cw,
+            "separation_border": weights.separation_border}
 
 
 def features(channels: Optional[int] = 1) -> tfds.features.FeaturesDict:
-    """The example features; ``channels=None`` allows either 1 or 3 channels (decided at preparation).
-
-    ``image`` float32 (H, W, C) in [0, 1]; ``instances`` int32 (H, W), 0 = background, 1..K = objects (all 0 if
-    unlabelled); ``classes`` int32 (H, W), the training target: ``instances > 0`` less the separation border
-    between touching objects for two classes, the mask's class ids for class masks; ``weights`` float32 (H, W),
-    the paper's weight map of the target's objects; ``labelled`` bool (False: no ground truth, e.g. the ISBI
-    test stack); ``name`` text, unique within the data set.
-    """
+    """The example features (docs/data.md); ``channels=None`` allows 1 or 3 channels."""
     return tfds.features.FeaturesDict({
         "image": tfds.features.Tensor(shape=(None, None, channels), dtype=np.float32, encoding="zlib"),
         "instances": tfds.features.Tensor(shape=(None, None), dtype=np.int32, encoding="zlib"),
@@ -153,12 +115,9 @@ def progress(iterable, total: int, desc: str):
 
 
 class UNetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """Base of the unet_jax builders (not registered): ``_info`` and the example/weight-map helpers.
-
-    Subclasses set ``VERSION``, ``BUILDER_CONFIGS``, ``DESCRIPTION``, ``CHANNELS`` (1, or None for 1 or 3) and
-    ``EXPECTED`` (a text listing the files a manual directory must hold, used in error messages), and implement
-    ``_split_generators``.
-    """
+    """Base of the unet_jax builders (not registered): subclasses set ``VERSION``, ``DESCRIPTION``, ``CHANNELS``
+    (1, or None for 1 or 3) and ``EXPECTED`` (the files a manual directory holds, for messages) and implement
+    ``_split_generators``."""
     DESCRIPTION = ""
     CHANNELS: Optional[int] = 1
     EXPECTED = ""
@@ -198,15 +157,8 @@ class UNetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def make_example(self, image: np.ndarray, instances: Optional[np.ndarray], name: str,
                      classes: Optional[np.ndarray] = None) -> dict:
-        """The feature dict of one example; computes the weight map (zeros and ``labelled=False`` if no labels).
-
-        Parameters
-        ----------
-        image : float32 (H, W, C) in [0, 1]
-        instances : int32 (H, W) or None (unlabelled)
-        name : str
-        classes : int32 (H, W) class ids or None (two classes: ``instances > 0``)
-        """
+        """The feature dict of one example with its target and weight map (zeros and ``labelled=False`` when
+        ``instances`` is None); ``classes``: class ids of a class mask, else None."""
         cfg = self.builder_config
         h, w = image.shape[:2]
         if instances is None:
@@ -244,14 +196,6 @@ def class_weight_map(classes: np.ndarray, class_weights) -> np.ndarray:
         return table[classes].astype(np.float32)
     wb, wf = class_weights
     return np.where(classes > 0, wf, wb).astype(np.float32)
-
-
-def check_fraction(validation_fraction) -> float:
-    """``validation_fraction`` as a float, checked to be in [0, 1)."""
-    if isinstance(validation_fraction, bool) or not isinstance(validation_fraction, (int, float)) \
-            or not 0.0 <= validation_fraction < 1.0:
-        raise ValueError(f"validation_fraction must be a number in [0, 1), got {validation_fraction!r}")
-    return float(validation_fraction)
 
 
 def validation_count(n: int, fraction: float) -> int:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import tensorflow_datasets as tfds
 
+from unet_jax.checks import InvalidInputError
 from unet_jax.data import io
-from unet_jax.data.common import (UNetBuilder, UNetConfig, check_fraction, config_name, fingerprint_hash, progress,
+from unet_jax.data.common import (UNetBuilder, UNetConfig, config_name, fingerprint_hash, progress,
                                   validation_count)
 
 URL = "https://celltrackingchallenge.net/2d-datasets/"
@@ -24,65 +25,35 @@ _SEG = re.compile(r"^man_seg(\d+)\.tiff?$")
 _SEQ = re.compile(r"^\d{2,}$")
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, kw_only=True)
 class CtcConfig(UNetConfig):
     """CTC config: the weight-map fields, the data set folder name and ``validation_fraction``."""
-    dataset: str = "PhC-C2DH-U373"
-    validation_fraction: float = 0.2
+    dataset: str
+    validation_fraction: float
 
 
-def make_config(builder_config: str, weights: dict, validation_fraction: float = 0.2, root=None) -> CtcConfig:
-    """A config named ``<builder_config>-<hash>`` of the weights settings, the split and the input fingerprint.
-
-    Parameters
-    ----------
-    builder_config : {'phc_c2dh_u373', 'dic_c2dh_hela'}
-    weights : dict from ``common.weight_settings``
-    validation_fraction : float in [0, 1)
-    root : manual directory or None (no fingerprint)
-    """
-    if builder_config not in DATASETS:
-        raise ValueError(f"builder_config for ctc must be one of {sorted(DATASETS)}, got {builder_config!r}")
-    fraction = check_fraction(validation_fraction)
+def make_config(builder_config: str, weights: dict, *, validation_fraction: float, root=None) -> CtcConfig:
+    """A config named ``<builder_config>-<hash>`` ('phc_c2dh_u373' or 'dic_c2dh_hela') of the weights settings
+    (``common.weight_settings``), the split and the fingerprint of the files in ``root`` (if given)."""
     fp = ""
     if root:
         fp = fingerprint_hash(io.file_fingerprint(root, (f"{DATASETS[builder_config]}/**/*.tif", "[0-9]*/*.tif",
                                                          "[0-9]*_GT/SEG/*.tif")))
-    cfg = CtcConfig(name="tmp", dataset=DATASETS[builder_config], validation_fraction=fraction, fingerprint=fp,
-                    **weights)
+    cfg = CtcConfig(name="tmp", dataset=DATASETS[builder_config], validation_fraction=validation_fraction,
+                    fingerprint=fp, **weights)
     cfg.name = config_name(builder_config, cfg.params())
     cfg.description = f"{cfg.dataset} with " + ", ".join(f"{k}={v!r}" for k, v in sorted(cfg.params().items()))
     return cfg
 
 
 class Ctc(UNetBuilder):
-    """TFDS builder ``ctc``: Cell Tracking Challenge 2-D training data, annotated frames only.
-
-    Configs ``phc_c2dh_u373`` (PhC-C2DH-U373: glioblastoma-astrocytoma U373 cells, phase contrast) and
-    ``dic_c2dh_hela`` (DIC-C2DH-HeLa: HeLa cells, differential interference contrast). Download the training data
-    from https://celltrackingchallenge.net/2d-datasets/ and unzip it; the manual directory is either the data set
-    folder itself or its parent::
-
-        <root>/[PhC-C2DH-U373/]01/t000.tif, t001.tif, ...          frames of sequence 01
-        <root>/[PhC-C2DH-U373/]01_GT/SEG/man_seg000.tif, ...       reference segmentations of some frames
-        <root>/[PhC-C2DH-U373/]02/..., 02_GT/SEG/...               the same for sequence 02
-
-    Only frames with a SEG annotation are used (the number in ``man_seg<NNN>.tif`` names the frame ``t<NNN>.tif``).
-    Annotations are instance masks (16-bit, 0 = background, one id per cell) and are kept as they are. Images are
-    normalised per image, whatever their bit depth, from their 1st/99.8th percentiles to [0, 1] and clipped
-    (``unet_jax.data.io.to_float_image``, as predict reads an image).
-
-    Splits: ``validation`` = the last ``round(validation_fraction * n)`` annotated frames of each sequence (n its
-    annotated frames; at least one if the fraction is > 0 and n >= 2), ``train`` = the rest. Holding out the end of
-    each sequence keeps frames that are neighbours in time (nearly identical) out of both splits at once. There is
-    no ``test`` split (the challenge's test sequences carry no annotations). Names: ``01/t000``, ``02/t083``, ...
-    """
+    """TFDS builder ``ctc``: Cell Tracking Challenge 2-D training data (PhC-C2DH-U373, DIC-C2DH-HeLa), annotated
+    frames only, the end of each sequence held out (layout and splits: docs/data.md)."""
     name = "ctc"
     VERSION = tfds.core.Version("1.2.0")
     RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "classes feature.",
                      "1.2.0": "images normalised by percentiles whatever the bit depth "
                                "(unet_jax.data.io.to_float_image, as predict does) (8-bit was / 255)."}
-    BUILDER_CONFIGS = [CtcConfig(name=k, dataset=v, description=v) for k, v in DATASETS.items()]
     MANUAL_DOWNLOAD_INSTRUCTIONS = (f"Download the training data set from {URL}, unzip it and pass the folder "
                                     f"holding 01/, 01_GT/SEG/, 02/, 02_GT/SEG/ (or its parent) as the manual "
                                     f"directory (unet_jax: data.root).")
@@ -103,9 +74,10 @@ class Ctc(UNetBuilder):
             return sub
         others = [name for name in DATASETS.values() if name != self.builder_config.dataset]
         if root.name in others:
-            raise ValueError(f"data.root {str(root)!r} is the {root.name} folder, but data.builder_config asks "
-                             f"for {self.builder_config.dataset}; point data.root at the {self.builder_config.dataset}"
-                             f" folder or use the matching experiment config")
+            wanted = self.builder_config.dataset
+            raise InvalidInputError(f"data.root {str(root)!r} is the {root.name} folder, but data.builder_config "
+                                    f"asks for {wanted}; point data.root at the {wanted} folder or use the matching "
+                                    f"experiment config")
         return root
 
     def _split_generators(self, dl_manager):
@@ -127,9 +99,9 @@ class Ctc(UNetBuilder):
                 frame = m.group(1)
                 image_path = root / seq / f"t{frame}.tif"
                 if not image_path.is_file():
-                    raise ValueError(f"annotation {mask_path} has no image: expected {image_path} (each "
-                                     f"man_seg<NNN>.tif needs the frame t<NNN>.tif of sequence {seq}); restore "
-                                     f"the missing frame or remove the annotation")
+                    raise InvalidInputError(f"annotation {mask_path} has no image: expected {image_path} (each "
+                                            f"man_seg<NNN>.tif needs the frame t<NNN>.tif of sequence {seq}); restore "
+                                            f"the missing frame or remove the annotation")
                 pairs.append((f"{seq}/t{frame}", image_path, mask_path))
             if not pairs:
                 raise FileNotFoundError(self.missing_message(seg_dir, [f"{seq}_GT/SEG/man_seg<NNN>.tif"]))
@@ -145,8 +117,8 @@ class Ctc(UNetBuilder):
     def _read(image_path: Path, mask_path: Path):
         image = io.to_float_image(io.read_tiff(image_path), image_path)
         if image.shape[-1] != 1:
-            raise ValueError(f"image {image_path} has {image.shape[-1]} colour channels; expected a greyscale "
-                             f"frame")
+            raise InvalidInputError(f"image {image_path} has {image.shape[-1]} colour channels; expected a greyscale "
+                                    f"frame")
         instances = io.mask_to_instances(io.read_tiff(mask_path), mask_path, mask_type="instance")
         io.check_same_shape(image, instances, image_path, mask_path)
         return image, instances

@@ -1,9 +1,5 @@
-"""Your own data: a folder of images and masks with matching names, as the TFDS builder ``folder``. Host-side.
-
-``Folder`` (its docstring: layout of ``data.root``, conversions, what is rejected, splits) reads
-``<root>/images/`` and ``<root>/masks/``; ``find_pairs`` matches them by name stem; ``make_config`` names the
-builder config. File reading and conversion: ``unet_jax.data.io``.
-"""
+"""Your own data: ``<root>/images/`` and ``<root>/masks/`` matched by name stem, as the TFDS builder ``folder``
+(host-side; docs/data.md). File reading and conversion: ``unet_jax.data.io``."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
+from unet_jax.checks import InvalidInputError
 from unet_jax.data import io
 from unet_jax.data.common import UNetBuilder, UNetConfig, config_name, fingerprint_hash, progress
-from unet_jax.data.common import check_fraction, validation_count
+from unet_jax.data.common import validation_count
 from unet_jax.weights import separation_border
 
 log = logging.getLogger("unet_jax.data")
@@ -24,21 +21,18 @@ summary = logging.getLogger("unet_jax.summary")    # shown by the command line w
 __all__ = ["Folder", "FolderConfig", "make_config", "find_pairs", "touching_objects"]
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, kw_only=True)
 class FolderConfig(UNetConfig):
     """Folder config: the weight-map fields, ``validation_fraction`` and ``mask_type``."""
-    validation_fraction: float = 0.2
-    mask_type: str = "auto"
+    validation_fraction: float
+    mask_type: str
 
 
-def make_config(weights: dict, validation_fraction: float = 0.2, mask_type: str = "auto",
-                root=None) -> FolderConfig:
+def make_config(weights: dict, *, validation_fraction: float, mask_type: str, root=None) -> FolderConfig:
     """A config named ``default-<hash>`` of the weights settings, split, mask type and input fingerprint."""
-    fraction = check_fraction(validation_fraction)
-    if mask_type not in io.MASK_TYPES:
-        raise ValueError(f"mask_type must be one of {io.MASK_TYPES}, got {mask_type!r}")
     fp = fingerprint_hash(io.file_fingerprint(root, ("images/*", "masks/*"))) if root else ""
-    cfg = FolderConfig(name="tmp", validation_fraction=fraction, mask_type=mask_type, fingerprint=fp, **weights)
+    cfg = FolderConfig(name="tmp", validation_fraction=validation_fraction, mask_type=mask_type, fingerprint=fp,
+                       **weights)
     cfg.name = config_name("default", cfg.params())
     cfg.description = "folder with " + ", ".join(f"{k}={v!r}" for k, v in sorted(cfg.params().items()))
     return cfg
@@ -53,22 +47,15 @@ def _by_stem(directory: Path, what: str) -> dict:
             log.info("%s: skipping %s (not %s)", what, p, "/".join(io.IMAGE_SUFFIXES))
             continue
         if p.stem in out:
-            raise ValueError(f"{out[p.stem]} and {p} have the same name stem {p.stem!r}: masks are matched to images "
-                             f"by stem, so keep only one of them")
+            raise InvalidInputError(f"{out[p.stem]} and {p} have the same name stem {p.stem!r}: masks are matched to "
+                                    f"images by stem, so keep only one of them")
         out[p.stem] = p
     return out
 
 
 def find_pairs(root) -> list:
-    """Sorted ``[(name, image_path, mask_path)]`` of a folder data set; checks the layout. Host-side.
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``images/`` or ``masks/`` is missing or holds no image.
-    ValueError
-        If an image has no mask or a mask no image (names listed), or two files share a stem.
-    """
+    """Sorted ``[(name, image_path, mask_path)]`` of a folder data set. FileNotFoundError if ``images/`` or
+    ``masks/`` is missing or empty; InvalidInputError for unmatched files or a shared stem."""
     root = Path(root)
     expected = (f"{root}/images/ and {root}/masks/ holding PNG or TIFF files with matching names "
                 f"(images/a.png <-> masks/a.png)")
@@ -80,15 +67,20 @@ def find_pairs(root) -> list:
         raise FileNotFoundError(f"folder data set: no PNG or TIFF image in {root / 'images'}; expected {expected}")
     no_mask = sorted(set(images) - set(masks))
     if no_mask:
-        raise ValueError(f"{len(no_mask)} image(s) without a mask in {root / 'masks'}: "
-                         f"{', '.join(images[s].name for s in no_mask[:10])}{' ...' if len(no_mask) > 10 else ''}; "
-                         f"add masks with the same names or remove the images")
+        raise InvalidInputError(f"{len(no_mask)} image(s) without a mask in {root / 'masks'}: "
+                                f"{_first(images[s].name for s in no_mask)}; add masks with the same names or "
+                                f"remove the images")
     no_image = sorted(set(masks) - set(images))
     if no_image:
-        raise ValueError(f"{len(no_image)} mask(s) without an image in {root / 'images'}: "
-                         f"{', '.join(masks[s].name for s in no_image[:10])}{' ...' if len(no_image) > 10 else ''}; "
-                         f"add the images or remove the masks")
+        raise InvalidInputError(f"{len(no_image)} mask(s) without an image in {root / 'images'}: "
+                                f"{_first(masks[s].name for s in no_image)}; add the images or remove the masks")
     return [(images[s].name, images[s], masks[s]) for s in sorted(images)]
+
+
+def _first(names, n: int = 10) -> str:
+    """The first ``n`` names, comma-separated, ' ...' if there are more."""
+    names = list(names)
+    return ", ".join(names[:n]) + (" ..." if len(names) > n else "")
 
 
 def touching_objects(root, mask_type: str = "auto") -> tuple:
@@ -128,42 +120,14 @@ def check_binary_reads(root, reports: list) -> None:
 
 
 class Folder(UNetBuilder):
-    """TFDS builder ``folder``: your own images and masks. No download; ``data.root`` is the manual directory::
-
-        <root>/images/a.png, b.tif, ...     images: PNG or TIFF, 8- or 16-bit (or float), greyscale or RGB
-        <root>/masks/a.png, b.tif, ...      one mask per image, same name stem (the suffix may differ)
-
-    Images may differ in size and need not be square. What is done with messy files (each logged at INFO level on
-    the ``unet_jax.data`` logger, naming the file):
-
-    * greyscale saved as RGB (three equal channels): converted to one channel; alpha channels dropped;
-    * intensities: normalised per image, whatever the bit depth, from their 1st/99.8th percentiles to [0, 1]
-      (``unet_jax.data.io.to_float_image``, as predict reads an image);
-    * true colour images keep 3 channels; if some images are colour and others greyscale, the greyscale ones are
-      repeated to 3 channels so that every example has the same channel count;
-    * masks: binary (two values, e.g. 0/255 or 0/1: cells are the pixels above half the maximum, split into cells
-      by 4-connected components) or instance labels (0 = background, one integer id per cell: kept). Binary masks
-      with anti-aliased edges (grey values only along the edges) are thresholded at half their maximum.
-      ``mask_type`` ('auto', 'binary', 'instance') overrides the detection (``unet_jax.data.io.mask_to_instances``);
-    * class masks (``mask_type='classes'``, never auto-detected): each pixel value is a class id 0..K-1 (0 =
-      background; palette PNGs give their indices), ``model.num_classes`` = K; objects for the weight maps are the
-      4-connected components of each class (``unet_jax.data.io.mask_to_classes``).
-
-    Rejected with a ValueError naming the file and how to fix it: an image without a mask or a mask without an
-    image, two images with the same stem, image and mask of different sizes, colour masks, negative, NaN or
-    non-integer (beyond anti-aliased edges) mask values, unreadable or truncated files, stacks instead of 2-D images.
-
-    Splits: ``validation`` = ``round(validation_fraction * n)`` images (at least one if the fraction is > 0 and
-    n >= 2) picked by a fixed pseudo-random permutation of the sorted names, ``train`` = the rest. No ``test``
-    split. All files are read twice: once to check them (nothing is written if one is bad) and once to write the
-    examples.
-    """
+    """TFDS builder ``folder``: your own ``images/`` and ``masks/`` under ``data.root``; files are checked
+    (nothing is written if one is bad) and then read again to write the examples (layout, mask readings, what is
+    refused, splits: docs/data.md)."""
     name = "folder"
     VERSION = tfds.core.Version("1.2.0")
     RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "classes feature (class masks).",
                      "1.2.0": "images normalised by percentiles whatever the bit depth "
                                "(unet_jax.data.io.to_float_image, as predict does) (8-bit was / 255)."}
-    BUILDER_CONFIGS = [FolderConfig(name="default", description="auto-detected masks, 20% validation")]
     MANUAL_DOWNLOAD_INSTRUCTIONS = ("Put your images in <root>/images/ and their masks, with the same names, in "
                                     "<root>/masks/, and pass <root> as the manual directory (unet_jax: data.root).")
     DESCRIPTION = __doc__

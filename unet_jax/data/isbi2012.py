@@ -10,6 +10,7 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
+from unet_jax.checks import InvalidInputError
 from unet_jax.data import io
 from unet_jax.data.common import UNetBuilder, UNetConfig, config_name, fingerprint_hash, progress
 from unet_jax.weights import instances_from_mask
@@ -20,20 +21,17 @@ FILES = ("train-volume.tif", "train-labels.tif", "test-volume.tif")
 __all__ = ["Isbi2012", "Isbi2012Config", "make_config", "FILES", "URL"]
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, kw_only=True)
 class Isbi2012Config(UNetConfig):
     """ISBI 2012 config: the weight-map fields plus ``validation_slices`` (last N training slices)."""
-    validation_slices: int = 5
+    validation_slices: int
 
 
-def make_config(weights: dict, validation_slices: int = 5, root=None) -> Isbi2012Config:
-    """A config named ``default-<hash>`` of ``weights`` (see ``common.weight_settings``), the split setting and
-    the fingerprint of the three files in ``root`` (if given). Host-side."""
-    if isinstance(validation_slices, bool) or not isinstance(validation_slices, (int, np.integer)) \
-            or validation_slices < 0:
-        raise ValueError(f"validation_slices must be an integer >= 0, got {validation_slices!r}")
+def make_config(weights: dict, *, validation_slices: int, root=None) -> Isbi2012Config:
+    """A config named ``default-<hash>`` of ``weights`` (``common.weight_settings``), the split setting and the
+    fingerprint of the three files in ``root`` (if given). Host-side."""
     fp = fingerprint_hash(io.file_fingerprint(root, FILES)) if root else ""
-    cfg = Isbi2012Config(name="tmp", validation_slices=int(validation_slices), fingerprint=fp, **weights)
+    cfg = Isbi2012Config(name="tmp", validation_slices=validation_slices, fingerprint=fp, **weights)
     cfg.name = config_name("default", cfg.params())
     cfg.description = "ISBI 2012 with " + ", ".join(f"{k}={v!r}" for k, v in sorted(cfg.params().items()))
     return cfg
@@ -43,37 +41,19 @@ def _stack(arr: np.ndarray, path) -> np.ndarray:
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3:
-        raise ValueError(f"{path} has shape {arr.shape}: expected a stack of 2-D greyscale slices (N, H, W); "
-                         f"download the challenge file again")
+        raise InvalidInputError(f"{path} has shape {arr.shape}: expected a stack of 2-D greyscale slices (N, H, W); "
+                                f"download the challenge file again")
     return arr
 
 
 class Isbi2012(UNetBuilder):
-    """TFDS builder ``isbi2012``: the ISBI 2012 EM segmentation challenge's training and test stacks.
-
-    Manual directory: the challenge's three files (``FILES``), as downloaded from
-    https://imagej.net/events/isbi-2012-segmentation-challenge ::
-
-        train-volume.tif   30 x 512 x 512 uint8 stack, serial-section TEM of the Drosophila larva ventral nerve cord
-        train-labels.tif   30 x 512 x 512 uint8 stack, 255 = cell interior, 0 = membrane
-        test-volume.tif    30 x 512 x 512 uint8 stack, no labels (held by the organisers)
-
-    Splits: ``train`` = the first ``30 - validation_slices`` slices of the training stack, ``validation`` = the last
-    ``validation_slices`` (default 5: slices 0-24 / 25-29; 0 = no validation split), ``test`` = the 30 test slices,
-    unlabelled (``labelled`` False, instances and weights all 0).
-
-    Conversion: image = ``io.to_float_image(slice)`` (float32 (512, 512, 1), as predict reads an image);
-    instances = 4-connected components of the cell pixels (``labels == 255``;
-    ``unet_jax.weights.instances_from_mask``), so each cell is one object and the membranes are background;
-    weights = ``unet_weight_map(instances, w0, sigma, class_weights)``. Names: ``train-volume_z00`` ..
-    ``train-volume_z29``, ``test-volume_z00`` .. (sorted by name = slice order).
-    """
+    """TFDS builder ``isbi2012``: the ISBI 2012 EM segmentation challenge's training and test stacks (manual
+    directory, splits and names: docs/data.md)."""
     name = "isbi2012"
     VERSION = tfds.core.Version("1.2.0")
     RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "classes feature.",
                      "1.2.0": "images normalised by percentiles whatever the bit depth "
                                "(unet_jax.data.io.to_float_image, as predict does) (was / 255)."}
-    BUILDER_CONFIGS = [Isbi2012Config(name="default", description="paper settings, slices 25-29 validation")]
     MANUAL_DOWNLOAD_INSTRUCTIONS = (f"Download {', '.join(FILES)} from {URL} and pass their directory as the "
                                     f"manual directory (unet_jax: data.root).")
     DESCRIPTION = __doc__
@@ -91,22 +71,22 @@ class Isbi2012(UNetBuilder):
         labels = _stack(io.read_tiff(lab_path), lab_path)
         test = _stack(io.read_tiff(test_path), test_path)
         if volume.shape != labels.shape:
-            raise ValueError(f"{vol_path} has shape {volume.shape} but {lab_path} has shape {labels.shape}: the "
-                             f"image and label stacks must have the same number and size of slices; download "
-                             f"both again from {URL}")
+            raise InvalidInputError(f"{vol_path} has shape {volume.shape} but {lab_path} has shape {labels.shape}: the "
+                                    f"image and label stacks must have the same number and size of slices; download "
+                                    f"both again from {URL}")
         values = np.unique(labels)
         if not np.isin(values, (0, 255)).all():
-            raise ValueError(f"{lab_path} has values {values[:10].tolist()}{' ...' if values.size > 10 else ''}; "
-                             f"expected only 0 (membrane) and 255 (cell); download the label stack again from "
-                             f"{URL}")
+            more = " ..." if values.size > 10 else ""
+            raise InvalidInputError(f"{lab_path} has values {values[:10].tolist()}{more}; expected only 0 (membrane) "
+                                    f"and 255 (cell); download the label stack again from {URL}")
         for arr, path in ((volume, vol_path), (test, test_path)):
             if arr.dtype != np.uint8:
-                raise ValueError(f"{path} has dtype {arr.dtype}; expected the challenge's 8-bit (uint8) stack")
+                raise InvalidInputError(f"{path} has dtype {arr.dtype}; expected the challenge's 8-bit (uint8) stack")
         n = volume.shape[0]
         v = self.builder_config.validation_slices
         if v >= n:
-            raise ValueError(f"validation_slices must be smaller than the number of training slices ({n}), got "
-                             f"{v}")
+            raise InvalidInputError(f"validation_slices must be smaller than the number of training slices ({n}), got "
+                                    f"{v}")
         width = max(2, len(str(max(n, test.shape[0]) - 1)))
         splits = {"train": self._generate_examples(volume, labels, range(0, n - v), "train-volume", width)}
         if v:

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unet_jax import checks
+from unet_jax.checks import InvalidInputError
 from unet_jax.tiling import PAD_MODES, mirror_indices
 
 PAD_MODE = "symmetric"
@@ -25,24 +27,10 @@ __all__ = ["DeviceDataset", "to_device_dataset", "sample_origins", "gather_tiles
 
 
 class DeviceDataset(NamedTuple):
-    """A split on the device, mirror-padded for tile sampling (a pytree: pass it to jitted functions).
-
-    Attributes
-    ----------
-    images : float32 (N, Hp, Wp, C)
-        Image i occupies ``[:Ei + 2b, :Fi + 2b]`` (its size, at least O, plus the border b on both sides);
-        zeros beyond.
-    labels : int32 (N, Hp, Wp)
-        Class labels (``classes``, or ``instances > 0``), padded the same way.
-    weights : float32 (N, Hp, Wp)
-        Weight maps, padded the same way (0 where an image smaller than O was extended, and beyond each image).
-    sizes : int32 (N, 2)
-        (Ei, Fi) = (max(H_i, O), max(W_i, O)): the extent output windows range over; origins lie in
-        [0, Ei - O] x [0, Fi - O].
-    foreground : bool (N, ceil(max Ei / FG_BLOCK), ceil(max Fi / FG_BLOCK))
-        Block (a, b) is True if extent pixels [a * FG_BLOCK, (a + 1) * FG_BLOCK) x [b * FG_BLOCK, ...) of the
-        image hold a foreground (class > 0) pixel of the image itself; for foreground-centred sampling.
-    """
+    """A split on the device, mirror-padded for tile sampling (a pytree). ``images`` (N, Hp, Wp, C), ``labels``
+    and ``weights`` (N, Hp, Wp): image i fills ``[:Ei + 2b, :Fi + 2b]``, zeros beyond (weights also 0 where an image
+    smaller than O was extended); ``sizes`` (N, 2) the extents (Ei, Fi) = (max(H_i, O), max(W_i, O)) output windows
+    range over; ``foreground`` whether each FG_BLOCK x FG_BLOCK block holds a foreground pixel of the image."""
     images: jax.Array
     labels: jax.Array
     weights: jax.Array
@@ -54,49 +42,37 @@ class DeviceDataset(NamedTuple):
 # Checks and geometry (host-side)
 # ----------------------------------------------------------------------------------------------------------------
 
-def _check_int(name: str, value, lo: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
-    return int(value)
-
-
 def _check_geometry(tile_size, out_size) -> int:
     """Validate tile_size/out_size; return the border (tile_size - out_size) // 2."""
-    tile_size = _check_int("tile_size", tile_size, 1)
-    out_size = _check_int("out_size", out_size, 1)
+    tile_size = checks.integer("tile_size", tile_size, 1)
+    out_size = checks.integer("out_size", out_size, 1)
     if out_size > tile_size or (tile_size - out_size) % 2:
-        raise ValueError(f"out_size must be at most tile_size with an even difference (a border on each side), "
-                         f"got tile_size={tile_size}, out_size={out_size}")
+        raise InvalidInputError(f"out_size must be at most tile_size with an even difference (a border on each "
+                                f"side), got tile_size={tile_size}, out_size={out_size}")
     return (tile_size - out_size) // 2
-
-
-def _check_pad_mode(pad_mode: str) -> str:
-    if pad_mode not in PAD_MODES:
-        raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
-    return pad_mode
 
 
 def _example_arrays(example, i) -> tuple:
     """(image (H, W, C) float32, class labels (H, W) int32, weights (H, W) float32) of one example dict, checked.
     The labels are the example's ``classes`` if it has them, else ``instances > 0``."""
     if not hasattr(example, "__getitem__"):
-        raise ValueError(f"examples[{i}] must be a dict with 'image', 'instances' and 'weights', got "
-                         f"{type(example).__name__}")
+        raise InvalidInputError(f"examples[{i}] must be a dict with 'image', 'instances' and 'weights', got "
+                                f"{type(example).__name__}")
     try:
         image, instances, weights = (np.asarray(example[k]) for k in ("image", "instances", "weights"))
     except KeyError as err:
-        raise ValueError(f"examples[{i}] has no {err.args[0]!r}; expected the keys 'image', 'instances', "
-                         f"'weights' (as from unet_jax.data.load_split)") from None
+        raise InvalidInputError(f"examples[{i}] has no {err.args[0]!r}; expected the keys 'image', 'instances', "
+                                f"'weights' (as from unet_jax.data.load_split)") from None
     if image.ndim == 2:
         image = image[..., None]
     if image.ndim != 3 or image.shape[0] < 1 or image.shape[1] < 1:
-        raise ValueError(f"examples[{i}]['image'] must be (H, W, C) or (H, W), got shape {image.shape}")
+        raise InvalidInputError(f"examples[{i}]['image'] must be (H, W, C) or (H, W), got shape {image.shape}")
     if instances.shape != image.shape[:2] or weights.shape != image.shape[:2]:
-        raise ValueError(f"examples[{i}]: instances {instances.shape} and weights {weights.shape} must be "
-                         f"{image.shape[:2]}, the image's (H, W)")
+        raise InvalidInputError(f"examples[{i}]: instances {instances.shape} and weights {weights.shape} must be "
+                                f"{image.shape[:2]}, the image's (H, W)")
     labels = np.asarray(example["classes"]) if "classes" in example else (instances > 0)
     if labels.shape != instances.shape:
-        raise ValueError(f"examples[{i}]: classes {labels.shape} must be {image.shape[:2]}, the image's (H, W)")
+        raise InvalidInputError(f"examples[{i}]: classes {labels.shape} must be {image.shape[:2]}, the image's (H, W)")
     return image.astype(np.float32, copy=False), labels.astype(np.int32), weights.astype(np.float32, copy=False)
 
 
@@ -156,48 +132,21 @@ def device_dataset_nbytes(examples: Sequence, tile_size: int, out_size: int) -> 
 
 def to_device_dataset(examples: Sequence, tile_size: int, out_size: int, pad_mode: str = PAD_MODE,
                       device=None) -> DeviceDataset:
-    """Mirror-pad a split once on the host and put it on the device for ``sample_tiles``. Host-side.
+    """Mirror-pad a split once on the host and put it on ``device`` for ``sample_tiles``.
 
-    Geometry, for a tile of T = ``tile_size`` input pixels whose VALID network output is O = ``out_size`` pixels:
-    the output window is O x O, centred in the tile, and the tile extends it by the border b = (T - O) / 2 on every
-    side. An output window lies wholly inside the image. Where the tile's border reaches past the image, the image
-    is mirrored with ``pad_mode`` (default ``PAD_MODE`` = ``'symmetric'``: the edge pixel is repeated,
-    ``c b a | a b c``), the default of overlap-tile inference in ``unet_jax.tiling``, so training and inference see
-    the same extrapolation. Class labels and weights are mirrored the same way, so all three come out at tile size;
-    the loss centre-crops labels and weights to the logits, and augmentation warps all three together.
-
-    Images smaller than O (in height or width) are first extended by mirroring to O (the extra pixels split as
-    evenly as possible before and after), so they fit one output window. In that extension the weights are 0: the
-    loss counts every real pixel once and ignores the mirrored copies (labels there are mirrored, like the image).
-
-    Parameters
-    ----------
-    examples : sequence of dicts
-        Each with 'image' float32 (H, W, C) (or (H, W)), 'instances' int (H, W) and 'weights' float32 (H, W),
-        e.g. ``unet_jax.data.load_split(...)``. Sizes may differ; the channel count may not.
-    tile_size : int
-        Network input tile T.
-    out_size : int
-        Its output O (``unet_jax.geometry.output_size(tile_size, depth, padding)``); T - O must be even (>= 0).
-    pad_mode : {'symmetric', 'reflect'}
-        Mirror mode (``np.pad``); default ``PAD_MODE``, as in ``unet_jax.tiling``.
-    device : jax.Device or Sharding, optional
-        Where to put the arrays (default: the default device).
-
-    Returns
-    -------
-    DeviceDataset with images (N, Hp, Wp, C) float32, labels (N, Hp, Wp) int32 (``classes``, or
-    ``instances > 0``), weights (N, Hp, Wp) float32 and sizes (N, 2) int32; Hp = max_i max(H_i, O) + T - O (likewise Wp).
-    """
+    A tile of T = ``tile_size`` pixels has the VALID output window O = ``out_size`` at its centre and a border
+    b = (T - O) / 2; output windows lie inside the image, the border is mirrored with ``pad_mode`` (as in
+    ``unet_jax.tiling``, so training and inference extrapolate alike). Images smaller than O are first mirrored up to
+    O with zero weights there. Examples: dicts of 'image', 'instances', 'weights' (and 'classes'), one channel count."""
     border = _check_geometry(tile_size, out_size)
-    _check_pad_mode(pad_mode)
+    checks.one_of("pad_mode", pad_mode, PAD_MODES)
     if isinstance(examples, (str, bytes)) or not hasattr(examples, "__len__") or len(examples) == 0:
-        raise ValueError(f"examples must be a non-empty sequence of example dicts, got {type(examples).__name__}"
-                         f"{' of length 0' if hasattr(examples, '__len__') else ''}")
+        raise InvalidInputError(f"examples must be a non-empty sequence of example dicts, got {type(examples).__name__}"
+                                f"{' of length 0' if hasattr(examples, '__len__') else ''}")
     arrays = [_example_arrays(examples[i], i) for i in range(len(examples))]
     channels = {a[0].shape[-1] for a in arrays}
     if len(channels) != 1:
-        raise ValueError(f"examples must all have the same number of image channels, got {sorted(channels)}")
+        raise InvalidInputError(f"examples must all have the same number of image channels, got {sorted(channels)}")
     c = channels.pop()
     geoms = [_geometry(a[0].shape[0], a[0].shape[1], out_size, border) for a in arrays]
     hp = max(g.eh for g in geoms) + 2 * border
@@ -222,32 +171,18 @@ def to_device_dataset(examples: Sequence, tile_size: int, out_size: int, pad_mod
 @functools.partial(jax.jit, static_argnames=("batch_size", "out_size", "foreground"))
 def sample_origins(dataset: DeviceDataset, key: jax.Array, batch_size: int, out_size: int,
                    foreground: float = 0.0):
-    """Random image indices and output-window origins (pure jax; jit-compiled).
+    """Random image indices (B,) and output-window origins (B, 2) (pure jax, jit-compiled). Images are
+    equally likely whatever their size; the origin is uniform over the image's valid positions, or with probability
+    ``foreground`` placed so that a uniformly drawn foreground pixel lies at a uniform position in the window
+    (images without foreground fall back to the uniform law). tests/test_sampler.py checks the law."""
+    checks.integer("batch_size", batch_size, 1)
+    checks.integer("out_size", out_size, 1)
+    checks.real("foreground", foreground, 0.0, 1.0)
+    return _origins(dataset, key, batch_size, out_size, foreground)
 
-    Uniform law: the image index is uniform over the N images (each image equally likely, whatever its size), and
-    given the image the origin is uniform over its (E - O + 1) x (F - O + 1) valid positions (for images smaller
-    than O: the one position). Every pixel then lies in some output window, but a pixel within O of an image edge
-    in fewer windows than one in the middle. ``tests/test_sampler.py`` checks both the origin law and the coverage.
 
-    Parameters
-    ----------
-    dataset : DeviceDataset
-    key : PRNG key
-    batch_size, out_size : int (static)
-    foreground : float in [0, 1] (static)
-        Probability that a window is centred on foreground instead of uniform (nnU-Net draws a third of its
-        patches so): a foreground block of the chosen image (``DeviceDataset.foreground``) is drawn uniformly, a
-        pixel uniformly inside it, and the window placed so that this pixel lies at a uniform position in it
-        (clipped to the valid origins). Images without foreground fall back to the uniform law.
-
-    Returns
-    -------
-    index : int32 (B,), uniform over [0, N)
-    origins : int32 (B, 2), (oy, ox) uniform over [0, E - O] x [0, F - O] of the chosen image (``sizes``), or
-    foreground-centred with probability ``foreground``
-    """
-    batch_size = _check_int("batch_size", batch_size, 1)
-    out_size = _check_int("out_size", out_size, 1)
+def _origins(dataset, key, batch_size, out_size, foreground):
+    """``sample_origins`` of checked arguments."""
     n = dataset.sizes.shape[0]
     k_index, k_y, k_x = jax.random.split(key, 3)
     index = jax.random.randint(k_index, (batch_size,), 0, n, dtype=jnp.int32)
@@ -255,8 +190,6 @@ def sample_origins(dataset: DeviceDataset, key: jax.Array, batch_size: int, out_
     oy = jax.random.randint(k_y, (batch_size,), 0, sizes[:, 0] - out_size + 1, dtype=jnp.int32)
     ox = jax.random.randint(k_x, (batch_size,), 0, sizes[:, 1] - out_size + 1, dtype=jnp.int32)
     uniform = jnp.stack([oy, ox], axis=-1)
-    if not 0.0 <= foreground <= 1.0:
-        raise ValueError(f"foreground must be a probability in [0, 1], got {foreground!r}")
     if foreground == 0:
         return index, uniform
     k_fg = jax.random.fold_in(key, 3)
@@ -280,21 +213,23 @@ def _foreground_origin(blocks, key, i, size, *, out_size):
 
 @functools.partial(jax.jit, static_argnames=("tile_size",))
 def gather_tiles(dataset: DeviceDataset, index: jax.Array, origins: jax.Array, tile_size: int):
-    """The tiles whose output windows start at ``origins`` (pure jax; jit-compiled).
+    """float32 images (B, T, T, C), int32 labels and float32 weights (B, T, T) of the tiles whose output windows
+    start at ``origins`` in images ``index`` (``lax.dynamic_slice``; pure jax, jit-compiled)."""
+    checks.integer("tile_size", tile_size, 1)
+    _check_tile(dataset, tile_size)
+    return _gather(dataset, index, origins, tile_size)
 
-    Tile b is ``dataset.images[index[b], oy:oy + T, ox:ox + T]`` (padded coordinates = the output origin, as the
-    padding adds the border), cut with ``lax.dynamic_slice``; likewise labels and weights.
 
-    Returns
-    -------
-    images float32 (B, T, T, C), labels int32 (B, T, T), weights float32 (B, T, T)
-    """
-    tile_size = _check_int("tile_size", tile_size, 1)
-    _, hp, wp, c = dataset.images.shape
+def _check_tile(dataset, tile_size):
+    _, hp, wp, _ = dataset.images.shape
     if tile_size > hp or tile_size > wp:
-        raise ValueError(f"tile_size {tile_size} exceeds the padded data set ({hp} x {wp}); build it with "
-                         f"to_device_dataset(examples, tile_size={tile_size}, ...)")
-    t = tile_size
+        raise InvalidInputError(f"tile_size {tile_size} exceeds the padded data set ({hp} x {wp}); build it with "
+                                f"to_device_dataset(examples, tile_size={tile_size}, ...)")
+
+
+def _gather(dataset, index, origins, t):
+    """``gather_tiles`` of checked arguments."""
+    c = dataset.images.shape[-1]
 
     def one(i, oy, ox):
         img = jax.lax.dynamic_slice(dataset.images, (i, oy, ox, 0), (1, t, t, c))[0]
@@ -308,31 +243,15 @@ def gather_tiles(dataset: DeviceDataset, index: jax.Array, origins: jax.Array, t
 @functools.partial(jax.jit, static_argnames=("batch_size", "tile_size", "out_size", "foreground"))
 def sample_tiles(dataset: DeviceDataset, key: jax.Array, batch_size: int, tile_size: int, out_size: int,
                  foreground: float = 0.0):
-    """A random batch of training tiles from a ``DeviceDataset`` (pure jax; jit-compiled, usable inside jit).
-
-    Picks ``batch_size`` images uniformly (with replacement) and in each a uniform random output-window origin
-    (``sample_origins``), then slices the tile-size window around it (``gather_tiles``). ``tile_size`` and
-    ``out_size`` must be the ones the data set was built with (``to_device_dataset``).
-
-    Parameters
-    ----------
-    dataset : DeviceDataset
-    key : PRNG key
-    batch_size, tile_size, out_size : int (static)
-    foreground : float (static)
-        Share of foreground-centred windows (``sample_origins``).
-
-    Returns
-    -------
-    images : float32 (B, T, T, C)
-    labels : int32 (B, T, T), class labels (0 background, 1 cell)
-    weights : float32 (B, T, T)
-    """
-    if out_size > tile_size or (tile_size - out_size) % 2:
-        raise ValueError(f"out_size must be at most tile_size with an even difference, got tile_size={tile_size}, "
-                         f"out_size={out_size}")
-    index, origins = sample_origins(dataset, key, batch_size, out_size, foreground)
-    return gather_tiles(dataset, index, origins, tile_size)
+    """A random batch of training tiles (images (B, T, T, C), labels and weights (B, T, T)) from a
+    ``DeviceDataset`` built with the same ``tile_size`` and ``out_size``: ``sample_origins`` then ``gather_tiles``
+    (pure jax, jit-compiled)."""
+    _check_geometry(tile_size, out_size)
+    checks.integer("batch_size", batch_size, 1)
+    checks.real("foreground", foreground, 0.0, 1.0)
+    _check_tile(dataset, tile_size)
+    index, origins = _origins(dataset, key, batch_size, out_size, foreground)
+    return _gather(dataset, index, origins, tile_size)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -354,26 +273,12 @@ def _free_device_bytes() -> Optional[int]:
 
 def fits_on_device(examples: Sequence, limit_bytes: Optional[int] = None, tile_size: int = 0,
                    out_size: int = 0) -> bool:
-    """Whether ``to_device_dataset(examples, tile_size, out_size)`` fits in ``limit_bytes``. Host-side.
-
-    Parameters
-    ----------
-    examples : sequence of example dicts (only the image shapes are read)
-    limit_bytes : int, optional
-        Budget for the data set. Default: half of the first local device's free memory (``memory_stats``; on
-        CPU the available physical memory), leaving the rest for parameters, optimiser state and activations;
-        1 GiB if that is unknown.
-    tile_size, out_size : int
-        The tile geometry (0, 0: count the images unpadded).
-
-    Returns
-    -------
-    bool: whether the padded split fits the budget.
-    """
+    """Whether ``to_device_dataset(examples, tile_size, out_size)`` (0, 0: unpadded) fits in ``limit_bytes``;
+    default half the first device's free memory (CPU: available RAM), 1 GiB if unknown."""
     if limit_bytes is None:
         free = _free_device_bytes()
         limit_bytes = free // 2 if free else 1 << 30
-    limit_bytes = _check_int("limit_bytes", limit_bytes, 0)
+    limit_bytes = checks.integer("limit_bytes", limit_bytes, 0)
     if tile_size == 0 and out_size == 0:
         tile_size = out_size = 1
     return device_dataset_nbytes(examples, tile_size, out_size) <= limit_bytes

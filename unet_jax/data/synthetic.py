@@ -1,9 +1,5 @@
 """Synthetic EM-like images of touching cells: the default data set (TFDS builder ``synthetic_cells``), generated
-in seconds, no download. Host-side (numpy, scipy, scikit-image).
-
-``synthetic_cells`` draws one image and its labels, ``synthetic_example`` one example of a split,
-``SyntheticCells`` is the builder (its docstring: splits, names, determinism).
-"""
+in seconds, no download (host-side; docs/data.md)."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,6 +10,8 @@ from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 from skimage.segmentation import find_boundaries, relabel_sequential
 
+from unet_jax import checks
+from unet_jax.checks import InvalidInputError
 from unet_jax.data.common import UNetBuilder, UNetConfig, config_name, progress
 from unet_jax.data.io import to_float_image
 
@@ -23,34 +21,15 @@ __all__ = ["SyntheticCells", "SyntheticConfig", "make_config", "synthetic_cells"
 
 
 def synthetic_cells(size, rng: np.random.Generator, cell_diameter: float = 28.0):
-    """One synthetic EM-like image with its instance labels. Host-side.
-
-    The image mimics an ISBI 2012 slice: cells packed edge to edge (a Voronoi tessellation of random seeds, its
-    edges bent by a smooth random warp), separated by thin dark membranes (2-4 pixels wide, 2.7 on average; ISBI's
-    are about 6), with textured bright interiors (per-cell brightness, smooth mottling, small dark vesicles), then
-    blurred and given Gaussian noise. Ground truth is ISBI-like: instance labels with the membranes as background
-    (0), one id per cell.
-
-    Parameters
-    ----------
-    size : int or (int, int)
-        Image (height, width), at least 16 each.
-    rng : numpy.random.Generator
-        All randomness comes from it.
-    cell_diameter : float
-        Mean cell diameter in pixels.
-
-    Returns
-    -------
-    image : float32 (H, W) in [0, 1]
-    instances : int32 (H, W), 0 = membrane, 1..K = cells (4-connected, numbered 1..K without gaps)
-    """
+    """One synthetic ISBI-like image, float32 (H, W) in [0, 1], and its int32 instances (0 = membrane, cells
+    1..K, 4-connected, no gaps) for ``size`` (>= 16 a side), all randomness from ``rng``: a warped Voronoi tessellation
+    of cells of ``cell_diameter`` pixels, 2-4 pixel dark membranes, textured interiors, blur and noise."""
     h, w = (size, size) if np.isscalar(size) else size
     h, w = int(h), int(w)
     if h < 16 or w < 16:
-        raise ValueError(f"size must be at least 16 x 16, got {(h, w)}")
+        raise InvalidInputError(f"size must be at least 16 x 16, got {(h, w)}")
     if not cell_diameter > 4:
-        raise ValueError(f"cell_diameter must be > 4 pixels, got {cell_diameter!r}")
+        raise InvalidInputError(f"cell_diameter must be > 4 pixels, got {cell_diameter!r}")
     # Cells: nearest random seed on warped coordinates -> curved Voronoi cells that tile the plane.
     n = max(2, int(round(h * w / (0.8 * cell_diameter ** 2))))
     margin = cell_diameter
@@ -110,56 +89,41 @@ def synthetic_example(seed: int, split: str, index: int, image_size: int):
     """Example ``index`` of ``split`` ('train' | 'validation') for ``seed``: (image (H, W, 1) float32, instances
     int32 (H, W), name). The image is normalised as predict reads a file (``to_float_image``), so a saved example
     predicts as it trained. Deterministic; host-side."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    checks.one_of("split", split, SPLITS)
     rng = np.random.default_rng([int(seed), SPLITS.index(split), int(index)])
     image, instances = synthetic_cells(image_size, rng)
     name = f"{split}_{index:05d}"
     return to_float_image(image, name), instances, name
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, kw_only=True)
 class SyntheticConfig(UNetConfig):
-    """Synthetic config: the weight-map fields plus the generator's settings."""
-    num_train: int = 24
-    num_validation: int = 6
-    image_size: int = 256
-    seed: int = 0
+    """Synthetic config: the weight-map fields plus the generator's settings (the ``data`` section's)."""
+    num_train: int
+    num_validation: int
+    image_size: int
+    seed: int
 
 
-def _check_int(name, value, lo):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
-    return int(value)
-
-
-def make_config(weights: dict, num_train: int = 24, num_validation: int = 6, image_size: int = 256,
-                seed: int = 0) -> SyntheticConfig:
-    """A config named ``default-<hash>`` of the weights and generator settings (checked)."""
-    cfg = SyntheticConfig(name="tmp", num_train=_check_int("num_train", num_train, 1),
-                          num_validation=_check_int("num_validation", num_validation, 0),
-                          image_size=_check_int("image_size", image_size, 16), seed=_check_int("seed", seed, 0),
-                          **weights)
+def make_config(weights: dict, *, num_train: int, num_validation: int, image_size: int,
+                seed: int) -> SyntheticConfig:
+    """A config named ``default-<hash>`` of the weights and generator settings (validated by
+    ``unet_jax.config.validate``)."""
+    cfg = SyntheticConfig(name="tmp", num_train=num_train, num_validation=num_validation, image_size=image_size,
+                          seed=seed, **weights)
     cfg.name = config_name("default", cfg.params())
     cfg.description = "synthetic cells with " + ", ".join(f"{k}={v!r}" for k, v in sorted(cfg.params().items()))
     return cfg
 
 
 class SyntheticCells(UNetBuilder):
-    """TFDS builder ``synthetic_cells``: generated EM-like images of touching cells (``synthetic_cells``).
-
-    No manual directory. Splits ``train`` (``num_train`` images) and ``validation`` (``num_validation``; none if
-    0) of ``image_size`` x ``image_size`` pixels; names ``train_00000``, ``validation_00000``, ... Determinism:
-    example ``i`` of split ``s`` is drawn from ``numpy.random.default_rng([seed, s, i])`` (s = 0 train,
-    1 validation; ``synthetic_example``), so it depends only on (seed, split, index, image_size): the same for any
-    ``num_train`` or ``num_validation``, different between splits and seeds.
-    """
+    """TFDS builder ``synthetic_cells``: generated EM-like images of touching cells; example i of a split
+    depends only on (seed, split, i, image_size) (docs/data.md)."""
     name = "synthetic_cells"
     VERSION = tfds.core.Version("1.2.0")
     RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "classes feature.",
                      "1.2.0": "images normalised by percentiles whatever the bit depth "
                                "(unet_jax.data.io.to_float_image, as predict does); was the generator's [0, 1]."}
-    BUILDER_CONFIGS = [SyntheticConfig(name="default", description="24 + 6 images of 256 x 256, seed 0")]
     DESCRIPTION = __doc__
     CHANNELS = 1
 

@@ -17,6 +17,7 @@ from typing import Callable, Optional, Tuple
 import numpy as np
 import tifffile
 
+from unet_jax.checks import InvalidInputError
 from unet_jax.io import read_pixel_size
 
 log = logging.getLogger(__name__)
@@ -120,14 +121,15 @@ class _PackageSegmenter(_Segmenter):
         rdf = yaml.safe_load(files["rdf.yaml"])
         info = (rdf.get("config") or {}).get("unet_jax")
         if not info:
-            raise ValueError(f"{path} is not a bioimage.io package written by unet-jax export (no config.unet_jax in "
-                             f"its rdf.yaml); choose a workdir or a package exported by unet-jax")
+            raise InvalidInputError(f"{path} is not a bioimage.io package written by unet-jax export (no "
+                                    f"config.unet_jax in its rdf.yaml); choose a workdir or a package exported by "
+                                    f"unet-jax")
         source = rdf["weights"]["onnx"]["source"]
         self.session = ort.InferenceSession(files[source], providers=["CPUExecutionProvider"])
         self.channels = int(info["channels"])
         self.name = rdf.get("name", path.name)
         self.config = base_config()
-        self.config.data.target = info.get("target", "foreground")
+        self.config.data.target = info.get("target", self.config.data.target)
         self.config.eval.update({k: v for k, v in (info.get("eval") or {}).items() if k in self.config.eval})
 
     def probabilities(self, image, progress=None):
@@ -144,7 +146,7 @@ def _package_files(path: Path) -> dict:
         names = z.namelist()
         rdf = next((n for n in ("rdf.yaml", "bioimageio.yaml") if n in names), None)
         if rdf is None:
-            raise ValueError(f"{path} holds no rdf.yaml: not a bioimage.io model package")
+            raise InvalidInputError(f"{path} holds no rdf.yaml: not a bioimage.io model package")
         return {"rdf.yaml": z.read(rdf).decode(), **{n: z.read(n) for n in names if n.endswith(".onnx")}}
 
 
@@ -159,8 +161,8 @@ def load_segmenter(path) -> _Segmenter:
         return _WorkdirSegmenter(path)
     if (path.is_dir() and (path / "rdf.yaml").exists()) or (path.is_file() and zipfile.is_zipfile(path)):
         return _PackageSegmenter(path)
-    raise ValueError(f"{path} is neither a unet-jax workdir (a folder with config.json) nor a bioimage.io package "
-                     f"(.zip, or a folder with rdf.yaml)")
+    raise InvalidInputError(f"{path} is neither a unet-jax workdir (a folder with config.json) nor a bioimage.io "
+                            f"package (.zip, or a folder with rdf.yaml)")
 
 
 def segment(segmenter: _Segmenter, data, rgb: bool = False, progress: Optional[Callable] = None
@@ -181,8 +183,8 @@ def segment(segmenter: _Segmenter, data, rgb: bool = False, progress: Optional[C
         image = to_float_image(s, "the image layer", greyscale_rgb=segmenter.channels == 1)
         if image.shape[-1] != segmenter.channels:
             if segmenter.channels != 1:
-                raise ValueError(f"the image layer has {image.shape[-1]} channels; the network takes "
-                                 f"{segmenter.channels}")
+                raise InvalidInputError(f"the image layer has {image.shape[-1]} channels; the network takes "
+                                        f"{segmenter.channels}")
             image = image.mean(axis=-1, keepdims=True)
         full = segmenter.probabilities(image, progress)
         labels.append(objects_of(full, segmenter.config))
@@ -224,7 +226,7 @@ def SegmentWidget(napari_viewer):  # noqa: N802 - napari instantiates widget con
             cache[key] = load_segmenter(path)
         layer = layer_box.value
         if layer is None:
-            raise ValueError("no image layer to segment: open an image first")
+            raise InvalidInputError("no image layer to segment: open an image first")
         from napari.utils import progress
         probs, labels = segment(cache[key], layer.data, rgb=bool(getattr(layer, "rgb", False)), progress=progress)
         return layer, cache[key], probs, labels

@@ -76,7 +76,7 @@ def evaluate(workdir, split: str = "validation", tta: bool = False, step: Option
     Returns
     -------
     dict with 'per_image' (list of {'name', metric: value}), 'mean' ({metric: value}, the mean over the images),
-    'stack' (``unet_jax.metrics.isbi2012`` of all labelled images pooled as one stack: the figures to compare with
+    'stack' (``unet_jax.isbi.isbi2012`` of all labelled images pooled as one stack: the figures to compare with
     the challenge's), 'objects' (``unet_jax.metrics.object_scores`` of the objects of ``eval.instances``, counts
     pooled over the images: object_f1, object_precision, object_recall at IoU 0.5, mean_ap), 'csv' and 'json' (paths written), 'output_dir'. Per image: the ISBI 2012 measures at their
     best thresholds (``isbi2012``: ``pixel_error``, ``rand_error``, ``warping_error``, ``vrand_thinned``,

@@ -15,6 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from unet_jax import metrics
+from unet_jax.isbi import isbi2012_stats, isbi2012_summary
 from unet_jax.config import ISBI_METRICS
 from unet_jax.instances import label_instances
 from unet_jax.model import UNet
@@ -68,7 +69,7 @@ def evaluate_examples(model: UNet, variables, examples: Sequence[dict], config, 
     'trivial_iou' (the better of all-background and all-foreground: a model that does not beat it learned
     nothing), 'foreground_fraction', the object measures of ``objects_of`` (``eval.instances``) against the true
     objects ('seg', the mean over images; ``metrics.object_scores``: 'object_f1', 'object_precision',
-    'object_recall' at IoU 0.5 pooled over images, 'mean_ap') and the ISBI measures (``unet_jax.metrics.isbi2012``,
+    'object_recall' at IoU 0.5 pooled over images, 'mean_ap') and the ISBI measures (``unet_jax.isbi.isbi2012``,
     statistics summed over the images as for a stack). ``rows``: one dict per example, 'name' and, for labelled
     two-class images, ``metrics.threshold_metrics`` at ``eval.threshold`` of those objects (and with ``sweep`` the
     image's own ``isbi2012``); a contours network is measured the same way, on P(interior or contour). With
@@ -119,14 +120,14 @@ def evaluate_examples(model: UNet, variables, examples: Sequence[dict], config, 
         trivial.append((metrics.iou(np.zeros_like(labels), labels), metrics.iou(np.ones_like(labels), labels)))
         fg.append((labels > 0).mean())
         if challenge:
-            stats.append(metrics.isbi2012_stats(cell_prob, truth, thresholds=None if sweep else (threshold,)))
+            stats.append(isbi2012_stats(cell_prob, truth, thresholds=None if sweep else (threshold,)))
             if sweep:
-                row.update(metrics.isbi2012_summary(stats[-1:]))
+                row.update(isbi2012_summary(stats[-1:]))
     summary: Dict[str, float] = {}
     if total:
         summary.update(loss=num / den if den > 0 else 0.0, pixel_mismatch=wrong / total)
     if stats:
-        isbi = metrics.isbi2012_summary(stats)
+        isbi = isbi2012_summary(stats)
         summary.update(isbi if sweep else {k: isbi[k] for k in ISBI_METRICS})
     if ious:
         summary.update(iou=float(np.mean(ious)), seg=float(np.nanmean([r["seg"] for r in rows if "seg" in r])))

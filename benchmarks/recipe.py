@@ -73,7 +73,7 @@ def score(workdir: Path, test: Path, tta: bool = False, challenge: bool = False,
     ``watershed_smooth`` (``variants=False``: 'predict' only). ``step``: that checkpoint instead of the kept one. ``challenge``: also the ISBI 2012 measures of the test images as one stack
     (``unet_jax.isbi.isbi2012``; for ``isbi_cells``, whose test images are slices 25-29)."""
     from unet_jax import isbi, metrics
-    from unet_jax.data import io
+    from unet_jax.data import io, masks
     from unet_jax.evaluate import load_model
     from unet_jax.inference import foreground_probability, objects_of, predict_probabilities
     from unet_jax.instances import label_instances
@@ -91,7 +91,7 @@ def score(workdir: Path, test: Path, tta: bool = False, challenge: bool = False,
         image = io.to_float_image(io.read_image(p), p)
         if image.shape[-1] != channels:
             image = np.repeat(image, channels, axis=-1)
-        truth_instances = io.mask_to_instances(io.read_image(test / "masks" / p.name), p)
+        truth_instances = masks.mask_to_instances(io.read_image(test / "masks" / p.name), p)
         truth = truth_instances > 0
         full = predict_probabilities(model, variables, image, config.eval, tta=tta)
         prob = foreground_probability(full)

@@ -21,7 +21,7 @@ import ml_collections
 from unet_jax.augment import read_config as read_augment_config
 from unet_jax.data import DATASETS
 from unet_jax.data.common import TARGETS, normalize_class_weights
-from unet_jax.data.io import MASK_TYPES
+from unet_jax.data.masks import MASK_TYPES
 from unet_jax.geometry import PADDINGS, output_size
 from unet_jax.instances import INSTANCE_METHODS
 from unet_jax.model import NORMS, UPSAMPLES

@@ -24,8 +24,8 @@ import numpy as np
 from unet_jax.checkpoint import restore_params
 from unet_jax.config import UsageError, apply_overrides, fill_eval_defaults, validate_eval
 from unet_jax.data import load_split
-from unet_jax.data.io import (atomic_write, check_writable_directory, ensure_directory, overlay, write_png,
-                              write_tiff)
+from unet_jax.io import (atomic_write, check_writable_directory, ensure_directory, overlay, write_png,
+                         write_tiff)
 from unet_jax.inference import evaluate_examples, foreground_probability
 from unet_jax.model import check_params
 from unet_jax.train import create_model

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from unet_jax.data import io
+from unet_jax.data import io, masks
 from unet_jax.data.common import UNetBuilder, UNetConfig, config_name, fingerprint_hash, progress
 from unet_jax.data.common import check_fraction, validation_count
 from unet_jax.weights import separation_border
@@ -35,8 +35,8 @@ def make_config(weights: dict, validation_fraction: float = 0.2, mask_type: str 
                 root=None) -> FolderConfig:
     """A config named ``default-<hash>`` of the weights settings, split, mask type and input fingerprint."""
     fraction = check_fraction(validation_fraction)
-    if mask_type not in io.MASK_TYPES:
-        raise ValueError(f"mask_type must be one of {io.MASK_TYPES}, got {mask_type!r}")
+    if mask_type not in masks.MASK_TYPES:
+        raise ValueError(f"mask_type must be one of {masks.MASK_TYPES}, got {mask_type!r}")
     fp = fingerprint_hash(io.file_fingerprint(root, ("images/*", "masks/*"))) if root else ""
     cfg = FolderConfig(name="tmp", validation_fraction=fraction, mask_type=mask_type, fingerprint=fp, **weights)
     cfg.name = config_name("default", cfg.params())
@@ -97,7 +97,7 @@ def touching_objects(root, mask_type: str = "auto") -> tuple:
     pairs = find_pairs(root)
     touching = 0
     for _, _, mask_path in progress(pairs, len(pairs), "folder: looking for touching objects"):
-        instances = io.mask_to_instances(io.read_image(mask_path), mask_path, mask_type)
+        instances = masks.mask_to_instances(io.read_image(mask_path), mask_path, mask_type)
         touching += bool(separation_border(instances).any())
     return touching, len(pairs)
 
@@ -110,7 +110,7 @@ def check_binary_reads(root, reports: list) -> None:
     """Warn when the binary masks of a data set look read wrong: thresholding kept under ``PLAUSIBLE_KEPT`` of
     the pixels above each mask's lowest value (the foreground would be the noise, not the cells), or JPEG masks
     whose levels are so close (0/1) that compression noise is as large as the mask. ``reports``: the
-    ``report`` dicts of ``io.mask_to_instances`` (with a 'name')."""
+    ``report`` dicts of ``masks.mask_to_instances`` (with a 'name')."""
     binary = [r for r in reports if "kept" in r]
     kept, above = sum(r["kept"] for r in binary), sum(r["above_lowest"] for r in binary)
     if above and kept < PLAUSIBLE_KEPT * above:
@@ -144,10 +144,10 @@ class Folder(UNetBuilder):
     * masks: binary (two values, e.g. 0/255 or 0/1: cells are the pixels above half the maximum, split into cells
       by 4-connected components) or instance labels (0 = background, one integer id per cell: kept). Binary masks
       with anti-aliased edges (grey values only along the edges) are thresholded at half their maximum.
-      ``mask_type`` ('auto', 'binary', 'instance') overrides the detection (``unet_jax.data.io.mask_to_instances``);
+      ``mask_type`` ('auto', 'binary', 'instance') overrides the detection (``unet_jax.data.masks.mask_to_instances``);
     * class masks (``mask_type='classes'``, never auto-detected): each pixel value is a class id 0..K-1 (0 =
       background; palette PNGs give their indices), ``model.num_classes`` = K; objects for the weight maps are the
-      4-connected components of each class (``unet_jax.data.io.mask_to_classes``).
+      4-connected components of each class (``unet_jax.data.masks.mask_to_classes``).
 
     Rejected with a ValueError naming the file and how to fix it: an image without a mask or a mask without an
     image, two images with the same stem, image and mask of different sizes, colour masks, negative, NaN or
@@ -175,13 +175,13 @@ class Folder(UNetBuilder):
         image = io.to_float_image(io.read_image(image_path), image_path)
         classes = None
         if self.builder_config.mask_type == "classes":
-            classes, instances = io.mask_to_classes(io.read_mask(mask_path), mask_path)
+            classes, instances = masks.mask_to_classes(io.read_mask(mask_path), mask_path)
             if report is not None:
                 report["kind"] = "classes"
         else:
-            instances = io.mask_to_instances(io.read_image(mask_path), mask_path, self.builder_config.mask_type,
+            instances = masks.mask_to_instances(io.read_image(mask_path), mask_path, self.builder_config.mask_type,
                                              report)
-        io.check_same_shape(image, instances, image_path, mask_path)
+        masks.check_same_shape(image, instances, image_path, mask_path)
         if channels == 3 and image.shape[-1] == 1:
             image = np.repeat(image, 3, axis=-1)
         return image, instances, classes

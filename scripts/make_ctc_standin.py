@@ -38,7 +38,7 @@ detail, so IoU figures on the stand-ins say nothing about the paper's 0.9203 / 0
 
 Command line (writes both stand-ins and prints the commands to train and evaluate the two configs on them)::
 
-    python experiments/ctc_standin.py --out /tmp/ctc_standin [--sequences 2] [--frames N] [--annotated N]
+    python scripts/make_ctc_standin.py --out /tmp/ctc_standin [--sequences 2] [--frames N] [--annotated N]
 """
 from __future__ import annotations
 

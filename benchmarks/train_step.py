@@ -3,11 +3,11 @@ SGD-momentum update), with achieved FLOP/s from the network's FLOP count (3x the
 
     python benchmarks/train_step.py --features 16 --tile 572 --batch 1 --impl fast --impl plain:jaxdefault
 
-Each ``--impl`` is ``IMPL[:XLA]``: IMPL is the network: 'fast' (``unet_jax.model.UNet``) or 'plain' (the
-reference built from generic flax layers, ``unet_jax.plain_unet.PlainUNet``); XLA is 'pkg' (default: this process's XLA flags, which include ``unet_jax.xla_cpu.XLA_CPU_FLAGS``,
-set by ``unet_jax.configure_cpu()`` at the start of ``main``, unless ``UNET_JAX_XLA_CPU_FLAGS=0``) or 'jaxdefault'
-(jaxlib's default YNNPACK fusion set restored for that step through ``compiler_options``: how unet-jax ran
-before it set its flag). The first ``--impl`` is the baseline.
+Each ``--impl`` is ``IMPL[:XLA]``: IMPL is the network: 'fast' (``unet_jax.model.UNet``) or 'plain' (the reference
+built from generic flax layers, ``unet_jax.plain_unet.PlainUNet``); XLA is 'pkg' (default: this process's XLA flags,
+which include ``unet_jax.xla_cpu.XLA_CPU_FLAGS``, set by ``unet_jax.configure_cpu()`` at the start of ``main``,
+unless ``UNET_JAX_XLA_CPU_FLAGS=0``) or 'jaxdefault' (jaxlib's default YNNPACK fusion set restored for that step
+through ``compiler_options``: how unet-jax ran before it set its flag). The first ``--impl`` is the baseline.
 
 All configurations are compiled first, then timed interleaved (one step of each per round, ``--repeats`` rounds)
 so that load from other processes hits them alike. ``--threads N`` pins the process to N CPUs before JAX starts

@@ -213,13 +213,17 @@ def percentile_normalize(image, low: float = PERCENTILES[0], high: float = PERCE
     percentiles): bioimage.io's ``scale_range`` + ``clip``, as the exported packages declare it."""
     if not 0.0 <= low < high <= 100.0:
         raise InvalidInputError(f"low and high must satisfy 0 <= low < high <= 100, got low={low!r}, high={high!r}")
+    return _scale_range(image, low, high)
+
+
+def _scale_range(image, low, high) -> np.ndarray:
     x = np.asarray(image, np.float64)
     lo, hi = np.percentile(x, (low, high))
     return np.clip((x - lo) / (hi - lo + NORMALISE_EPS), 0.0, 1.0).astype(np.float32)
 
 
 def _channels_last(arr: np.ndarray, path, what: str) -> np.ndarray:
-    """(H, W) -> (H, W, 1); (H, W, C) kept; a leading singleton page axis dropped; else ValueError."""
+    """(H, W) -> (H, W, 1); (H, W, C) kept; a leading singleton page axis dropped; else InvalidInputError."""
     while arr.ndim > 2 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim == 2:
@@ -264,6 +268,6 @@ def to_float_image(arr, path="<array>", greyscale_rgb: bool = True) -> np.ndarra
             raise InvalidInputError(f"image {path} has values up to {peak:.3g}, beyond what float32 arithmetic can "
                                     f"normalise (|value| <= {FLOAT_LIMIT:.0e}); rescale the image (e.g. to 0-1 or "
                                     f"16-bit) and save it again")
-    return percentile_normalize(arr)
+    return _scale_range(arr, *PERCENTILES)
 
 

@@ -4,7 +4,7 @@ Both warp the same three arrays (image, labels, weights; default 572x572, the pa
 sigma. The main baseline uses elasticdeform with the same interpolation as ours (orders 1, 0, 1 and the mirror
 boundary); elasticdeform's defaults (order 3, constant boundary) are timed too, for reference. Our functions are
 jitted, warmed up and timed with ``block_until_ready``, a fresh key per call; the contenders take turns in short
-blocks of back-to-back calls (see ``interleaved_medians``), so a changing background load on shared CPUs affects
+blocks of back-to-back calls (``common.time_interleaved``), so a changing background load on shared CPUs affects
 them alike. The full ``augment`` chain (the
 ``augment`` section of unet_jax.config.base_config) is timed as well, for one example and for a batch.
 
@@ -21,9 +21,7 @@ import functools
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +30,9 @@ import numpy as np
 from unet_jax import augment as aug
 from unet_jax import configure_cpu
 from unet_jax.config import base_config
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import time_interleaved  # noqa: E402
 
 INSTALL_HINT = "pip install --no-binary elasticdeform elasticdeform"
 
@@ -42,34 +43,6 @@ def _version(dist: str):
         return version(dist)
     except Exception:  # noqa: BLE001 - only informative
         return None
-
-
-def interleaved_medians(fns: dict, repeats: int, warmup: int, block: int = 10) -> dict:
-    """Median wall time (seconds) of each ``fns[name](i)`` over ``repeats`` timed calls (host-side).
-
-    The contenders take turns in blocks: each block is one untimed call (after switching contenders the CPUs,
-    caches and XLA's worker threads are cold: idle vCPUs of a VM take a while to wake) and then ``block`` timed
-    calls back to back, the steady state a training loop sees. Taking turns makes a changing background load
-    (shared CPUs) hit every contender alike. ``warmup`` untimed calls each come first (compilation).
-    ``fns[name]`` is called with indices below ``warmup + repeats`` (e.g. one PRNG key each).
-    """
-    for fn in fns.values():
-        for i in range(warmup):
-            fn(i)
-    times = {name: [] for name in fns}
-    i = 0
-    while any(len(t) < repeats for t in times.values()):
-        for name, fn in fns.items():
-            todo = min(block, repeats - len(times[name]))
-            if todo <= 0:
-                continue
-            fn(warmup + i % repeats)
-            for _ in range(todo):
-                i += 1
-                t0 = time.perf_counter()
-                fn(warmup + i % repeats)
-                times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main(argv=None) -> dict:
@@ -136,7 +109,7 @@ def main(argv=None) -> dict:
         fns["elasticdeform_default"] = lambda i: elasticdeform.deform_random_grid(
             arrays, sigma=args.sigma, points=args.grid)
 
-    med = interleaved_medians(fns, args.repeats, args.warmup, args.block)
+    med = {k: r["median_s"] for k, r in time_interleaved(fns, args.repeats, args.warmup, args.block).items()}
     result.update(
         elastic_warp_ms=med["elastic_warp"] * 1e3,
         augment_ms=med["augment"] * 1e3,

@@ -19,8 +19,8 @@ import sys
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_step import (add_common_args, loadavg, machine, make_jax_step, parse_config, set_threads,  # noqa: E402
-                        time_interleaved)
+from common import time_interleaved  # noqa: E402
+from train_step import add_common_args, loadavg, machine, make_jax_step, parse_config, set_threads  # noqa: E402
 
 from unet_jax import configure_cpu  # noqa: E402
 from unet_jax.geometry import output_size, unet_flops  # noqa: E402

@@ -278,6 +278,7 @@ def cmd_train_step(a):
     from unet_jax import configure_cpu
     configure_cpu()
     ts = _bench_imports()
+    from common import time_interleaved
     from unet_jax.geometry import unet_flops
     torch = None
     if not a.no_torch:
@@ -329,7 +330,7 @@ def cmd_train_step(a):
                 build_s[("torch", kind)] = time.time() - t_build
             if not fns:
                 continue
-            timings = ts.time_interleaved(dict(fns), a.repeats, a.warmup)
+            timings = time_interleaved(dict(fns), a.repeats, a.warmup)
         except Exception as e:  # noqa: BLE001 - a failing case (e.g. out of memory, no compiler) must not stop the rest
             print(f"train-step: {name} failed: {type(e).__name__}: {e}"[:2000], flush=True)
             section["errors"].append({"case": name, "error": f"{type(e).__name__}: {e}"[:2000]})
@@ -365,13 +366,12 @@ def cmd_train_step(a):
 
 def cmd_inference(a):
     import functools
-    import statistics
 
     import jax
     import jax.numpy as jnp
     import numpy as np
     sys.path.insert(0, str(HERE))
-    from inference import random_variables
+    from common import random_variables, throughput_s, time_calls
 
     from unet_jax import configure_cpu, tiling
     from unet_jax.geometry import unet_flops
@@ -406,25 +406,13 @@ def cmd_inference(a):
             try:
                 run = functools.partial(tiling.predict_tiled, apply_fn, image, a.tile, depth=a.depth,
                                         batch_size=a.batch_size, tta=tta, variables=variables)
-                t = time.perf_counter()
-                run()
-                first = time.perf_counter() - t
-                times = []
-                for _ in range(a.repeats):
-                    t = time.perf_counter()
-                    run()
-                    times.append(time.perf_counter() - t)
-                seconds = statistics.median(times)
+                timed = time_calls(run, a.repeats)
+                first, seconds = timed["first_call_s"], timed["median_s"]
                 # The network alone on one batch of tiles (no host-side tiling and stitching).
                 predictor = tiling.make_batch_predictor(apply_fn, tta=tta, variables=variables)
                 batch = jnp.asarray(rs.rand(a.batch_size, a.tile, a.tile, 1).astype(np.float32))
                 predictor(batch).block_until_ready()
-                n = max(2, a.repeats * 2)
-                t = time.perf_counter()
-                for _ in range(n):
-                    out = predictor(batch)
-                out.block_until_ready()
-                net_s = (time.perf_counter() - t) / n
+                net_s = throughput_s(lambda: predictor(batch), max(2, a.repeats * 2))
             except Exception as e:  # noqa: BLE001
                 print(f"inference: {name} failed: {type(e).__name__}: {e}"[:2000], flush=True)
                 section["errors"].append({"case": name, "error": f"{type(e).__name__}: {e}"[:2000]})

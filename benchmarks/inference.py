@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import statistics
-import time
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -25,27 +25,8 @@ from unet_jax import configure_cpu, tiling
 from unet_jax.geometry import border, output_size, valid_input_size
 from unet_jax.model import UNet
 
-
-def random_variables(model, input_shape, seed=0):
-    """He-normal random parameters drawn with numpy (avoids compiling jax's PRNG for every parameter shape)."""
-    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct(input_shape, jnp.float32))
-    rs = np.random.RandomState(seed)
-
-    def draw(s):
-        if len(s.shape) > 1:
-            return jnp.asarray(rs.randn(*s.shape) * np.sqrt(2.0 / np.prod(s.shape[:-1])), jnp.float32)
-        return jnp.zeros(s.shape, jnp.float32)
-    return jax.tree_util.tree_map(draw, shapes)
-
-
-def timed(fn, repeats):
-    fn()                                                    # warm-up: compiles
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import random_variables, time_calls  # noqa: E402
 
 
 def main(argv=None):
@@ -77,7 +58,7 @@ def main(argv=None):
         grid = tiling.tile_grid(image.shape, args.tile, depth=args.depth, padding=args.padding)
         run = functools.partial(tiling.predict_tiled, apply_fn, image, args.tile, depth=args.depth,
                                 padding=args.padding, batch_size=args.batch_size, tta=args.tta)
-        t = timed(run, args.repeats)
+        t = time_calls(run, args.repeats)["median_s"]
         row = dict(image=size, tiles=grid.num_tiles, padded=list(grid.padded_shape), median_s=t,
                    s_per_tile=t / grid.num_tiles,
                    mpix_per_s=size * size / 1e6 / t)
@@ -90,7 +71,7 @@ def main(argv=None):
                 s = -(-size // m) * m
                 pad = np.pad(image, ((0, s - size),) * 2, mode="symmetric")
             x = jnp.asarray(pad[None, ..., None])
-            tw = timed(lambda: np.asarray(whole(x)), args.repeats)
+            tw = time_calls(lambda: np.asarray(whole(x)), args.repeats)["median_s"]
             row.update(whole_median_s=tw, whole_input=pad.shape[0], tiled_vs_whole=t / tw)
         results.append(row)
 

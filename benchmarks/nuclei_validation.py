@@ -6,13 +6,15 @@ training, the scale the network was trained at), for each way of making objects.
 Prints one JSON line per workdir: object F1 at IoU 0.5 and DSB mean AP of components and watershed objects (with
 the run's eval.min_object_fraction) pooled over the validation images, and the foreground IoU.
 """
+import argparse
 import json
 import sys
 
-import numpy as np
 
-
-def main(workdirs) -> list:
+def main(argv=None) -> list:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("workdirs", nargs="+", help="workdirs of nuclei_instances runs (e.g. runs/nuclei_sep/*/)")
+    workdirs = p.parse_args(argv).workdirs
     from unet_jax import configure_cpu
     configure_cpu()
     from unet_jax import metrics
@@ -44,4 +46,4 @@ def main(workdirs) -> list:
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main(sys.argv[1:]) else 1)
+    sys.exit(0 if main() else 1)

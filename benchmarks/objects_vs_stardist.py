@@ -93,7 +93,7 @@ def run_unet(task: str, variant: str, steps: int, workdir: Path, data: Path, par
 def run_stardist(task: str, python: str, budget: float, workdir: Path, data: Path) -> dict:
     """StarDist trained for ``budget`` CPU seconds in its own environment; its test objects scored here."""
     from unet_jax import metrics
-    from unet_jax.data import io
+    from unet_jax.data import io, masks
     train, test = recipe.build_task(task, data / task)
     if not (workdir / "stardist.json").exists():
         workdir.mkdir(parents=True, exist_ok=True)
@@ -105,7 +105,7 @@ def run_stardist(task: str, python: str, budget: float, workdir: Path, data: Pat
     for key, snap in info["snapshots"].items():
         matches, segs, inter, union = [], [], 0, 0
         for p in sorted((test / "masks").iterdir()):
-            truth = io.mask_to_instances(io.read_image(p), p)
+            truth = masks.mask_to_instances(io.read_image(p), p)
             pred = io.read_image(workdir / key / p.name).astype(np.int32)
             matches.append(metrics.object_matches(pred, truth))
             segs.append(metrics.seg_measure(pred, truth))

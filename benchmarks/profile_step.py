@@ -24,8 +24,8 @@ import time
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_step import (add_common_args, loadavg, machine, make_jax_step, parse_config, set_threads,  # noqa: E402
-                        time_interleaved)
+from common import time_interleaved  # noqa: E402
+from train_step import add_common_args, loadavg, machine, make_jax_step, parse_config, set_threads  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

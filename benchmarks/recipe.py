@@ -71,9 +71,9 @@ def score(workdir: Path, test: Path, tta: bool = False, challenge: bool = False,
     mean CTC SEG, merges and splits) of the objects ``predict`` writes ('predict': the run's own ``eval`` settings,
     ``unet_jax.inference.objects_of``), of 'components' and of 'watershed' at several ``watershed_h`` and
     ``watershed_smooth`` (``variants=False``: 'predict' only). ``step``: that checkpoint instead of the kept one. ``challenge``: also the ISBI 2012 measures of the test images as one stack
-    (``unet_jax.metrics.isbi2012``; for ``isbi_cells``, whose test images are slices 25-29)."""
-    from unet_jax import metrics
-    from unet_jax.data import io
+    (``unet_jax.isbi.isbi2012``; for ``isbi_cells``, whose test images are slices 25-29)."""
+    from unet_jax import isbi, metrics
+    from unet_jax.data import io, masks
     from unet_jax.evaluate import load_model
     from unet_jax.inference import foreground_probability, objects_of, predict_probabilities
     from unet_jax.instances import label_instances
@@ -91,7 +91,7 @@ def score(workdir: Path, test: Path, tta: bool = False, challenge: bool = False,
         image = io.to_float_image(io.read_image(p), p)
         if image.shape[-1] != channels:
             image = np.repeat(image, channels, axis=-1)
-        truth_instances = io.mask_to_instances(io.read_image(test / "masks" / p.name), p)
+        truth_instances = masks.mask_to_instances(io.read_image(test / "masks" / p.name), p)
         truth = truth_instances > 0
         full = predict_probabilities(model, variables, image, config.eval, tta=tta)
         prob = foreground_probability(full)
@@ -111,7 +111,7 @@ def score(workdir: Path, test: Path, tta: bool = False, challenge: bool = False,
         per_image.append(i / u if u else 1.0)
     extra = {}
     if challenge:
-        m = metrics.isbi2012(np.stack(probs), np.stack(truths))
+        m = isbi.isbi2012(np.stack(probs), np.stack(truths))
         extra = {"isbi2012_stack": {k: float(v) for k, v in m.items() if np.isscalar(v)}}
     objects = {name: dict(metrics.object_scores(matches[name]), seg=float(np.nanmean(segs[name])))
                for name in methods}

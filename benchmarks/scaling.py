@@ -45,7 +45,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_step import loadavg, machine, make_jax_step, set_threads, time_interleaved  # noqa: E402
+from common import random_variables, time_calls, time_interleaved  # noqa: E402
+from train_step import loadavg, machine, make_jax_step, set_threads  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -219,7 +220,6 @@ def child_inference(spec):
     """One image size of the inference part, in its own process; returns the result dict (host-side driver)."""
     import resource
 
-    from inference import random_variables
 
     from unet_jax import tiling
     from unet_jax.model import UNet
@@ -235,22 +235,13 @@ def child_inference(spec):
         return tiling.predict_tiled(apply_fn, img, tile, depth=depth, batch_size=batch, variables=variables)
 
     out = output_size(tile, depth)
-    t = time.perf_counter()
-    run(image[:min(size, out), :min(size, out)])        # compiles: one tile, same batch shape as every call
-    first_call_s = time.perf_counter() - t
+    first_call_s = time_calls(lambda: run(image[:min(size, out), :min(size, out)]), 0)["first_call_s"]  # compiles
     # Peak memory from here on, over every full-size call: the first one included, since memory the allocator
     # keeps after it would otherwise count as baseline.
     exact = _reset_peak_rss()
     rss0 = _proc_status_kb("VmRSS") if exact else None
     maxrss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    for _ in range(spec["warmup"] - 1):
-        run(image)
-    times = []
-    for _ in range(spec["repeats"]):
-        t = time.perf_counter()
-        probs = run(image)
-        times.append(time.perf_counter() - t)
-        del probs
+    times = time_calls(lambda: run(image) is None, spec["repeats"], warmup=spec["warmup"] - 1)["times_s"]
     if exact:
         peak_kb, method = _proc_status_kb("VmHWM") - rss0, "VmHWM-VmRSS"
     else:

@@ -25,7 +25,12 @@ from unet_jax import configure_cpu, tiling
 from unet_jax.geometry import output_size
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from inference import timed as median_time  # noqa: E402  (median wall time after one warm-up call)
+from common import time_calls  # noqa: E402
+
+
+def median_time(fn, repeats):
+    """Median wall seconds of ``repeats`` calls after one warm-up call."""
+    return time_calls(fn, repeats)["median_s"]
 
 
 def fancy_index_gather(image, grid, batch_size, pad_mode="symmetric"):

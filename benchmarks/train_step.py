@@ -3,12 +3,11 @@ SGD-momentum update), with achieved FLOP/s from the network's FLOP count (3x the
 
     python benchmarks/train_step.py --features 16 --tile 572 --batch 1 --impl fast --impl plain:jaxdefault
 
-Each ``--impl`` is ``IMPL[:XLA]``: IMPL is the network: 'fast' (``unet_jax.model.UNet``) or 'plain' (the
-reference built from generic flax layers, ``PlainUNet`` of tests/plain_unet.py, imported from the repository's
-tests/); XLA is 'pkg' (default: this process's XLA flags, which include ``unet_jax.xla_cpu.XLA_CPU_FLAGS``,
-set by ``unet_jax.configure_cpu()`` at the start of ``main``, unless ``UNET_JAX_XLA_CPU_FLAGS=0``) or 'jaxdefault'
-(jaxlib's default YNNPACK fusion set restored for that step through ``compiler_options``: how unet-jax ran
-before it set its flag). The first ``--impl`` is the baseline.
+Each ``--impl`` is ``IMPL[:XLA]``: IMPL is the network: 'fast' (``unet_jax.model.UNet``) or 'plain' (the reference
+built from generic flax layers, ``unet_jax.plain_unet.PlainUNet``); XLA is 'pkg' (default: this process's XLA flags,
+which include ``unet_jax.xla_cpu.XLA_CPU_FLAGS``, set by ``unet_jax.configure_cpu()`` at the start of ``main``,
+unless ``UNET_JAX_XLA_CPU_FLAGS=0``) or 'jaxdefault' (jaxlib's default YNNPACK fusion set restored for that step
+through ``compiler_options``: how unet-jax ran before it set its flag). The first ``--impl`` is the baseline.
 
 All configurations are compiled first, then timed interleaved (one step of each per round, ``--repeats`` rounds)
 so that load from other processes hits them alike. ``--threads N`` pins the process to N CPUs before JAX starts
@@ -21,7 +20,6 @@ import json
 import os
 import platform
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +33,7 @@ from unet_jax.model import UNet
 from unet_jax.xla_cpu import xla_cpu_flags_applied
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from inference import random_variables  # noqa: E402
+from common import random_variables, time_interleaved  # noqa: E402
 
 # jaxlib's default --xla_cpu_experimental_ynn_fusion_type (checked for jaxlib 0.10.2 against an unflagged process).
 JAX_DEFAULT_XLA = {"xla_cpu_experimental_ynn_fusion_type": ",".join(
@@ -64,15 +62,12 @@ def parse_config(spec):
 
 
 def network_class(impl):
-    """'fast' -> ``unet_jax.model.UNet``; 'plain' -> the reference ``PlainUNet`` of tests/plain_unet.py."""
+    """'fast' -> ``unet_jax.model.UNet``; 'plain' -> the reference ``unet_jax.plain_unet.PlainUNet``."""
     if impl == "fast":
         return UNet
     if impl != "plain":
         raise ValueError(f"impl must be 'fast' or 'plain', got {impl!r}")
-    tests = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
-    if tests not in sys.path:
-        sys.path.append(tests)
-    from plain_unet import PlainUNet
+    from unet_jax.plain_unet import PlainUNet
     return PlainUNet
 
 
@@ -109,39 +104,6 @@ def make_jax_step(features, depth, tile, batch, dtype="float32", impl="fast", pa
 
     run.lower = lambda: step.lower(state[0], state[1], jax.random.PRNGKey(0))  # for profile_step.py
     return run
-
-
-def _block(out):
-    """Wait for a JAX result (or a torch/Python one, which is ready already)."""
-    if isinstance(out, jax.Array):
-        out.block_until_ready()
-    return out
-
-
-def time_interleaved(fns, repeats, warmup=1):
-    """Time ``fns`` ({name: fn(i)}) in interleaved rounds after ``warmup`` calls of each (the first compiles).
-
-    Returns {name: {'median_s', 'min_s', 'cpu_median_s', 'first_call_s', 'times_s'}}: wall-clock seconds per call
-    and process CPU seconds (all threads) per call.
-    """
-    res = {name: {"times_s": [], "cpu_s": []} for name in fns}
-    for name, fn in fns.items():
-        t = time.perf_counter()
-        _block(fn(0))
-        res[name]["first_call_s"] = time.perf_counter() - t
-        for i in range(1, warmup):
-            _block(fn(i))
-    for r in range(repeats):
-        for name, fn in fns.items():
-            t, c = time.perf_counter(), time.process_time()
-            _block(fn(100 + r))
-            res[name]["times_s"].append(time.perf_counter() - t)
-            res[name]["cpu_s"].append(time.process_time() - c)
-    for r in res.values():
-        r["median_s"] = float(np.median(r["times_s"]))
-        r["min_s"] = float(np.min(r["times_s"]))
-        r["cpu_median_s"] = float(np.median(r.pop("cpu_s")))
-    return res
 
 
 def loadavg():

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,17 +20,16 @@ import tifffile
 
 from unet_jax.weights import instances_from_mask, unet_weight_map, unet_weight_map_reference
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import time_calls  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def median_seconds(fn, repeats: int):
-    """Run ``fn`` ``repeats`` times; return (median wall seconds, last result)."""
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+    """(median wall seconds of ``repeats`` calls of ``fn``, no warm-up, and the last result)."""
+    r = time_calls(fn, repeats, warmup=0)
+    return r["median_s"], r["result"]
 
 
 def main(argv=None):

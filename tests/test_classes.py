@@ -12,7 +12,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from unet_jax.data import check_class_ids, io
+from unet_jax.data import check_class_ids, io, masks
 from unet_jax.data.common import class_weight_map
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +23,7 @@ def test_class_mask_gives_ids_and_objects_apart_across_classes():
     classes[2:6, 1:5] = 1
     classes[2:6, 5:9] = 2                              # touches the class-1 square: a different object
     classes[8:10, 0:2] = 1
-    ids, instances = io.mask_to_classes(classes, "m.tif", num_classes=3)
+    ids, instances = masks.mask_to_classes(classes, "m.tif", num_classes=3)
     assert ids.dtype == np.int32 and np.array_equal(ids, classes)
     assert instances.max() == 3
     assert len(np.unique(instances[2:6, 1:5])) == 1 and instances[2, 1] != instances[2, 5]
@@ -36,7 +36,7 @@ def test_class_mask_gives_ids_and_objects_apart_across_classes():
     (np.array([[0, 0.5], [1, 2]], np.float32), "not class ids")])
 def test_bad_class_masks_name_the_file_and_the_fix(mask, match):
     with pytest.raises(ValueError, match=match) as err:
-        io.mask_to_classes(mask, "masks/a.png", num_classes=3)
+        masks.mask_to_classes(mask, "masks/a.png", num_classes=3)
     assert "masks/a.png" in str(err.value)
 
 

@@ -211,7 +211,7 @@ def test_error_exit_code_from_console_script(tmp_path):
 
 
 def test_atomic_write_permissions_and_no_partial_file(tmp_path):
-    from unet_jax.data.io import atomic_write
+    from unet_jax.io import atomic_write
     umask = os.umask(0o022)
     try:
         path = atomic_write(tmp_path / "out" / "a.txt", lambda p: open(p, "w").write("x"))

@@ -17,7 +17,7 @@ import tifffile
 from tiny_config import tiny_config  # tests/tiny_config.py
 from unet_jax import checkpoint as ck
 from unet_jax import cli, predict
-from unet_jax.data import io
+from unet_jax import io
 
 
 

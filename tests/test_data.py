@@ -597,7 +597,7 @@ def _soft(small, how):
 def test_soft_binary_masks_are_binary_not_instances(how):
     """Masks with wide anti-aliased bands are thresholded at half the maximum (foreground within a band's width
     of the drawn one), not taken as one 'cell' per grey level."""
-    from unet_jax.data.io import mask_to_instances
+    from unet_jax.data.masks import mask_to_instances
     yy, xx = np.mgrid[:16, :16]
     small = ((yy // 4 + xx // 4) % 2 == 0) & (yy % 4 > 0) & (xx % 4 > 0)   # 8 blocks, well apart
     soft, drawn = _soft(small, how)
@@ -611,7 +611,7 @@ def test_soft_binary_masks_are_binary_not_instances(how):
 
 def test_instance_masks_with_small_touching_objects_stay_instances():
     """Instance labels (plateaus of ids, objects touching each other) are kept, however many ids there are."""
-    from unet_jax.data.io import mask_to_instances
+    from unet_jax.data.masks import mask_to_instances
     inst = np.zeros((64, 64), np.uint16)
     k = 0
     for y in range(4, 60, 7):

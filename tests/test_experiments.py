@@ -1,5 +1,5 @@
 """The cell-tracking experiment configs (experiments/phc_u373.py, experiments/dic_hela.py) end to end on tiny
-synthetic stand-ins in the Cell Tracking Challenge layout (experiments/ctc_standin.py): `unet-jax train` then
+synthetic stand-ins in the Cell Tracking Challenge layout (scripts/make_ctc_standin.py): `unet-jax train` then
 `unet-jax evaluate`, in-process so both runs share one compiled train step."""
 import csv
 import importlib.util
@@ -15,7 +15,7 @@ from unet_jax.config import resolve_config
 from unet_jax.geometry import output_size, valid_input_size
 
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("ctc_standin", REPO / "experiments" / "ctc_standin.py")
+_spec = importlib.util.spec_from_file_location("make_ctc_standin", REPO / "scripts" / "make_ctc_standin.py")
 ctc_standin = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ctc_standin)
 

@@ -252,7 +252,7 @@ def test_instance_masks_with_reused_colours_or_ids_give_one_object_per_region(tm
     across the image, as RGB(A) PNG or as a greyscale mask with reused values; each connected region of one
     colour is one object, and touching regions of different colours are touching objects."""
     import imageio.v3 as iio
-    from unet_jax.data import io
+    from unet_jax.data import io, masks
     from unet_jax.data.folder import touching_objects
     rgba = np.zeros((20, 30, 4), np.uint8)
     rgba[..., 3] = 255
@@ -263,16 +263,16 @@ def test_instance_masks_with_reused_colours_or_ids_give_one_object_per_region(tm
     (tmp_path / "masks").mkdir()
     iio.imwrite(tmp_path / "masks" / "a.png", rgba)
     iio.imwrite(tmp_path / "images" / "a.png", np.full((20, 30), 90, np.uint8))
-    labels = io.mask_to_instances(io.read_image(tmp_path / "masks" / "a.png"), "a.png")
+    labels = masks.mask_to_instances(io.read_image(tmp_path / "masks" / "a.png"), "a.png")
     assert labels.max() == 3 and labels[0, 0] == 0
     assert len({labels[4, 4], labels[4, 10], labels[14, 22]}) == 3
     assert touching_objects(tmp_path) == (1, 1)
     grey = np.zeros((20, 30), np.uint16)
     grey[2:8, 2:8], grey[2:8, 8:14], grey[12:18, 20:26] = 1, 2, 1
-    split = io.mask_to_instances(grey, "g.tif")
+    split = masks.mask_to_instances(grey, "g.tif")
     assert split.max() == 3 and split[4, 4] != split[14, 22]
     unique = np.where(grey == 1, 7, grey).astype(np.uint16)
     unique[12:18, 20:26] = 9
-    assert np.array_equal(io.mask_to_instances(unique, "u.tif"), unique)      # ids used once are kept
+    assert np.array_equal(masks.mask_to_instances(unique, "u.tif"), unique)      # ids used once are kept
     with pytest.raises(ValueError, match="colour"):                          # class masks never map colours
-        io.mask_to_classes(rgba, "a.png")
+        masks.mask_to_classes(rgba, "a.png")

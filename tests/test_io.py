@@ -1,15 +1,14 @@
-"""Reading users' files (unet_jax.data.io and the folder builder's checks): masks that went through JPEG, TIFF
-files holding pages of different sizes or planar RGB, images too large for the PNG reader, broken files, blank
-images, unwritable output folders."""
+"""Reading users' files (unet_jax.data.io, unet_jax.data.masks and the folder builder's checks): masks that went
+through JPEG, TIFF files holding pages of different sizes or planar RGB, images too large for the PNG reader, broken
+files, blank images."""
 import logging
-import os
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
 
-from unet_jax.data import folder, io, load_split
+from unet_jax.data import folder, io, load_split, masks
 
 WEIGHTS = {"w0": 10.0, "sigma": 5.0, "class_weights": "balanced"}
 
@@ -43,7 +42,7 @@ def test_jpeg_01_masks_are_read_between_their_levels(isbi_dir, tmp_path, caplog)
         assert stored.max() >= 2 and (stored > stored.max() / 2).mean() < 0.2    # the trap: noise at the top
         truth.append(mask.mean())
         report = {}
-        inst = io.mask_to_instances(stored, root / "masks" / f"c{k}.jpg", report=report)
+        inst = masks.mask_to_instances(stored, root / "masks" / f"c{k}.jpg", report=report)
         assert report["levels"] == (0, 1) and report["threshold"] == 0.5
         assert abs((inst > 0).mean() - mask.mean()) < 0.05
     cfg = dict(name="folder", root=str(root), data_dir=str(tmp_path / "tfds"), validation_fraction=0.0)
@@ -61,7 +60,7 @@ def test_jpeg_0_255_masks_and_rgb_saved_jpeg_masks(tmp_path):
     for name, stored in (("grey.jpg", mask), ("rgb.jpg", np.repeat(mask[..., None], 3, -1))):
         arr = _jpeg(stored, tmp_path / name)
         report = {}
-        inst = io.mask_to_instances(arr, tmp_path / name, report=report)
+        inst = masks.mask_to_instances(arr, tmp_path / name, report=report)
         assert report["kind"] == "soft binary" and abs(report["threshold"] - 127.5) < 3
         assert np.mean((inst > 0) == (mask > 0)) > 0.99
 
@@ -169,30 +168,6 @@ def test_broken_png_is_one_line_without_install_hints(tmp_path, content):
         with pytest.raises(ValueError, match="m.png") as err:
             read(tmp_path / "m.png")
         assert "\n" not in str(err.value) and "pip" not in str(err.value)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Output folders
-# ----------------------------------------------------------------------------------------------------------------
-
-def test_unwritable_output_folder_is_named_before_any_work(tmp_path, monkeypatch):
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o555)
-    if os.geteuid() == 0:      # root writes anywhere: simulate what everyone else meets
-        def denied(directory):
-            raise PermissionError(13, "Permission denied", str(directory))
-        monkeypatch.setattr(io, "_probe_write", denied)
-    try:
-        with pytest.raises(ValueError, match=r"--output '.*ro/sub': cannot write in '.*ro' \(where it would be "
-                                             r"created\) \(Permission denied\)"):
-            io.check_writable_directory(folder / "sub", "--output")
-        assert not (folder / "sub").exists() and not list(folder.iterdir())
-    finally:
-        folder.chmod(0o755)
-    monkeypatch.undo()
-    assert io.check_writable_directory(folder / "sub", "--output") == folder / "sub"
-    assert not list(folder.iterdir())                               # the probe leaves nothing behind
 
 
 def test_unreadable_file_says_permission_not_corrupt(tmp_path, monkeypatch):

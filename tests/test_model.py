@@ -6,7 +6,7 @@ import pytest
 from unet_jax.geometry import output_size, valid_input_size
 from unet_jax.model import UNet, count_convs, count_params
 
-from plain_unet import PlainUNet  # tests/plain_unet.py
+from unet_jax.plain_unet import PlainUNet
 
 
 def _shapes(model, size, channels=1):

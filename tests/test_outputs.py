@@ -1,11 +1,14 @@
 """Output files (unet_jax.io): the pixel size is read from the ways microscopes and Fiji store it, written back
 into predict's TIFFs (ImageJ metadata where the layout allows, resolution tags otherwise), and predict keeps the
-input's calibration."""
+input's calibration; unwritable output folders are named before any work."""
+import os
+
 import numpy as np
 import pytest
 import tifffile
 from PIL import Image
 
+from unet_jax import io
 from unet_jax.io import PixelSize, read_pixel_size, write_tiff
 
 
@@ -61,3 +64,23 @@ def test_predict_keeps_the_inputs_pixel_size(tmp_path):
         size = read_pixel_size(tmp_path / "out" / name)
         assert size.unit == "micron" and size.x == pytest.approx(0.65) and size.y == pytest.approx(0.65)
     assert read_pixel_size(tmp_path / "out" / "b_labels.tif") is None
+
+
+def test_unwritable_output_folder_is_named_before_any_work(tmp_path, monkeypatch):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.geteuid() == 0:      # root writes anywhere: simulate what everyone else meets
+        def denied(directory):
+            raise PermissionError(13, "Permission denied", str(directory))
+        monkeypatch.setattr(io, "_probe_write", denied)
+    try:
+        with pytest.raises(ValueError, match=r"--output '.*ro/sub': cannot write in '.*ro' \(where it would be "
+                                             r"created\) \(Permission denied\)"):
+            io.check_writable_directory(folder / "sub", "--output")
+        assert not (folder / "sub").exists() and not list(folder.iterdir())
+    finally:
+        folder.chmod(0o755)
+    monkeypatch.undo()
+    assert io.check_writable_directory(folder / "sub", "--output") == folder / "sub"
+    assert not list(folder.iterdir())                               # the probe leaves nothing behind

@@ -23,7 +23,7 @@ import numpy as np
 
 from unet_jax import checkpoint as ckpt_lib
 from unet_jax.config import UsageError, apply_overrides, call_user_function, load_config_module, validate
-from unet_jax.data.io import atomic_write
+from unet_jax.io import atomic_write
 from unet_jax.evaluate import evaluate
 from unet_jax.train import train_and_evaluate
 

@@ -22,7 +22,7 @@ from unet_jax.checks import InvalidInputError
 from unet_jax.data import DATASETS
 from unet_jax.data.common import TARGETS, normalize_class_weights
 from unet_jax.data.ctc import DATASETS as CTC_DATASETS
-from unet_jax.data.io import MASK_TYPES
+from unet_jax.data.masks import MASK_TYPES
 from unet_jax.geometry import PADDINGS, output_size
 from unet_jax.instances import INSTANCE_METHODS
 from unet_jax.model import NORMS, UPSAMPLES
@@ -54,7 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
         data_dir="",                # where TFDS writes prepared data ('' = ~/.cache/unet_jax/tfds)
         validation_slices=5,        # isbi2012: the last N of the 30 training slices are validation
         validation_fraction=0.2,    # ctc / folder: fraction of examples held out for validation
-        mask_type="auto",           # folder: 'auto' | 'binary' | 'instance' (unet_jax.data.io.mask_to_instances)
+        mask_type="auto",           # folder: 'auto' | 'binary' | 'instance' (unet_jax.data.masks.mask_to_instances)
         target="foreground",        # two classes (the paper's); 'contours': background, interior, contour
                                     # (unet_jax.weights.contour_classes; needs model.num_classes=3); 'distance':
                                     # background and 4 classes of the normalised distance to the object's edge

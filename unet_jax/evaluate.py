@@ -24,8 +24,8 @@ import numpy as np
 from unet_jax.checkpoint import restore_params
 from unet_jax.config import UsageError, apply_overrides, fill_eval_defaults, validate_eval
 from unet_jax.data import load_split
-from unet_jax.data.io import (atomic_write, check_writable_directory, ensure_directory, overlay, write_png,
-                              write_tiff)
+from unet_jax.io import (atomic_write, check_writable_directory, ensure_directory, overlay, write_png,
+                         write_tiff)
 from unet_jax.inference import evaluate_examples, foreground_probability
 from unet_jax.model import check_params
 from unet_jax.train import create_model
@@ -76,7 +76,7 @@ def evaluate(workdir, split: str = "validation", tta: bool = False, step: Option
     Returns
     -------
     dict with 'per_image' (list of {'name', metric: value}), 'mean' ({metric: value}, the mean over the images),
-    'stack' (``unet_jax.metrics.isbi2012`` of all labelled images pooled as one stack: the figures to compare with
+    'stack' (``unet_jax.isbi.isbi2012`` of all labelled images pooled as one stack: the figures to compare with
     the challenge's), 'objects' (``unet_jax.metrics.object_scores`` of the objects of ``eval.instances``, counts
     pooled over the images: object_f1, object_precision, object_recall at IoU 0.5, mean_ap), 'csv' and 'json' (paths written), 'output_dir'. Per image: the ISBI 2012 measures at their
     best thresholds (``isbi2012``: ``pixel_error``, ``rand_error``, ``warping_error``, ``vrand_thinned``,

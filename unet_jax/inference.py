@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from unet_jax import metrics
 from unet_jax.checks import InvalidInputError
+from unet_jax.isbi import isbi2012_stats, isbi2012_summary
 from unet_jax.config import ISBI_METRICS
 from unet_jax.instances import label_instances
 from unet_jax.model import UNet
@@ -98,14 +99,14 @@ def evaluate_examples(model: UNet, variables, examples: Sequence[dict], config, 
         trivial.append((metrics.iou(np.zeros_like(labels), labels), metrics.iou(np.ones_like(labels), labels)))
         fg.append((labels > 0).mean())
         if challenge:
-            stats.append(metrics.isbi2012_stats(cell_prob, truth, thresholds=None if sweep else (threshold,)))
+            stats.append(isbi2012_stats(cell_prob, truth, thresholds=None if sweep else (threshold,)))
             if sweep:
-                row.update(metrics.isbi2012_summary(stats[-1:]))
+                row.update(isbi2012_summary(stats[-1:]))
     summary: Dict[str, float] = {}
     if total:
         summary.update(loss=num / den if den > 0 else 0.0, pixel_mismatch=wrong / total)
     if stats:
-        isbi = metrics.isbi2012_summary(stats)
+        isbi = isbi2012_summary(stats)
         summary.update(isbi if sweep else {k: isbi[k] for k in ISBI_METRICS})
     if ious:
         summary.update(iou=float(np.mean(ious)), seg=float(np.nanmean([r["seg"] for r in rows if "seg" in r])))

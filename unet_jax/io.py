@@ -1,8 +1,5 @@
-"""Output files: atomic writes, TIFFs that carry the input's pixel size (ImageJ metadata, read by Fiji and napari),
-PNGs and overlays. Host-side (numpy, tifffile, file IO).
-
-``read_pixel_size`` takes the pixel size and unit from an input image file; ``write_tiff`` writes it back into
-``NAME_prob.tif`` / ``NAME_labels.tif`` so that measurements in Fiji or napari stay in the microscope's units.
+"""Output files and folders: atomic writes, TIFFs that carry the input's pixel size (ImageJ metadata, read by Fiji
+and napari), PNGs, overlays, and the checks that an output folder is usable before any work. Host-side.
 """
 from __future__ import annotations
 
@@ -17,12 +14,15 @@ import skimage.io
 import tifffile
 from skimage.segmentation import find_boundaries
 
+from unet_jax.checks import InvalidInputError
+
 log = logging.getLogger(__name__)
 
 IMAGEJ_DTYPES = (np.uint8, np.uint16, np.float32)        # what an ImageJ hyperstack TIFF can hold
 _TIFF_UNITS = {2: "inch", 3: "centimeter"}               # TIFF ResolutionUnit tag values
 
-__all__ = ["PixelSize", "read_pixel_size", "atomic_write", "write_tiff", "write_png", "overlay"]
+__all__ = ["PixelSize", "read_pixel_size", "check_directory", "check_writable_directory", "ensure_directory",
+           "atomic_write", "write_tiff", "write_png", "overlay"]
 
 
 class PixelSize(NamedTuple):
@@ -35,12 +35,8 @@ class PixelSize(NamedTuple):
 
 
 def read_pixel_size(path) -> Optional[PixelSize]:
-    """The pixel size an image file records, or None (no calibration, or not a TIFF/PNG). Host-side.
-
-    TIFF: ImageJ's metadata (unit, and XResolution/YResolution as pixels per unit), else OME-XML (PhysicalSizeX/Y),
-    else the TIFF resolution tags with their unit (inch or centimetre). PNG: its pHYs chunk (dots per inch).
-    Never raises for an unreadable file (the image reader reports those): None.
-    """
+    """The pixel size a TIFF (ImageJ metadata, OME-XML or resolution tags) or PNG (pHYs) records, or None
+    (no calibration, a screen default, or an unreadable file: the image reader reports those)."""
     path = Path(path)
     suffix = path.suffix.lower()
     try:
@@ -107,6 +103,43 @@ def _ome_pixel_size(xml: Optional[str]) -> Optional[PixelSize]:
     return None
 
 
+def check_directory(path, what: str) -> Path:
+    """``path`` as a Path, usable as a directory (it and its parents are directories or missing);
+    InvalidInputError naming ``what`` (e.g. "--output") otherwise."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists() and not p.is_dir():
+            raise InvalidInputError(f"{what} {str(path)!r} cannot be a directory: {str(p)!r} is a file; name a "
+                                    f"directory (it is created if missing)")
+    return path
+
+
+def check_writable_directory(path, what: str) -> Path:
+    """``check_directory``, then check that files can be made in ``path`` (or its nearest existing parent),
+    before any work; leaves nothing behind. InvalidInputError naming ``what`` and the folder."""
+    path = check_directory(path, what)
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    try:
+        _probe_write(existing)
+    except OSError as e:
+        where = "" if existing == path.absolute() else " (where it would be created)"
+        raise InvalidInputError(f"{what} {str(path)!r}: cannot write in {str(existing)!r}{where} ({e.strerror or e}); "
+                                f"choose a folder you can write to") from None
+    return path
+
+
+def _probe_write(directory: Path) -> None:
+    with tempfile.TemporaryFile(dir=directory):
+        pass
+
+
+def ensure_directory(path, what: str) -> Path:
+    """``check_directory``, then create ``path`` with its parents if missing. Host-side."""
+    path = check_directory(path, what)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def atomic_write(path, write_fn):
     """Call ``write_fn(tmp_path)`` then rename onto ``path``, so a failure leaves no half-written file."""
     path = Path(path)
@@ -127,17 +160,16 @@ def atomic_write(path, write_fn):
 
 
 def write_tiff(path, array, pixel_size: Optional[PixelSize] = None, axes: Optional[str] = None):
-    """Write ``array`` as a TIFF at ``path`` (atomically, see ``atomic_write``); returns the path.
+    """Write ``array`` as a TIFF at ``path`` atomically; returns the path.
 
-    ``axes`` names the array's axes: 'YX' (the default for 2-D) or 'ZYX' (a stack) of uint8, uint16 or float32 is
-    written as an ImageJ TIFF (Fiji opens it with its calibration, napari reads its scale); anything else
-    (uint32 labels, 'YXC' class probabilities) as a plain TIFF, the array stored as given. ``pixel_size`` (from
-    ``read_pixel_size`` of the input) goes into the resolution tags and, in an ImageJ TIFF, the unit and spacing.
+    'YX' / 'ZYX' arrays (``axes``; 'YX' is the 2-D default) of uint8, uint16 or float32 become ImageJ TIFFs (Fiji
+    and napari read their calibration), anything else a plain TIFF. ``pixel_size`` goes into the resolution tags
+    (and the ImageJ unit and spacing).
     """
     array = np.asarray(array)
     axes = axes or ("YX" if array.ndim == 2 else None)
     if axes is not None and len(axes) != array.ndim:
-        raise ValueError(f"axes {axes!r} do not match an array of shape {array.shape}")
+        raise InvalidInputError(f"axes {axes!r} do not match an array of shape {array.shape}")
     imagej = array.dtype in IMAGEJ_DTYPES and axes in ("YX", "ZYX")
     kwargs = {}
     if pixel_size is not None:

@@ -16,12 +16,11 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from tqdm.auto import tqdm
 
-from unet_jax.data.io import (check_writable_directory, overlay, read_image, tiff_shape, to_float_image, write_png,
-                              write_tiff)
+from unet_jax.data.io import read_image, tiff_shape, to_float_image
 from unet_jax.evaluate import load_model
 from unet_jax.inference import foreground_probability, objects_of, predict_probabilities
 from unet_jax.instances import as_label_dtype
-from unet_jax.io import read_pixel_size
+from unet_jax.io import check_writable_directory, overlay, read_pixel_size, write_png, write_tiff
 
 log = logging.getLogger(__name__)
 

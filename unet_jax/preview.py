@@ -23,7 +23,7 @@ from unet_jax import augment as aug
 from unet_jax import checks
 from unet_jax.checks import InvalidInputError
 from unet_jax.data import load_split
-from unet_jax.data.io import check_writable_directory
+from unet_jax.io import check_writable_directory
 
 BORDER_COLOR = (1.0, 0.15, 0.1)     # label borders, RGB in [0, 1]
 GAP = 4                             # white pixels between tiles

@@ -34,7 +34,7 @@ from unet_jax import augment as augment_lib
 from unet_jax import checkpoint as ckpt_lib
 from unet_jax.config import validate
 from unet_jax.data import MissingSplitError, check_class_ids, load_split, resolve_target as data_target, sampler
-from unet_jax.data.io import check_directory, check_writable_directory
+from unet_jax.io import check_directory, check_writable_directory
 from unet_jax.geometry import output_size, valid_input_size
 from unet_jax.guard import GUARD_FILE, DivergenceGuard
 from unet_jax.inference import evaluate_examples

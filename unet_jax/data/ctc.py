@@ -12,7 +12,7 @@ from pathlib import Path
 import tensorflow_datasets as tfds
 
 from unet_jax.checks import InvalidInputError
-from unet_jax.data import io
+from unet_jax.data import io, masks
 from unet_jax.data.common import (UNetBuilder, UNetConfig, config_name, fingerprint_hash, progress,
                                   validation_count)
 
@@ -119,8 +119,8 @@ class Ctc(UNetBuilder):
         if image.shape[-1] != 1:
             raise InvalidInputError(f"image {image_path} has {image.shape[-1]} colour channels; expected a greyscale "
                                     f"frame")
-        instances = io.mask_to_instances(io.read_tiff(mask_path), mask_path, mask_type="instance")
-        io.check_same_shape(image, instances, image_path, mask_path)
+        instances = masks.mask_to_instances(io.read_tiff(mask_path), mask_path, mask_type="instance")
+        masks.check_same_shape(image, instances, image_path, mask_path)
         return image, instances
 
     def _generate_examples(self, pairs):

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from unet_jax.checks import InvalidInputError
-from unet_jax.data import io
+from unet_jax.data import io, masks
 from unet_jax.data.common import UNetBuilder, UNetConfig, config_name, fingerprint_hash, progress
 from unet_jax.data.common import validation_count
 from unet_jax.weights import separation_border
@@ -89,7 +89,7 @@ def touching_objects(root, mask_type: str = "auto") -> tuple:
     pairs = find_pairs(root)
     touching = 0
     for _, _, mask_path in progress(pairs, len(pairs), "folder: looking for touching objects"):
-        instances = io.mask_to_instances(io.read_image(mask_path), mask_path, mask_type)
+        instances = masks.mask_to_instances(io.read_image(mask_path), mask_path, mask_type)
         touching += bool(separation_border(instances).any())
     return touching, len(pairs)
 
@@ -102,7 +102,7 @@ def check_binary_reads(root, reports: list) -> None:
     """Warn when the binary masks of a data set look read wrong: thresholding kept under ``PLAUSIBLE_KEPT`` of
     the pixels above each mask's lowest value (the foreground would be the noise, not the cells), or JPEG masks
     whose levels are so close (0/1) that compression noise is as large as the mask. ``reports``: the
-    ``report`` dicts of ``io.mask_to_instances`` (with a 'name')."""
+    ``report`` dicts of ``masks.mask_to_instances`` (with a 'name')."""
     binary = [r for r in reports if "kept" in r]
     kept, above = sum(r["kept"] for r in binary), sum(r["above_lowest"] for r in binary)
     if above and kept < PLAUSIBLE_KEPT * above:
@@ -139,13 +139,13 @@ class Folder(UNetBuilder):
         image = io.to_float_image(io.read_image(image_path), image_path)
         classes = None
         if self.builder_config.mask_type == "classes":
-            classes, instances = io.mask_to_classes(io.read_mask(mask_path), mask_path)
+            classes, instances = masks.mask_to_classes(io.read_mask(mask_path), mask_path)
             if report is not None:
                 report["kind"] = "classes"
         else:
-            instances = io.mask_to_instances(io.read_image(mask_path), mask_path, self.builder_config.mask_type,
+            instances = masks.mask_to_instances(io.read_image(mask_path), mask_path, self.builder_config.mask_type,
                                              report)
-        io.check_same_shape(image, instances, image_path, mask_path)
+        masks.check_same_shape(image, instances, image_path, mask_path)
         if channels == 3 and image.shape[-1] == 1:
             image = np.repeat(image, 3, axis=-1)
         return image, instances, classes

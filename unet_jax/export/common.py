@@ -11,7 +11,8 @@ from typing import List
 import jax
 import jax.numpy as jnp
 
-from unet_jax.data.io import PERCENTILES, check_directory
+from unet_jax.data.io import PERCENTILES
+from unet_jax.io import check_directory
 from unet_jax.geometry import border, output_size
 from unet_jax.model import UNet
 

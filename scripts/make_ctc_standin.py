@@ -1,44 +1,14 @@
-"""Synthetic stand-ins for the Cell Tracking Challenge sets PhC-C2DH-U373 and DIC-C2DH-HeLa. Host-side.
+"""Synthetic stand-ins for the Cell Tracking Challenge sets PhC-C2DH-U373 and DIC-C2DH-HeLa (a data generator).
 
-The real training data (https://celltrackingchallenge.net/2d-datasets/) cannot always be downloaded; these
-stand-ins have the exact folder layout the ``ctc`` TFDS builder (``unet_jax.data.ctc``) reads, so the experiment
-configs experiments/phc_u373.py and experiments/dic_hela.py run end to end on them::
+The real data (https://celltrackingchallenge.net/2d-datasets/) cannot always be downloaded; these stand-ins have
+the folder layout the ``ctc`` builder (``unet_jax.data.ctc``) reads (``<out>/PhC-C2DH-U373/01/t000.tif``, 16-bit
+instance masks of some frames in ``01_GT/SEG/man_seg000.tif``, sequence 02 likewise), so experiments/phc_u373.py
+and experiments/dic_hela.py run end to end. Frames come from ``unet_jax.data.synthetic.synthetic_cells``,
+re-rendered: U373 as uint16 phase contrast (sparse cells, inverted, 260 x 348), HeLa as uint8 DIC relief (packed
+cells, 256 x 256). Frame t of sequence s is drawn from ``default_rng([seed, config, s, t])``; only ``annotated``
+frames per sequence (evenly spread) get a mask, every cell labelled 1..K. A plumbing check, not a benchmark.
 
-    <out>/PhC-C2DH-U373/01/t000.tif, t001.tif, ...            every frame of sequence 01
-    <out>/PhC-C2DH-U373/01_GT/SEG/man_seg000.tif, ...         16-bit instance masks of some frames only
-    <out>/PhC-C2DH-U373/02/..., 02_GT/SEG/...                 sequence 02 likewise
-    <out>/DIC-C2DH-HeLa/...                                   the same for the second set
-
-Frames and masks come from the procedural cell generator ``unet_jax.data.synthetic.synthetic_cells`` (packed
-Voronoi cells; instance labels with the cell borders as background), re-rendered so the two sets differ:
-
-==================  ===========================================  ===========================================
-                    PhC-C2DH-U373 stand-in                       DIC-C2DH-HeLa stand-in
-==================  ===========================================  ===========================================
-frames              uint16 (values about 1500..9500; the         uint8 (the builder divides by 255)
-                    builder maps 1st/99.8th percentiles to 0/1)
-default size        260 x 348 (half of the real 520 x 696)       256 x 256 (half of the real 512 x 512)
-cells               sparse: about 45 % of the generator's cells  packed: every cell, smaller (diameter 26)
-                    are kept (diameter 40), the rest is a flat
-                    background
-look                phase-contrast-like: intensities inverted    DIC-like relief: the blurred cells plus
-                    (dark cells, bright halo at their borders)   their derivative along the diagonal (one
-                                                                 side bright, the other shadowed)
-==================  ===========================================  ===========================================
-
-Cell diameters are for the default sizes and scale with ``size``. Frames are independent draws (no motion
-between frames): frame ``t`` of sequence ``s`` comes from ``numpy.random.default_rng([seed, config index, s, t])``,
-so a stand-in depends only on its arguments. Only ``annotated`` frames per sequence (evenly spread, the first and
-the last included; default 6 of 12 for U373, 5 of 10 for HeLa) get a ``man_seg<NNN>.tif``, as in the challenge
-where only some frames are annotated; annotated frames have every cell labelled. Labels are written as uint16
-with ids 1..K per frame.
-
-This is a plumbing check, not a benchmark: the generator's cells look nothing like real U373 or HeLa cells in
-detail, so IoU figures on the stand-ins say nothing about the paper's 0.9203 / 0.7756.
-
-Command line (writes both stand-ins and prints the commands to train and evaluate the two configs on them)::
-
-    python experiments/ctc_standin.py --out /tmp/ctc_standin [--sequences 2] [--frames N] [--annotated N]
+    python scripts/make_ctc_standin.py --out /tmp/ctc_standin [--sequences 2] [--frames N] [--annotated N]
 """
 from __future__ import annotations
 
@@ -52,6 +22,8 @@ from typing import NamedTuple, Optional, Sequence, Tuple, Union
 import numpy as np
 from scipy import ndimage as ndi
 
+from unet_jax import checks
+from unet_jax.checks import InvalidInputError
 from unet_jax.data.ctc import DATASETS
 from unet_jax.data.synthetic import synthetic_cells
 
@@ -80,10 +52,8 @@ _SEQ_DIR = re.compile(r"^\d{2,}(_GT)?$")
 
 
 def resolve_name(name: str) -> str:
-    """The builder config name (``'phc_c2dh_u373'`` / ``'dic_c2dh_hela'``) for a config or folder name.
-
-    Raises ValueError naming ``name`` if it is neither (case-insensitive for folder names).
-    """
+    """The builder config name (``'phc_c2dh_u373'`` / ``'dic_c2dh_hela'``) for a config or folder name
+    (folder names case-insensitive); InvalidInputError otherwise."""
     if isinstance(name, str):
         if name in DATASETS:
             return name
@@ -91,13 +61,11 @@ def resolve_name(name: str) -> str:
             if name.lower() == folder.lower():
                 return key
     choices = sorted(DATASETS) + sorted(DATASETS.values())
-    raise ValueError(f"name must be one of {choices}, got {name!r}")
+    raise InvalidInputError(f"name must be one of {choices}, got {name!r}")
 
 
 def _positive_int(name: str, value, lo: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
-    return int(value)
+    return checks.integer(name, value, low=lo)
 
 
 def _check_size(size) -> Tuple[int, int]:
@@ -108,52 +76,32 @@ def _check_size(size) -> Tuple[int, int]:
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise ValueError(f"size must be an integer >= 16 or a (height, width) pair of them, got {size!r}")
+        raise InvalidInputError(f"size must be an integer >= 16 or a (height, width) pair of them, got {size!r}")
     return int(h), int(w)
 
 
 def annotated_frames(frames: int, annotated: int) -> list:
-    """Indices of the ``annotated`` frames (of ``frames``) that get a SEG mask: evenly spread, first and last
-    included. Host-side.
-
-    Returns
-    -------
-    sorted list of ``annotated`` distinct ints in [0, frames).
-    """
+    """Sorted indices of the ``annotated`` frames (of ``frames``) that get a mask: evenly spread, first and last
+    included."""
     frames = _positive_int("frames", frames)
     annotated = _positive_int("annotated", annotated)
     if annotated > frames:
-        raise ValueError(f"annotated must be at most frames ({frames}), got {annotated}")
+        raise InvalidInputError(f"annotated must be at most frames ({frames}), got {annotated}")
     if annotated == 1:
         return [0]
     return [int(round(i * (frames - 1) / (annotated - 1))) for i in range(annotated)]
 
 
 def render_frame(style: Style, size: Tuple[int, int], rng: np.random.Generator):
-    """One stand-in frame and its instance mask. Host-side.
-
-    Parameters
-    ----------
-    style : Style
-        ``STYLES[name]``.
-    size : (int, int)
-        (height, width), each >= 16. The cells scale with the frame: their diameter is
-        ``style.cell_diameter`` times the frame's size relative to ``style.size`` (at least 8 pixels).
-    rng : numpy.random.Generator
-        All randomness comes from it.
-
-    Returns
-    -------
-    frame : (H, W) array of ``style.dtype`` (uint8 or uint16), the stored image
-    mask : uint16 (H, W), 0 = background, 1..K = cells
-    """
+    """(frame of ``style.dtype``, uint16 instance mask) of ``size`` (each side >= 16), all randomness from
+    ``rng``; cells scale with the frame relative to ``style.size`` (diameter at least 8 pixels)."""
     from skimage.segmentation import relabel_sequential
 
     if not isinstance(style, Style) or style.render not in ("phase", "dic"):
-        raise ValueError(f"style must be one of STYLES' values (render 'phase' or 'dic'), got {style!r}")
+        raise InvalidInputError(f"style must be one of STYLES' values (render 'phase' or 'dic'), got {style!r}")
     size = _check_size(size)
     if not isinstance(rng, np.random.Generator):
-        raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+        raise InvalidInputError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
     scale = min(size[0] / style.size[0], size[1] / style.size[1])
     image, instances = synthetic_cells(size, rng, cell_diameter=max(8.0, style.cell_diameter * scale))
     image = image.astype(np.float64)
@@ -188,45 +136,20 @@ def _clear(dataset_dir: Path) -> None:
     """Remove a previous stand-in, refusing folders that hold anything but CTC sequence folders."""
     other = [p.name for p in dataset_dir.iterdir() if not (p.is_dir() and _SEQ_DIR.match(p.name))]
     if other:
-        raise ValueError(f"overwrite=True would delete {dataset_dir}, which holds {sorted(other)[:5]} besides CTC "
-                         f"sequence folders; remove it yourself or choose another root")
+        raise InvalidInputError(f"overwrite=True would delete {dataset_dir}, which holds {sorted(other)[:5]} "
+                                f"besides CTC sequence folders; remove it yourself or choose another root")
     shutil.rmtree(dataset_dir)
 
 
 def write_ctc_standin(root, name: str, num_sequences: int = 2, frames: Optional[int] = None,
                       size: Union[int, Sequence[int], None] = None, seed: int = 0, annotated: Optional[int] = None,
                       overwrite: bool = False) -> Path:
-    """Write a synthetic stand-in for a Cell Tracking Challenge 2-D training set. Host-side (numpy, tifffile).
+    """Write a stand-in under ``root/<DATASET-NAME>`` and return that folder (``root`` or it can be
+    ``config.data.root``).
 
-    Parameters
-    ----------
-    root : str or Path
-        Parent folder (created); the data set goes to ``root/<DATASET-NAME>`` (e.g. ``root/PhC-C2DH-U373``), so
-        ``root`` or that folder can be ``config.data.root``.
-    name : str
-        ``'phc_c2dh_u373'`` or ``'dic_c2dh_hela'`` (or the folder names ``'PhC-C2DH-U373'``, ``'DIC-C2DH-HeLa'``).
-    num_sequences : int >= 1
-        Sequences ``01``, ``02``, ... (the challenge has 2).
-    frames : int >= 1 or None
-        Frames per sequence (``t000.tif`` ...); None = the style's default (``STYLES[name].frames``).
-    size : int >= 16, (height, width) or None
-        Frame size; None = the style's default. Cells scale with it (a half-size frame has half-size cells).
-    seed : int >= 0
-        Randomness; the same arguments give the same files.
-    annotated : int in [1, frames] or None
-        Annotated frames per sequence (``annotated_frames``); None = the style's default, at most ``frames``.
-    overwrite : bool
-        Replace an existing ``root/<DATASET-NAME>`` (only if it holds nothing but sequence folders). If False
-        (default), an existing non-empty folder is an error.
-
-    Returns
-    -------
-    Path of the data set folder ``root/<DATASET-NAME>``.
-
-    Raises
-    ------
-    ValueError
-        For a bad argument (naming it) or an existing stand-in without ``overwrite``.
+    ``name``: a builder config or folder name; ``frames``, ``size`` and ``annotated`` default to the style's;
+    the same arguments give the same files. An existing non-empty folder is an error unless ``overwrite`` (which
+    only removes folders holding nothing but sequence folders). InvalidInputError names a bad argument.
     """
     import tifffile
 
@@ -234,24 +157,23 @@ def write_ctc_standin(root, name: str, num_sequences: int = 2, frames: Optional[
     style = STYLES[key]
     num_sequences = _positive_int("num_sequences", num_sequences)
     if num_sequences > 99:
-        raise ValueError(f"num_sequences must be at most 99 (two-digit folder names), got {num_sequences}")
+        raise InvalidInputError(f"num_sequences must be at most 99 (two-digit folder names), got {num_sequences}")
     frames = style.frames if frames is None else _positive_int("frames", frames)
     annotated = min(style.annotated, frames) if annotated is None else _positive_int("annotated", annotated)
     marked = annotated_frames(frames, annotated)
     size = style.size if size is None else _check_size(size)
     seed = _positive_int("seed", seed, 0)
-    if not isinstance(overwrite, bool):
-        raise ValueError(f"overwrite must be True or False, got {overwrite!r}")
+    overwrite = checks.boolean("overwrite", overwrite)
     if root is None or str(root) == "":
-        raise ValueError(f"root must be a folder path, got {root!r}")
+        raise InvalidInputError(f"root must be a folder path, got {root!r}")
     dataset_dir = Path(root).expanduser() / DATASETS[key]
     if dataset_dir.exists():
         if not dataset_dir.is_dir():
-            raise ValueError(f"root: {dataset_dir} exists and is not a folder")
+            raise InvalidInputError(f"root: {dataset_dir} exists and is not a folder")
         if any(dataset_dir.iterdir()):
             if not overwrite:
-                raise ValueError(f"root: {dataset_dir} already holds files; pass overwrite=True (--overwrite) to "
-                                 f"replace the stand-in, or choose another root")
+                raise InvalidInputError(f"root: {dataset_dir} already holds files; pass overwrite=True (--overwrite) "
+                                        f"to replace the stand-in, or choose another root")
             _clear(dataset_dir)
     config_index = sorted(DATASETS).index(key)
     for s in range(1, num_sequences + 1):

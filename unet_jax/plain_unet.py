@@ -1,9 +1,8 @@
 """The reference U-Net built from the generic flax layers (``nn.Conv``, ``nn.max_pool``, ``nn.ConvTranspose``).
 
-``PlainUNet`` has ``unet_jax.model.UNet``'s fields, input checks and parameters (same tree, names, shapes and
-dtypes), with the layers of ``unet_jax.layers`` replaced by their generic counterparts: the fast network must give
-its outputs and gradients to float rounding (tests/test_model.py). ``benchmarks/train_step.py --impl plain``
-times it (it imports this file from tests/).
+``PlainUNet`` has ``unet_jax.model.UNet``'s fields, checks and parameter tree, with the layers of ``unet_jax.layers``
+replaced by their generic counterparts: the fast network must match its outputs and gradients to float rounding
+(tests/test_model.py), and ``benchmarks/train_step.py --impl plain`` times it as the baseline.
 """
 import math
 from typing import Any, Optional

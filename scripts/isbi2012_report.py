@@ -2,7 +2,7 @@
 curves and a held-out slice (image, prediction, truth, errors).
 
     unet-jax evaluate --workdir runs/isbi_cpu --tta
-    python experiments/isbi2012_report.py --workdir runs/isbi_cpu --data-root ../shared/data/isbi2012 \
+    python scripts/isbi2012_report.py --workdir runs/isbi_cpu --data-root ../shared/data/isbi2012 \
         --out results --name isbi2012_cpu
 
 reads WORKDIR/eval_validation/ (metrics.json and the *_prob.tif written by ``unet-jax evaluate``),

@@ -21,52 +21,17 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from unet_jax.checkpoint import restore_params
-from unet_jax.config import UsageError, apply_overrides, fill_eval_defaults, validate_eval
+from unet_jax.checks import InvalidInputError, one_of
 from unet_jax.data import load_split
 from unet_jax.data.io import (atomic_write, check_writable_directory, ensure_directory, overlay, write_png,
                               write_tiff)
 from unet_jax.inference import evaluate_examples, foreground_probability
-from unet_jax.model import check_params
-from unet_jax.train import create_model
+from unet_jax.workdir import load_model
 
 log = logging.getLogger(__name__)
 
 OBJECT_KEYS = ("object_f1", "object_precision", "object_recall", "mean_ap", "objects_predicted", "objects_true",
                "merges", "splits")
-
-
-def load_model(workdir, step: Optional[int] = None, overrides: Sequence[Tuple[str, str]] = ()):
-    """Restore a workdir's network: ``(model, config, variables, step)`` (host-side).
-
-    ``overrides`` ("eval.tile_size", "380") may change the eval/data sections (e.g. a moved data root); model
-    fields cannot be overridden since they must match the checkpoint. ``step`` None: the best checkpoint.
-    """
-    workdir = Path(workdir)
-    if workdir.exists() and not workdir.is_dir():
-        raise ValueError(f"workdir {str(workdir)!r} is a file; expected the directory that `unet-jax train "
-                         f"--workdir` wrote")
-    if not workdir.is_dir():
-        raise FileNotFoundError(f"workdir {str(workdir)!r} does not exist; train first with "
-                                f"`unet-jax train --workdir {workdir}`")
-    if not (workdir / "config.json").exists():
-        raise FileNotFoundError(f"workdir {str(workdir)!r} holds no training run (no config.json); train first "
-                                f"with `unet-jax train --workdir {workdir}`")
-    variables, config, step = restore_params(workdir, step)
-    fill_eval_defaults(config)
-    if overrides:
-        bad = [k for k, _ in overrides if k.split(".")[0] == "model"]
-        if bad:
-            raise UsageError(f"--config.{bad[0]}: model fields come from the checkpoint and cannot be overridden")
-        apply_overrides(config, overrides)
-    validate_eval(config)
-    model = create_model(config)
-    try:
-        check_params(model, variables["params"], f"{workdir / 'config.json'}")
-    except ValueError as e:
-        raise ValueError(f"{e} (step {step}); config.json was edited or replaced: restore the one the run wrote, "
-                         f"or train again") from None
-    return model, config, variables, step
 
 
 def evaluate(workdir, split: str = "validation", tta: bool = False, step: Optional[int] = None,
@@ -84,16 +49,15 @@ def evaluate(workdir, split: str = "validation", tta: bool = False, step: Option
     (``pixel_mismatch``, ``iou``, ``seg``, ``adapted_rand_error``). For the unlabelled 'test' split only the
     predictions are written and 'mean' and 'stack' are empty.
     """
-    if split not in ("train", "validation", "test"):
-        raise ValueError(f"split must be 'train', 'validation' or 'test', got {split!r}")
+    one_of("split", split, ("train", "validation", "test"))
     out = check_writable_directory(output_dir or Path(workdir) / f"eval_{split}", "--output")   # before any work
     model, config, variables, step = load_model(workdir, step, overrides)
     examples = load_split(config.data, config.weights, split)
     if not examples:
-        raise ValueError(f"split {split!r} of data set {config.data.name!r} is empty")
+        raise InvalidInputError(f"split {split!r} of data set {config.data.name!r} is empty")
     if split == "test":
         examples = [dict(ex, labelled=False) for ex in examples]
-    threshold = float(config.eval.threshold)
+    threshold = config.eval.threshold
 
     def write(ex, probs):
         if not write_images:

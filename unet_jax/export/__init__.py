@@ -9,7 +9,7 @@ import os  # noqa: F401  (tests patch os.access through this module)
 from pathlib import Path
 from typing import List, Optional
 
-from unet_jax.evaluate import load_model
+from unet_jax.checks import integer
 from unet_jax.export.bioimageio import (bioimageio_description, package_readme, preprocess, sample_image,
                                         write_bioimageio)
 from unet_jax.export.common import (FORMATS, INSTALL_HINT, check_format, check_outputs, class_names,
@@ -19,6 +19,7 @@ from unet_jax.export.onnx import OPSET, check_onnx_supported, onnx_image_model, 
 from unet_jax.export.stablehlo import PLATFORMS, export_stablehlo, write_stablehlo
 from unet_jax.io import atomic_write
 from unet_jax.model import UNet
+from unet_jax.workdir import load_model
 
 
 def export_model(workdir, fmt: str, output, step: Optional[int] = None, overwrite: bool = False,
@@ -61,7 +62,7 @@ def export_model(workdir, fmt: str, output, step: Optional[int] = None, overwrit
     if fmt == "bioimageio":
         import_bioimageio_spec()
     model, config, variables, step = load_model(workdir, step)
-    tile = int(tile_size if tile_size is not None else config.eval.tile_size)
+    tile = config.eval.tile_size if tile_size is None else integer("tile_size", tile_size, 1)
     info = model_info(model, variables, tile, step=step, source=Path(workdir),     # checks the tile size
                       target=config.data.target)
     paths = export_network(model, variables, fmt, output, tile, overwrite=overwrite, step=step,

@@ -147,38 +147,11 @@ def _disk_errors(directory: Path):
 
 
 class Checkpoints:
-    """An orbax ``CheckpointManager`` over ``directory`` with the items 'variables' and 'train'. Host-side.
-
-    Parameters
-    ----------
-    directory : str or Path
-        Checkpoint directory (``checkpoint_dir(workdir)``), created if missing.
-    keep : int
-        Number of most recent steps to keep (>= 1).
-    best_metric : str or None
-        Name of a validation metric passed to ``save(..., metrics=)``; the best step by it is kept in addition
-        to the latest ``keep``. None keeps only the latest.
-    best_mode : {'min', 'max'}
-        Whether a lower or a higher ``best_metric`` is better.
-    async_save : bool
-        Write in a background thread (``save`` returns at once; ``wait``/``close`` block until written).
-    read_only : bool
-        Open for restoring only.
-
-    Every process of a multi-host run must construct it and call ``save``/``restore`` together (orbax
-    coordinates; the primary process writes).
-
-    Layout (``directory`` = ``workdir/checkpoints``, beside ``workdir/config.json`` of ``save_config``)::
-
-        <directory>/<step>/     one orbax checkpoint per saved step, with the items
-            variables/          {'params': ..., 'batch_stats': ... (norm='batch' only)}
-            train/              {'step', 'key', 'opt_state'}: what resuming needs beyond the variables
-            metrics/            the validation metrics of that step (when it was evaluated)
-            digest/             SHA-256 of each item's arrays, checked on restore (``array_digest``)
-
-    Orbax writes each step into a temporary directory and renames it when complete, so a run killed during a save
-    leaves no half-written step behind (the temporary directory is removed by the next run). A step whose arrays
-    no longer match the digest written with them (bytes changed on disk) is treated like an unreadable one.
+    """An orbax ``CheckpointManager`` over ``directory`` (``checkpoint_dir(workdir)``) with the items 'variables',
+    'train' and their digests: keeps the latest ``keep`` steps and the best by the validation metric
+    ``best_metric`` (``best_mode`` 'min' or 'max'; None: latest only). ``async_save`` writes in a background thread
+    (``wait``/``close`` block until written). Every process of a multi-host run calls it together. Layout and
+    what counts as damaged: docs/training.md.
     """
 
     def __init__(self, directory, *, keep: int = 3, best_metric: Optional[str] = "pixel_mismatch",

@@ -36,18 +36,12 @@ OBJECT_KEYS = ("object_f1", "object_precision", "object_recall", "mean_ap", "obj
 
 def evaluate(workdir, split: str = "validation", tta: bool = False, step: Optional[int] = None,
              output_dir=None, overrides: Sequence[Tuple[str, str]] = (), write_images: bool = True) -> dict:
-    """Evaluate a trained workdir on a data split (host-side driver).
+    """Evaluate a workdir's checkpoint ``step`` (default: the best) on a data split; host-side driver.
 
-    Returns
-    -------
-    dict with 'per_image' (list of {'name', metric: value}), 'mean' ({metric: value}, the mean over the images),
-    'stack' (``unet_jax.metrics.isbi2012`` of all labelled images pooled as one stack: the figures to compare with
-    the challenge's), 'objects' (``unet_jax.metrics.object_scores`` of the objects of ``eval.instances``, counts
-    pooled over the images: object_f1, object_precision, object_recall at IoU 0.5, mean_ap), 'csv' and 'json' (paths written), 'output_dir'. Per image: the ISBI 2012 measures at their
-    best thresholds (``isbi2012``: ``pixel_error``, ``rand_error``, ``warping_error``, ``vrand_thinned``,
-    ``vinfo_thinned``, ... and each ``*_threshold``) and, at ``eval.threshold``, ``threshold_metrics``
-    (``pixel_mismatch``, ``iou``, ``seg``, ``adapted_rand_error``). For the unlabelled 'test' split only the
-    predictions are written and 'mean' and 'stack' are empty.
+    Returns 'per_image' (the ISBI 2012 measures at their best thresholds and ``threshold_metrics`` at
+    ``eval.threshold``), their 'mean', 'stack' (all labelled images pooled as one stack, as the challenge scores),
+    'objects' (object F1, precision, recall at IoU 0.5, mean AP of ``eval.instances``), and the paths written. The
+    unlabelled 'test' split only writes predictions.
     """
     one_of("split", split, ("train", "validation", "test"))
     out = check_writable_directory(output_dir or Path(workdir) / f"eval_{split}", "--output")   # before any work

@@ -52,33 +52,15 @@ class ConvBlock(nn.Module):
 
 
 class UNet(nn.Module):
-    """U-Net of Ronneberger et al. (2015), figure 1.
+    """U-Net of Ronneberger et al. (2015), figure 1: (N, H, W, C) input to (N, H', W', num_classes) float32
+    logits, H' = ``output_size(H, depth, padding)``.
 
-    Attributes
-    ----------
-    num_classes : int
-        Output channels of the final 1x1 convolution (2: membrane/background = 0, cell = 1).
-    features : int
-        Channels of the first level (64 in the paper); level k has ``features * 2**k``.
-    depth : int
-        Number of 2x2 max-pools (4 in the paper).
-    padding : {'VALID', 'SAME'}
-        'VALID' is the paper's unpadded network (572 -> 388); 'SAME' keeps the size (a multiple of 2**depth).
-    dropout_rate : float
-        Drop-out "at the end of the contracting path": applied, when ``train=True``, to the output of the deepest
-        contracting level (before its pool; this map also feeds the deepest skip connection) and to the
-        bottleneck output, as in the authors' released Caffe model.
-    norm : {None, 'batch', 'group'}
-        Normalisation after each 3x3 convolution (the paper uses none).
-    upsample : {'transpose', 'bilinear'}
-        'transpose' is the paper's 2x2 up-convolution; 'bilinear' resizes by 2 and applies a 1x1 convolution that
-        halves the channels.
-    dtype : dtype or None
-        Compute dtype (e.g. ``jnp.bfloat16`` for mixed precision); parameters stay float32, logits are float32.
-
-    ``model.apply(variables, x, train=False)`` maps (N, H, W, C_in) float input to (N, H', W', num_classes)
-    float32 logits, H' = ``output_size(H, depth, padding)``. With ``train=True`` pass ``rngs={'dropout': key}``
-    (when ``dropout_rate > 0``) and, with ``norm='batch'``, ``mutable=['batch_stats']``.
+    ``features`` channels at the first level (doubling per level), ``depth`` 2x2 max-pools; 'VALID' padding is the
+    paper's (572 -> 388), 'SAME' keeps the size. Dropout, as in the authors' Caffe model, acts on the deepest
+    contracting level's output and the bottleneck's. ``norm`` (None, 'batch', 'group') follows each 3x3
+    convolution; ``upsample`` 'transpose' is the paper's 2x2 up-convolution, 'bilinear' a resize and a 1x1
+    convolution. ``dtype`` is the compute dtype (parameters stay float32). Training: ``rngs={'dropout': key}`` and,
+    with batch norm, ``mutable=['batch_stats']``.
     """
     num_classes: int = 2
     features: int = 64

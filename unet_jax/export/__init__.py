@@ -24,34 +24,11 @@ from unet_jax.workdir import load_model
 
 def export_model(workdir, fmt: str, output, step: Optional[int] = None, overwrite: bool = False,
                  tile_size: Optional[int] = None, return_info: bool = False):
-    """Export a trained workdir's network (``unet-jax export``). Host-side.
-
-    Parameters
-    ----------
-    workdir : str or Path
-        A workdir written by ``unet-jax train``.
-    fmt : {'stablehlo', 'onnx', 'bioimageio'}
-        'stablehlo': OUTPUT (``jax.export`` bytes) and OUTPUT.json (shapes, halo, pre-processing); 'onnx': one
-        .onnx file; 'bioimageio': a model package folder, or a zip file when OUTPUT ends in '.zip'.
-    output : str or Path
-        Where to write.
-    step : int, optional
-        Checkpoint step (default: the best, else the latest).
-    overwrite : bool
-        Replace existing outputs (default: refuse with FileExistsError).
-    tile_size : int, optional
-        Input tile side in pixels (default: ``config.eval.tile_size``); must be a valid U-Net input size. The
-        bioimage.io package takes images of any size and uses it for its inner tiles, as predict does.
-    return_info : bool
-        Also return ``model_info`` of the exported network (step, tile and output size, halo, ...).
-
-    Returns
-    -------
-    list of Path: the files (or the package folder) written; with ``return_info``, (that list, info dict).
-
-    Every check (format, existing outputs, output folder, optional packages, checkpoint, tile size) runs before
-    anything is created, so a refused export leaves the file system as it was.
-    """
+    """Export a workdir's network (``unet-jax export``) of checkpoint ``step`` (default: the best) as ``fmt``:
+    'stablehlo' (OUTPUT and OUTPUT.json), 'onnx' or 'bioimageio' (a package folder, or a zip for OUTPUT.zip), with
+    input tiles of ``tile_size`` (default ``eval.tile_size``). Returns the paths written (and, with
+    ``return_info``, ``model_info``). Every check runs before anything is created: a refused export changes
+    nothing."""
     check_format(fmt)
     output = Path(output)
     check_outputs(targets(fmt, output), overwrite, create=False)

@@ -19,7 +19,7 @@ def main(argv=None) -> list:
     configure_cpu()
     from unet_jax import metrics
     from unet_jax.data import load_split
-    from unet_jax.evaluate import load_model
+    from unet_jax.workdir import load_model
     from unet_jax.inference import foreground_probability, predict_probabilities
     from unet_jax.instances import label_instances
     out = []

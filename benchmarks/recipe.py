@@ -74,7 +74,7 @@ def score(workdir: Path, test: Path, tta: bool = False, challenge: bool = False,
     (``unet_jax.isbi.isbi2012``; for ``isbi_cells``, whose test images are slices 25-29)."""
     from unet_jax import isbi, metrics
     from unet_jax.data import io, masks
-    from unet_jax.evaluate import load_model
+    from unet_jax.workdir import load_model
     from unet_jax.inference import foreground_probability, objects_of, predict_probabilities
     from unet_jax.instances import label_instances
     model, config, variables, step = load_model(workdir, step)

@@ -22,7 +22,7 @@ inference
     file is not writable). The probability map it returns is ``size**2 * 2 * 4`` bytes; the growth minus
     that (``extra_minus_output_mb``) is the working memory of the tiling itself, which should stay flat.
 devices
-    The real pmapped train step of ``unet_jax.train.make_train_step`` (on-device tile sampling, augmentation,
+    The real pmapped train step of ``unet_jax.step.make_train_step`` (on-device tile sampling, augmentation,
     forward/backward, ``pmean`` of the gradients, optax update) on a random in-memory data set, in a subprocess
     per device count N in ``--devices`` started with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``;
     the same global batch ``--device-batch`` for every N (N = 2, batch 2: one tile per device). Reports the
@@ -257,9 +257,10 @@ def child_inference(spec):
 
 def child_devices(spec):
     """One device count of the devices part, in its own process; returns the result dict (host-side driver)."""
-    from unet_jax import train
+    from unet_jax import step as step_lib
     from unet_jax.config import base_config
     from unet_jax.data import sampler
+    from unet_jax.model import create_model
 
     n = spec["devices"]
     if jax.device_count() != n:
@@ -268,17 +269,17 @@ def child_devices(spec):
     config = base_config()
     config.model.update(features=spec["features"], depth=spec["depth"])
     config.train.update(tile_size=spec["tile"], batch_size=spec["batch"], num_steps=1000)
-    model = train.create_model(config)
+    model = create_model(config)
     tile, out = spec["tile"], output_size(spec["tile"], spec["depth"])
     rng = np.random.default_rng(0)
     s = spec["image"]
     examples = [dict(image=rng.uniform(size=(s, s, 1)).astype(np.float32),
                      instances=rng.integers(0, 3, size=(s, s)).astype(np.int32),
                      weights=rng.uniform(0.5, 2.0, size=(s, s)).astype(np.float32)) for _ in range(4)]
-    dataset = train.replicate(jax.device_get(sampler.to_device_dataset(examples, tile, out)))
-    state = jax.device_get(train.create_train_state(jax.random.PRNGKey(0), config, model, 1))
-    holder = [train.shard_state(state)]
-    p_step = train.make_train_step(config, n)
+    dataset = step_lib.replicate(jax.device_get(sampler.to_device_dataset(examples, tile, out)))
+    state = jax.device_get(step_lib.create_train_state(jax.random.PRNGKey(0), config, model, 1))
+    holder = [step_lib.shard_state(state)]
+    p_step = step_lib.make_train_step(config, n)
 
     def run(i):
         holder[0], metrics = p_step(holder[0], dataset)       # the state is donated: keep only the new one

@@ -9,11 +9,12 @@ import tifffile
 import imageio.v3 as iio
 from scipy import ndimage as ndi
 
-from unet_jax.checkpoint import Checkpoints, checkpoint_dir, save_config
+from unet_jax.checkpoint import Checkpoints, checkpoint_dir
 from unet_jax.config import synthetic_config
 from unet_jax.export import export_model
 from unet_jax.predict import predict_paths
-from unet_jax.train import create_model
+from unet_jax.model import create_model
+from unet_jax.workdir import save_config
 
 core = pytest.importorskip("bioimageio.core")
 pytest.importorskip("onnxruntime")

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from unet_jax import cli, export
-from unet_jax.checkpoint import Checkpoints, checkpoint_dir, save_config
+from unet_jax.checkpoint import Checkpoints, checkpoint_dir
 from unet_jax.config import synthetic_config
-from unet_jax.train import create_model
+from unet_jax.model import create_model
+from unet_jax.workdir import save_config
 
 TILE = 60            # depth 2, VALID: 60 -> 20, halo 20
 ATOL = 1e-4

@@ -18,6 +18,7 @@ from tiny_config import tiny_config  # tests/tiny_config.py
 from unet_jax import checkpoint as ck
 from unet_jax import cli, predict
 from unet_jax import io
+from unet_jax.workdir import lock_workdir
 
 
 
@@ -172,7 +173,7 @@ def test_second_ablate_in_one_workdir_is_refused(capsys, tiny, tmp_path):
         f"import sys\nsys.path.insert(0, {str(tiny)!r})\nfrom tiny import get_config  # noqa: F401\nSEEDS = 1\n\n\n"
         "def get_sweep():\n    return {'a': {}}\n")
     (tmp_path / "s").mkdir()
-    with ck.lock_workdir(tmp_path / "s", "ablate", ".ablate.lock"):     # as a running sweep holds it
+    with lock_workdir(tmp_path / "s", "ablate", ".ablate.lock"):     # as a running sweep holds it
         code, _, err = _main(capsys, "ablate", "--config", tmp_path / "sweep.py", "--workdir", tmp_path / "s")
     assert code == 2 and _one_line(err) and "in use by another ablate process" in err
     assert not (tmp_path / "s" / "a").exists()

@@ -17,9 +17,10 @@ import pytest
 from unet_jax import export
 from unet_jax.export import bioimageio as bioimageio_export
 from unet_jax.inference import predict_probabilities
-from unet_jax.checkpoint import Checkpoints, checkpoint_dir, save_config
+from unet_jax.checkpoint import Checkpoints, checkpoint_dir
 from unet_jax.config import synthetic_config
 from unet_jax.model import UNet
+from unet_jax.workdir import save_config
 
 TILES = {"VALID": 60, "SAME": 32}      # depth 2: 60 -> 20 (VALID), 32 -> 32 (SAME)
 ATOL = 1e-4

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from unet_jax import train
+from unet_jax import workdir as wd
 from unet_jax.guard import DivergenceGuard
 from test_train import tiny_config, _records  # noqa: F401 - the module-scoped data set fixture below
 
@@ -47,21 +48,23 @@ def test_guard_rollback_halves_the_learning_rate_and_persists(tmp_path):
 
 def test_training_recovers_from_an_injected_spike(tmp_path, data_dir, monkeypatch):  # noqa: F811
     """Parameters blown up 30x at step 22 (as a bad batch with a large learning rate would): the loss spikes, the
-    run goes back to step 20 with half the learning rate and fresh tiles, and ends as healthy as before."""
+    run goes back to step 20 with half the learning rate (passed into the same compiled step) and fresh tiles,
+    and ends as healthy as before."""
     config = tiny_config(data_dir)
     config.train.update(checkpoint_every=0, eval_every=0)
     real = train.make_train_step
-    calls = {"n": 0, "built": 0}
+    calls = {"n": 0, "built": 0, "scales": []}
 
     def make(cfg, num_devices=None):
         calls["built"] += 1
-        p_step, first_build = real(cfg, num_devices), calls["built"] == 1
+        p_step = real(cfg, num_devices)
 
-        def step(state, data):
+        def step(state, data, lr_scale=1.0):
             calls["n"] += 1
-            if first_build and calls["n"] == 22:
+            calls["scales"].append(lr_scale)
+            if calls["n"] == 22:
                 state = state.replace(params=jax.tree_util.tree_map(lambda p: p * 30.0, state.params))
-            return p_step(state, data)
+            return p_step(state, data, lr_scale)
         return step
 
     monkeypatch.setattr(train, "make_train_step", make)
@@ -70,7 +73,8 @@ def test_training_recovers_from_an_injected_spike(tmp_path, data_dir, monkeypatc
     record = json.loads((tmp_path / "w" / "guard.json").read_text())
     assert record["lr_scale"] == 0.5
     assert record["rollbacks"][0]["back_to"] == 20 and record["rollbacks"][0]["step"] == 25
-    assert calls["built"] == 2                                   # rebuilt once with the lower learning rate
+    assert calls["built"] == 1                                   # one step: the lower rate is an argument
+    assert calls["scales"][:25] == [1.0] * 25 and calls["scales"][25:] == [0.5] * (len(calls["scales"]) - 25)
     rows = _records(tmp_path / "w", "train")
     steps = [r["step"] for r in rows]
     assert steps == sorted(set(steps))                           # the diverged window left no rows
@@ -83,11 +87,10 @@ def test_training_recovers_from_an_injected_spike(tmp_path, data_dir, monkeypatc
 def test_second_train_process_on_a_workdir_is_refused(tmp_path, data_dir):  # noqa: F811
     """A workdir in use (its lock held, as by another train process) is refused with one clear error; the lock is
     released when a run ends, also by an error."""
-    from unet_jax import checkpoint as ck
     config = tiny_config(data_dir)
     config.train.num_steps = 2
     (tmp_path / "w").mkdir()
-    held = ck.lock_workdir(tmp_path / "w")
+    held = wd.lock_workdir(tmp_path / "w")
     with pytest.raises(ValueError, match=r"in use by another train process \(pid \d+\)"):
         train.train_and_evaluate(config, tmp_path / "w")
     held.close()
@@ -100,7 +103,7 @@ def test_second_train_process_on_a_workdir_is_refused(tmp_path, data_dir):  # no
         train.train_and_evaluate(config, tmp_path / "w")              # also refused: any other change
     config.train.allow_config_change = True           # (more steps alone would continue: test_signals.py)
     assert train.train_and_evaluate(config, tmp_path / "w")["step"] == 3
-    history = [json.loads(line) for line in (tmp_path / "w" / train.CONFIG_HISTORY_FILE).read_text().splitlines()]
+    history = [json.loads(line) for line in (tmp_path / "w" / wd.CONFIG_HISTORY_FILE).read_text().splitlines()]
     assert [h["step"] for h in history] == [0, 2]                 # the refused run left no trace
     assert history[1]["changes"] == [{"key": "loss.dice_weight", "old": 0.0, "new": 0.5}]
     assert history[0]["config"]["loss"]["dice_weight"] == 0.0     # the earlier config is kept

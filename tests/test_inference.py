@@ -6,7 +6,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from unet_jax import metrics, tiling, train
+from unet_jax import metrics, tiling
+from unet_jax.model import create_model
+from unet_jax.step import create_train_state
 from unet_jax.config import base_config
 from unet_jax.inference import evaluate_examples, predict_probabilities
 
@@ -16,8 +18,8 @@ def test_predict_probabilities_matches_tiling(padding, tile):
     """The validation predictor (parameters as an argument) equals unet_jax.tiling.predict_tiled."""
     c = base_config()
     c.model.update(features=4, depth=2, padding=padding, dropout_rate=0.0)
-    model = train.create_model(c)
-    state = train.create_train_state(jax.random.PRNGKey(0), c, model, 1)
+    model = create_model(c)
+    state = create_train_state(jax.random.PRNGKey(0), c, model, 1)
     image = np.random.default_rng(0).uniform(size=(50, 70, 1)).astype(np.float32)
     got = predict_probabilities(model, state.variables(), image, ml_collections.ConfigDict(dict(tile_size=tile, batch_size=3)))
     want = tiling.predict_tiled(functools.partial(model.apply, state.variables()), image, tile, depth=2,
@@ -46,8 +48,8 @@ def test_evaluator_pools_and_sweeps_consistently():
     c.model.update(features=4, depth=2, dropout_rate=0.0)
     c.eval.update(tile_size=60, batch_size=2)
     c.data.name = "isbi2012"                      # the challenge measures at eval.threshold in validation
-    model = train.create_model(c)
-    variables = train.create_train_state(jax.random.PRNGKey(0), c, model, 1).variables()
+    model = create_model(c)
+    variables = create_train_state(jax.random.PRNGKey(0), c, model, 1).variables()
     examples = _examples(np.random.default_rng(0))
     seen = []
     valid, rows = evaluate_examples(model, variables, examples, c, on_prediction=lambda ex, p: seen.append(

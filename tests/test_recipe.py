@@ -12,6 +12,8 @@ import pytest
 
 from unet_jax import checkpoint as ck
 from unet_jax import train
+from unet_jax.model import create_model
+from unet_jax.workdir import restore_params
 from unet_jax.data import load_split
 from unet_jax.inference import evaluate_examples
 
@@ -75,8 +77,8 @@ def test_selection_never_keeps_an_all_background_checkpoint(trained, tmp_path):
     """The same model made to predict nothing (output bias) has a lower pixel mismatch on a 5% foreground, but
     the recipe's measure (foreground IoU, higher is better) keeps the learned one."""
     config, _, workdir = trained
-    variables, _, _ = ck.restore_params(workdir)
-    model = train.create_model(config)
+    variables, _, _ = restore_params(workdir)
+    model = create_model(config)
     val = load_split(config.data, config.weights, "validation")
     empty = jax.tree_util.tree_map(lambda x: x, variables)
     empty["params"]["head"]["bias"] = np.array([50.0, -50.0], np.float32)

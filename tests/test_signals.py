@@ -13,7 +13,9 @@ import pytest
 
 from unet_jax import checkpoint as ck
 from unet_jax import train
+from unet_jax import workdir as wd
 from unet_jax.signals import StopSignals, TrainingInterrupted
+from unet_jax.step import create_learning_rate_schedule
 from test_train import FAST_COMPILE, REPO, tiny_config, _records  # noqa: F401
 
 from test_train import data_dir  # noqa: F401,E402
@@ -21,14 +23,14 @@ from test_train import data_dir  # noqa: F401,E402
 # `unet-jax` itself, each step slowed to 0.2 s so that a signal lands mid-run; prints STEP=n after each step.
 SCRIPT = r"""
 import sys, time
-from unet_jax import cli, train
-real = train._train_and_evaluate
-def slowed(config, workdir, *, callbacks=(), held):
+from unet_jax import cli
+real = cli.train_and_evaluate
+def slowed(config, workdir, *, callbacks=()):
     def report(step, state):
         print(f"STEP={step}", flush=True)
         time.sleep(0.2)
-    return real(config, workdir, callbacks=[*callbacks, report], held=held)
-train._train_and_evaluate = slowed
+    return real(config, workdir, callbacks=[*callbacks, report])
+cli.train_and_evaluate = slowed
 sys.exit(cli.main(sys.argv[1:]))
 """
 
@@ -127,8 +129,8 @@ def test_train_longer_continues_a_finished_run(tmp_path, data_dir, caplog):  # n
                      r"now spans 8 steps: the rate at step 4 is 0.005 \(it was 0 on the 4-step schedule\)",
                      caplog.text), caplog.text
     rows = {r["step"]: r for r in _records(tmp_path / "w", "train")}
-    schedule = train.create_learning_rate_schedule(config.optimizer, 8)
+    schedule = create_learning_rate_schedule(config.optimizer, 8)
     for step in (5, 8):
         assert rows[step]["learning_rate"] == pytest.approx(float(schedule(step - 1)))
-    history = [json.loads(line) for line in (tmp_path / "w" / train.CONFIG_HISTORY_FILE).read_text().splitlines()]
+    history = [json.loads(line) for line in (tmp_path / "w" / wd.CONFIG_HISTORY_FILE).read_text().splitlines()]
     assert [h["step"] for h in history] == [0, 4] and history[1]["config"]["train"]["num_steps"] == 8

@@ -5,6 +5,7 @@ model modules. Subprocesses cover what needs a fresh process: 2 simulated device
 jax.distributed, and SIGKILL + restart.
 """
 import json
+import logging
 import math
 import os
 import re
@@ -19,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -28,6 +28,9 @@ from unet_jax import logging_utils as lu
 from unet_jax import train
 from unet_jax.config import base_config, validate
 from unet_jax.geometry import output_size
+from unet_jax.model import create_model
+from unet_jax.step import create_train_state
+from unet_jax.workdir import load_config, restore_params
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_STEPS = 30
@@ -107,7 +110,7 @@ def _all_arrays(workdir, step):
 
 
 def _params(workdir, step=NUM_STEPS):
-    variables, _, _ = ck.restore_params(workdir, step=step)
+    variables, _, _ = restore_params(workdir, step=step)
     return jax.tree_util.tree_leaves(variables["params"])
 
 
@@ -116,79 +119,8 @@ def _records(workdir, split):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Optimizers (cheap: no U-Net)
+# Config checks (cheap: no U-Net)
 # ----------------------------------------------------------------------------------------------------------------
-
-def _opt_config(**kw):
-    c = base_config().optimizer
-    c.update(kw)
-    return c
-
-
-def test_schedules():
-    lr = 0.5
-    const = train.create_learning_rate_schedule(_opt_config(learning_rate=lr), 100)
-    assert float(const(0)) == float(const(99)) == lr
-    warm_const = train.create_learning_rate_schedule(_opt_config(learning_rate=lr, warmup_steps=10), 100)
-    assert float(warm_const(0)) == 0.0 and float(warm_const(5)) == pytest.approx(lr / 2)
-    assert float(warm_const(50)) == lr
-    cos = train.create_learning_rate_schedule(_opt_config(learning_rate=lr, schedule="cosine"), 100)
-    assert float(cos(0)) == pytest.approx(lr) and float(cos(50)) == pytest.approx(lr / 2)
-    assert float(cos(100)) == pytest.approx(0.0, abs=1e-7)
-    wc = train.create_learning_rate_schedule(
-        _opt_config(learning_rate=lr, schedule="warmup_cosine", warmup_steps=10, grad_accum_steps=2), 200)
-    # 200 train steps / 2 accumulated = 100 updates: warmup over 10, cosine down to 0 at 100.
-    assert float(wc(0)) == 0.0 and float(wc(10)) == pytest.approx(lr) and float(wc(100)) == pytest.approx(0.0)
-
-
-def _run_opt(tx, params, grads_seq):
-    state = tx.init(params)
-    out = []
-    for g in grads_seq:
-        updates, state = tx.update(g, state, params)
-        params = optax.apply_updates(params, updates)
-        out.append(params)
-    return out
-
-
-def test_sgd_momentum_matches_formula():
-    tx = train.create_optimizer(_opt_config(learning_rate=0.1, momentum=0.99), 10)
-    p0 = {"w": jnp.array([1.0, -2.0])}
-    g1, g2 = {"w": jnp.array([0.5, 1.0])}, {"w": jnp.array([-1.0, 2.0])}
-    p1, p2 = _run_opt(tx, p0, [g1, g2])
-    v1 = g1["w"]
-    v2 = 0.99 * v1 + g2["w"]
-    np.testing.assert_allclose(p1["w"], p0["w"] - 0.1 * v1, rtol=1e-6)
-    np.testing.assert_allclose(p2["w"], p0["w"] - 0.1 * v1 - 0.1 * v2, rtol=1e-6)
-
-
-def test_grad_accumulation_averages_k_steps():
-    p0 = {"w": jnp.array([1.0, -2.0, 3.0])}
-    g1, g2 = {"w": jnp.array([0.5, 1.0, -1.0])}, {"w": jnp.array([1.5, -3.0, 2.0])}
-    accum = train.create_optimizer(_opt_config(name="adam", learning_rate=0.1, grad_accum_steps=2), 10)
-    a1, a2 = _run_opt(accum, p0, [g1, g2])
-    np.testing.assert_array_equal(a1["w"], p0["w"])                       # first micro-step: no update
-    single = train.create_optimizer(_opt_config(name="adam", learning_rate=0.1), 10)
-    (s1,) = _run_opt(single, p0, [jax.tree.map(lambda a, b: (a + b) / 2, g1, g2)])
-    np.testing.assert_allclose(a2["w"], s1["w"], rtol=1e-6)
-
-
-def test_grad_clipping_bounds_the_update():
-    tx = train.create_optimizer(_opt_config(learning_rate=0.1, momentum=0.0, grad_clip_norm=1.0), 10)
-    p0 = {"w": jnp.zeros(4)}
-    (p1,) = _run_opt(tx, p0, [{"w": jnp.array([300.0, 400.0, 0.0, 0.0])}])
-    np.testing.assert_allclose(p1["w"], [-0.06, -0.08, 0.0, 0.0], rtol=1e-5)
-
-
-@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
-def test_weight_decay_hits_kernels_not_biases(name):
-    tx = train.create_optimizer(_opt_config(name=name, learning_rate=0.1, momentum=0.0, weight_decay=0.5), 10)
-    p0 = {"conv": {"kernel": jnp.ones((3, 3, 1, 2)), "bias": jnp.ones((2,))}}
-    zero = jax.tree.map(jnp.zeros_like, p0)
-    (p1,) = _run_opt(tx, p0, [zero])
-    assert float(p1["conv"]["kernel"].max()) < 1.0
-    np.testing.assert_array_equal(p1["conv"]["bias"], p0["conv"]["bias"])
-
 
 @pytest.mark.parametrize("field, value, match", [
     ("name", "rmsprop", "optimizer.name"), ("schedule", "step", "optimizer.schedule"),
@@ -232,6 +164,18 @@ def test_validate_rejects_bad_class_weights(value):
         validate(c)
 
 
+def test_train_logs_the_network_size(tmp_path, data_dir, caplog):
+    """Issue 28: one summary line on the network; 7,402 parameters counted by hand for features 4, depth 2, one
+    input channel and two classes (3x3 convolutions 9 * in * out + out, 2x2 up-convolutions 4 * in * out + out)."""
+    config = tiny_config(data_dir)
+    config.train.update(num_steps=1, eval_every=0, checkpoint_every=0)
+    with caplog.at_level(logging.INFO, logger="unet_jax.summary"):
+        train.train_and_evaluate(config, tmp_path / "w")
+    lines = [r.getMessage() for r in caplog.records if r.name == "unet_jax.summary" and "network" in r.getMessage()]
+    assert lines == ["network: 13 convolutions, 7,402 parameters (0.0 M; features 4, depth 2, VALID), input tile "
+                     "60 -> output 20"]
+
+
 def test_bad_train_config(tmp_path):
     c = tiny_config(tmp_path)
     c.train.tile_size = 61
@@ -251,7 +195,7 @@ def test_create_model_dtype_and_norm():
     c = base_config()
     c.model.dtype = "bfloat16"
     c.model.norm = ""
-    m = train.create_model(c)
+    m = create_model(c)
     assert m.dtype == jnp.bfloat16 and m.norm is None and m.features == c.model.features
 
 
@@ -285,7 +229,7 @@ def test_loss_falls_and_outputs_are_written(reference, data_dir):
     assert all(0.0 <= r["pixel_mismatch"] <= 1.0 and r["grad_norm"] > 0 for r in tr)
 
     # Written: config, curves, TensorBoard events, checkpoints (the latest 5; the best is among them).
-    saved = ck.load_config(ref_dir).to_dict()      # the run's config, and the object size learned from its masks
+    saved = load_config(ref_dir).to_dict()      # the run's config, and the object size learned from its masks
     assert config.eval.object_area == 0 and saved["eval"].pop("object_area") > 0
     expected = config.to_dict()
     expected["eval"].pop("object_area")
@@ -320,7 +264,7 @@ def _short_config(data_dir):
 def _assert_same_run(ref_dir, other_dir, data_dir):
     c = tiny_config(data_dir)
     init = jax.tree_util.tree_leaves(
-        train.create_train_state(jax.random.PRNGKey(c.seed), c, train.create_model(c), 1).params)
+        create_train_state(jax.random.PRNGKey(c.seed), c, create_model(c), 1).params)
     for p0, a, b in zip(init, _params(ref_dir, SHORT), _params(other_dir, SHORT)):
         change = np.linalg.norm(a - p0)
         assert change > 0 and np.linalg.norm(a - b) <= 1e-2 * change
@@ -394,9 +338,9 @@ def test_kill_and_resume_is_bitwise_exact(tmp_path, reference, data_dir):
         assert np.array_equal(a, b), jax.tree_util.keystr(path)
 
     # restore_params (default: the best checkpoint) gives variables the model applies directly.
-    variables, cfg, _ = ck.restore_params(tmp_path / "resumed")
+    variables, cfg, _ = restore_params(tmp_path / "resumed")
     assert set(variables) == {"params"}
-    model = train.create_model(cfg)
+    model = create_model(cfg)
     x = jnp.zeros((1, cfg.eval.tile_size, cfg.eval.tile_size, 1))
     assert model.apply(variables, x).shape == (1, output_size(60, 2), output_size(60, 2), 2)
 
@@ -417,7 +361,7 @@ def test_nonfinite_loss_stops_cleanly_bfloat16_batch_norm(tmp_path, data_dir):
     assert bad == 2 and not math.isfinite(err.value.loss)                # step 1 is fine, then it diverges
     with ck.Checkpoints(ck.checkpoint_dir(tmp_path / "w"), read_only=True) as c:
         assert c.all_steps() and max(c.all_steps()) == bad - 1           # nothing from the bad step is saved
-    variables, _, _ = ck.restore_params(tmp_path / "w")
+    variables, _, _ = restore_params(tmp_path / "w")
     assert set(variables) == {"params", "batch_stats"}
     assert all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(variables))
     first = _records(tmp_path / "w", "train")[0]
@@ -428,8 +372,8 @@ def test_nonfinite_loss_stops_cleanly_bfloat16_batch_norm(tmp_path, data_dir):
     from unet_jax.data import load_split, sampler
     from unet_jax.losses import weighted_softmax_cross_entropy
     config.model.dtype = "float32"
-    model = train.create_model(config)
-    state = train.create_train_state(jax.random.PRNGKey(config.seed), config, model, 1)
+    model = create_model(config)
+    state = create_train_state(jax.random.PRNGKey(config.seed), config, model, 1)
     ds = sampler.to_device_dataset(load_split(config.data, config.weights, "train"), 60, output_size(60, 2))
 
     @jax.jit

@@ -22,10 +22,12 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from unet_jax import checkpoint as ckpt_lib
+from unet_jax.checks import integer
 from unet_jax.config import UsageError, apply_overrides, call_user_function, load_config_module, validate
 from unet_jax.io import atomic_write
 from unet_jax.evaluate import evaluate
 from unet_jax.train import train_and_evaluate
+from unet_jax.workdir import lock_workdir
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +63,12 @@ def variant_config(base, overrides: dict, seed: int, extra: Sequence[Tuple[str, 
 def run_sweep(sweep_path, workdir, overrides: Sequence[Tuple[str, str]] = (), seeds: Optional[int] = None) -> dict:
     """Run (or resume) a sweep and summarise it; returns the summary (see ``summarize``)."""
     base, sweep, default_seeds = load_sweep(sweep_path)
-    seeds = default_seeds if seeds is None else int(seeds)
-    if seeds < 1:
-        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    seeds = integer("seeds", default_seeds if seeds is None else seeds, 1)
     workdir = Path(workdir)
     # Check every variant before training any, so a typo fails at once.
     configs = {(name, s): variant_config(base, ov, s, overrides) for name, ov in sweep.items() for s in range(seeds)}
     workdir.mkdir(parents=True, exist_ok=True)
-    with ckpt_lib.lock_workdir(workdir, "ablate", ".ablate.lock"):    # two sweeps in one workdir would collide
+    with lock_workdir(workdir, "ablate", ".ablate.lock"):    # two sweeps in one workdir would collide
         results, failed = _run_all(configs, workdir)
     summary = summarize(results, workdir, sweep_name=Path(sweep_path).stem) if results else None
     if failed:

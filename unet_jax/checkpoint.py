@@ -1,16 +1,14 @@
 """Checkpoints with orbax-checkpoint: periodic saves, keep the latest K and the best, fall back past corrupt ones.
 
-Host-side (file IO; the arrays saved are numpy copies of the train state). ``Checkpoints`` manages
-``workdir/checkpoints/<step>/`` (layout in its docstring); evaluation only needs ``restore_params(workdir)``, which
-loads the variables without any optimizer state; ``save_config`` / ``load_config`` keep ``workdir/config.json``.
+Host-side (the arrays saved are numpy copies of the train state). ``Checkpoints`` manages
+``workdir/checkpoints/<step>/``; the rest of the workdir (config.json, the lock, restoring a trained network for
+evaluation) is ``unet_jax.workdir``'s. Layout: docs/training.md.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
-import json
 import logging
 import math
 import os
@@ -20,24 +18,21 @@ from pathlib import Path
 from typing import Mapping, Optional, Tuple
 
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from unet_jax import checks
 from unet_jax.config import BEST_MODES
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_SUBDIR = "checkpoints"
-LOCK_FILE = ".train.lock"
-CONFIG_FILE = "config.json"
 VARIABLES = "variables"
 TRAIN = "train"
 DIGEST = "digest"
 _METRICS = "metrics"   # orbax's own item name for the metrics passed to save()
 
-__all__ = ["Checkpoints", "CheckpointRestoreError", "restore_params", "save_config", "load_config",
-           "checkpoint_dir", "to_host"]
+__all__ = ["Checkpoints", "CheckpointRestoreError", "checkpoint_dir", "to_host"]
 
 
 class CheckpointRestoreError(RuntimeError):
@@ -78,74 +73,6 @@ def checkpoint_dir(workdir) -> Path:
 def to_host(tree):
     """Copy a pytree of jax/numpy arrays to host numpy arrays (0-d arrays stay 0-d ``np.ndarray``). Host-side."""
     return jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), tree)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Config
-# ----------------------------------------------------------------------------------------------------------------
-
-def save_config(config: ml_collections.ConfigDict, workdir) -> Path:
-    """Write ``config`` as ``workdir/config.json`` (atomically: temporary file, then rename). Host-side."""
-    if not isinstance(config, (ml_collections.ConfigDict, Mapping)):
-        raise ValueError(f"config must be a ConfigDict or mapping, got {type(config).__name__}")
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    d = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
-    path = workdir / CONFIG_FILE
-    tmp = path.with_name(f".{CONFIG_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-def lock_workdir(workdir, what: str = "train", name: str = LOCK_FILE):
-    """Take an exclusive lock on ``workdir`` for one training process (host-side); returns the open lock file,
-    which holds the lock until closed or the process ends. ``what`` names the command in the error (an ablation
-    sweep locks its workdir under another ``name``).
-
-    Raises
-    ------
-    ValueError
-        If another process holds it, naming that process.
-    """
-    path = Path(workdir) / name
-    f = open(path, "a+", encoding="utf-8")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.seek(0)
-        holder = f.read().strip() or "unknown"
-        f.close()
-        raise ValueError(f"workdir {str(workdir)!r} is in use by another {what} process (pid {holder}); wait for "
-                         f"it to finish or use another --workdir") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"{os.getpid()}\n")
-    f.flush()
-    return f
-
-
-def load_config(workdir) -> ml_collections.ConfigDict:
-    """Read ``workdir/config.json`` back into a ConfigDict (host-side).
-
-    Raises
-    ------
-    ValueError
-        If ``workdir`` has no ``config.json``, or it is not a JSON object (the message names the file).
-    """
-    path = Path(workdir) / CONFIG_FILE
-    if not path.is_file():
-        raise ValueError(f"workdir {str(workdir)!r} has no {CONFIG_FILE}; expected a directory written by "
-                         f"unet_jax.train.train_and_evaluate")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); it is the run's config, written by unet-jax train: "
-                         f"restore it from a copy, or train again in a new workdir") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} holds a {type(data).__name__}, not a config; restore it from a copy, or train "
-                         f"again in a new workdir")
-    return ml_collections.ConfigDict(data)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -220,48 +147,19 @@ def _disk_errors(directory: Path):
 
 
 class Checkpoints:
-    """An orbax ``CheckpointManager`` over ``directory`` with the items 'variables' and 'train'. Host-side.
-
-    Parameters
-    ----------
-    directory : str or Path
-        Checkpoint directory (``checkpoint_dir(workdir)``), created if missing.
-    keep : int
-        Number of most recent steps to keep (>= 1).
-    best_metric : str or None
-        Name of a validation metric passed to ``save(..., metrics=)``; the best step by it is kept in addition
-        to the latest ``keep``. None keeps only the latest.
-    best_mode : {'min', 'max'}
-        Whether a lower or a higher ``best_metric`` is better.
-    async_save : bool
-        Write in a background thread (``save`` returns at once; ``wait``/``close`` block until written).
-    read_only : bool
-        Open for restoring only.
-
-    Every process of a multi-host run must construct it and call ``save``/``restore`` together (orbax
-    coordinates; the primary process writes).
-
-    Layout (``directory`` = ``workdir/checkpoints``, beside ``workdir/config.json`` of ``save_config``)::
-
-        <directory>/<step>/     one orbax checkpoint per saved step, with the items
-            variables/          {'params': ..., 'batch_stats': ... (norm='batch' only)}
-            train/              {'step', 'key', 'opt_state'}: what resuming needs beyond the variables
-            metrics/            the validation metrics of that step (when it was evaluated)
-            digest/             SHA-256 of each item's arrays, checked on restore (``array_digest``)
-
-    Orbax writes each step into a temporary directory and renames it when complete, so a run killed during a save
-    leaves no half-written step behind (the temporary directory is removed by the next run). A step whose arrays
-    no longer match the digest written with them (bytes changed on disk) is treated like an unreadable one.
+    """An orbax ``CheckpointManager`` over ``directory`` (``checkpoint_dir(workdir)``) with the items 'variables',
+    'train' and their digests: keeps the latest ``keep`` steps and the best by the validation metric
+    ``best_metric`` (``best_mode`` 'min' or 'max'; None: latest only). ``async_save`` writes in a background thread
+    (``wait``/``close`` block until written). Every process of a multi-host run calls it together. Layout and
+    what counts as damaged: docs/training.md.
     """
 
     def __init__(self, directory, *, keep: int = 3, best_metric: Optional[str] = "pixel_mismatch",
                  best_mode: str = "min", async_save: bool = True, read_only: bool = False):
-        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-            raise ValueError(f"keep must be a positive integer, got {keep!r}")
-        if best_mode not in BEST_MODES:
-            raise ValueError(f"best_mode must be one of {BEST_MODES}, got {best_mode!r}")
+        checks.integer("keep", keep, 1)
+        checks.one_of("best_mode", best_mode, BEST_MODES)
         if best_metric is not None and (not isinstance(best_metric, str) or not best_metric):
-            raise ValueError(f"best_metric must be a non-empty string or None, got {best_metric!r}")
+            raise checks.InvalidInputError(f"best_metric must be a non-empty string or None, got {best_metric!r}")
         self.directory = Path(directory).resolve()
         self.best_metric = best_metric
         kwargs = {}
@@ -320,8 +218,7 @@ class Checkpoints:
 
         ``metrics`` (name -> float, e.g. the validation metrics of this step) ranks the step for 'best'.
         """
-        if isinstance(step, bool) or int(step) != step or step < 0:
-            raise ValueError(f"step must be a non-negative integer, got {step!r}")
+        checks.integer("step", step, 0)
         if metrics is not None:
             metrics = {str(k): float(v) for k, v in metrics.items()}
         variables, train = to_host(variables), to_host(train)
@@ -435,68 +332,3 @@ class Checkpoints:
 
     def __exit__(self, *exc):
         self.close()
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Evaluation entry point
-# ----------------------------------------------------------------------------------------------------------------
-
-def restore_params(workdir, step: Optional[int] = None):
-    """Load the model variables of a training run, without optimizer state. Host-side.
-
-    Parameters
-    ----------
-    workdir : str or Path
-        A directory written by ``unet_jax.train.train_and_evaluate`` (``config.json`` and ``checkpoints/``).
-    step : int or None
-        The step to load. None: the best step by ``config.train.best_metric`` (the latest when no step has
-        validation metrics); if it cannot be read, the others are tried newest first, with a ``RuntimeWarning``.
-        An explicit step is not replaced by another.
-
-    Returns
-    -------
-    variables : dict
-        ``{'params': ...}`` plus ``'batch_stats'`` for ``norm='batch'`` models, numpy float32 arrays, ready for
-        ``unet_jax.train.create_model(config).apply(variables, x)``.
-    config : ConfigDict
-        The run's resolved config (``workdir/config.json``).
-    step : int
-        The step that was restored.
-
-    Raises
-    ------
-    ValueError
-        If ``workdir`` has no config or no checkpoint, or ``step`` was not saved.
-    CheckpointRestoreError
-        If no candidate checkpoint can be read.
-    """
-    config = load_config(workdir)
-    directory = checkpoint_dir(workdir)
-    if not directory.is_dir():
-        raise ValueError(f"workdir {str(workdir)!r} has no {CHECKPOINT_SUBDIR}/ directory")
-    train_cfg = config.get("train", {})
-    ckpt = Checkpoints(directory, best_metric=train_cfg.get("best_metric") or None,
-                       best_mode=train_cfg.get("best_mode", "min"), read_only=True, async_save=False)
-    try:
-        steps = ckpt.all_steps()
-        if not steps:
-            raise ValueError(f"workdir {str(workdir)!r} has no saved checkpoint in {directory}")
-        if step is not None:
-            if step not in steps:
-                raise ValueError(f"step must be one of the saved steps {steps}, got {step!r}")
-            try:
-                restored = ckpt.restore(step, with_train=False)
-            except Exception as e:  # noqa: BLE001 - an unreadable step: say which, and what else there is
-                others = [s for s in steps if s != step]
-                raise CheckpointRestoreError(
-                    f"checkpoint step {step} in {directory} could not be read ({type(e).__name__}: "
-                    f"{str(e)[:200]})" + (f"; try another --step: saved steps are {others}" if others else "")
-                ) from e
-        else:
-            first = ckpt.best_step()
-            order = [first] + [s for s in sorted(steps, reverse=True) if s != first]
-            step, restored = ckpt.restore_with_fallback(order, with_train=False)
-    finally:
-        ckpt.close()
-    logger.info("restored variables of step %d from %s", step, directory)
-    return dict(restored[VARIABLES]), config, int(step)

@@ -82,7 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
         scale=0.0,                            # relative, uniform in [1 - scale, 1 + scale]
         brightness=0.1, contrast=0.1, gamma=0.1, noise=0.02))
 
-    # unet_jax.train.create_optimizer. Paper: SGD, momentum 0.99, one large tile per step; it gives no learning
+    # unet_jax.step.create_optimizer. Paper: SGD, momentum 0.99, one large tile per step; it gives no learning
     # rate. 0.001 on the weighted-mean loss: at 0.01 the paper network on ISBI 2012 collapsed to one class
     # everywhere by step 250-400, on a CPU and an H200 alike; at 0.003 and 0.001 it learned (BENCHMARKS.md,
     # "Paper recipe: learning rate"). Schedules and warmup_steps count optimizer updates (train steps //
@@ -106,7 +106,7 @@ def base_config() -> ml_collections.ConfigDict:
     # healthy state with half the learning rate before it stops (0 = stop at once).
     # time_limit > 0 (seconds since training started, data loading and compilation included) ends the run early:
     # the step where it passes is validated and checkpointed like a last step; the same command resumes it.
-    # Resuming a workdir with a config that differs in anything but run-control settings (train.RUN_CONTROL_KEYS:
+    # Resuming a workdir with a config that differs in anything but run-control settings (workdir.RUN_CONTROL_KEYS:
     # num_steps, time_limit, log_every, the cluster fields, data.data_dir, eval.batch_size) is refused unless
     # allow_config_change; each start is recorded in WORKDIR/config_history.jsonl. A larger num_steps continues a
     # finished run, its learning-rate schedule recomputed over the new total.

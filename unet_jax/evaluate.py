@@ -21,14 +21,12 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from unet_jax.checkpoint import restore_params
-from unet_jax.config import UsageError, apply_overrides, fill_eval_defaults, validate_eval
+from unet_jax.checks import InvalidInputError, one_of
 from unet_jax.data import load_split
 from unet_jax.io import (atomic_write, check_writable_directory, ensure_directory, overlay, write_png,
                          write_tiff)
 from unet_jax.inference import evaluate_examples, foreground_probability
-from unet_jax.model import check_params
-from unet_jax.train import create_model
+from unet_jax.workdir import load_model
 
 log = logging.getLogger(__name__)
 
@@ -36,64 +34,24 @@ OBJECT_KEYS = ("object_f1", "object_precision", "object_recall", "mean_ap", "obj
                "merges", "splits")
 
 
-def load_model(workdir, step: Optional[int] = None, overrides: Sequence[Tuple[str, str]] = ()):
-    """Restore a workdir's network: ``(model, config, variables, step)`` (host-side).
-
-    ``overrides`` ("eval.tile_size", "380") may change the eval/data sections (e.g. a moved data root); model
-    fields cannot be overridden since they must match the checkpoint. ``step`` None: the best checkpoint.
-    """
-    workdir = Path(workdir)
-    if workdir.exists() and not workdir.is_dir():
-        raise ValueError(f"workdir {str(workdir)!r} is a file; expected the directory that `unet-jax train "
-                         f"--workdir` wrote")
-    if not workdir.is_dir():
-        raise FileNotFoundError(f"workdir {str(workdir)!r} does not exist; train first with "
-                                f"`unet-jax train --workdir {workdir}`")
-    if not (workdir / "config.json").exists():
-        raise FileNotFoundError(f"workdir {str(workdir)!r} holds no training run (no config.json); train first "
-                                f"with `unet-jax train --workdir {workdir}`")
-    variables, config, step = restore_params(workdir, step)
-    fill_eval_defaults(config)
-    if overrides:
-        bad = [k for k, _ in overrides if k.split(".")[0] == "model"]
-        if bad:
-            raise UsageError(f"--config.{bad[0]}: model fields come from the checkpoint and cannot be overridden")
-        apply_overrides(config, overrides)
-    validate_eval(config)
-    model = create_model(config)
-    try:
-        check_params(model, variables["params"], f"{workdir / 'config.json'}")
-    except ValueError as e:
-        raise ValueError(f"{e} (step {step}); config.json was edited or replaced: restore the one the run wrote, "
-                         f"or train again") from None
-    return model, config, variables, step
-
-
 def evaluate(workdir, split: str = "validation", tta: bool = False, step: Optional[int] = None,
              output_dir=None, overrides: Sequence[Tuple[str, str]] = (), write_images: bool = True) -> dict:
-    """Evaluate a trained workdir on a data split (host-side driver).
+    """Evaluate a workdir's checkpoint ``step`` (default: the best) on a data split; host-side driver.
 
-    Returns
-    -------
-    dict with 'per_image' (list of {'name', metric: value}), 'mean' ({metric: value}, the mean over the images),
-    'stack' (``unet_jax.isbi.isbi2012`` of all labelled images pooled as one stack: the figures to compare with
-    the challenge's), 'objects' (``unet_jax.metrics.object_scores`` of the objects of ``eval.instances``, counts
-    pooled over the images: object_f1, object_precision, object_recall at IoU 0.5, mean_ap), 'csv' and 'json' (paths written), 'output_dir'. Per image: the ISBI 2012 measures at their
-    best thresholds (``isbi2012``: ``pixel_error``, ``rand_error``, ``warping_error``, ``vrand_thinned``,
-    ``vinfo_thinned``, ... and each ``*_threshold``) and, at ``eval.threshold``, ``threshold_metrics``
-    (``pixel_mismatch``, ``iou``, ``seg``, ``adapted_rand_error``). For the unlabelled 'test' split only the
-    predictions are written and 'mean' and 'stack' are empty.
+    Returns 'per_image' (the ISBI 2012 measures at their best thresholds and ``threshold_metrics`` at
+    ``eval.threshold``), their 'mean', 'stack' (all labelled images pooled as one stack, as the challenge scores),
+    'objects' (object F1, precision, recall at IoU 0.5, mean AP of ``eval.instances``), and the paths written. The
+    unlabelled 'test' split only writes predictions.
     """
-    if split not in ("train", "validation", "test"):
-        raise ValueError(f"split must be 'train', 'validation' or 'test', got {split!r}")
+    one_of("split", split, ("train", "validation", "test"))
     out = check_writable_directory(output_dir or Path(workdir) / f"eval_{split}", "--output")   # before any work
     model, config, variables, step = load_model(workdir, step, overrides)
     examples = load_split(config.data, config.weights, split)
     if not examples:
-        raise ValueError(f"split {split!r} of data set {config.data.name!r} is empty")
+        raise InvalidInputError(f"split {split!r} of data set {config.data.name!r} is empty")
     if split == "test":
         examples = [dict(ex, labelled=False) for ex in examples]
-    threshold = float(config.eval.threshold)
+    threshold = config.eval.threshold
 
     def write(ex, probs):
         if not write_images:

@@ -15,14 +15,6 @@ from unet_jax.checks import InvalidInputError
 PADDINGS = ("VALID", "SAME")
 
 
-def _check_padding(padding: str) -> str:   # kept for unet_jax.model until it calls checks itself
-    return checks.one_of("padding", padding, PADDINGS)
-
-
-def _check_depth(depth: int) -> int:       # kept for unet_jax.model until it calls checks itself
-    return checks.integer("depth", depth, 1)
-
-
 def _trace_valid(size: int, depth: int) -> Optional[int]:
     """Output size for VALID padding, or None where a pool sees an odd size or a size drops to <= 0."""
     s = size

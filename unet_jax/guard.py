@@ -16,6 +16,8 @@ from pathlib import Path
 from statistics import median
 from typing import Any, List, Optional, Sequence
 
+from unet_jax.checks import InvalidInputError
+
 GUARD_FILE = "guard.json"
 
 __all__ = ["DivergenceGuard", "GUARD_FILE"]
@@ -91,7 +93,7 @@ class DivergenceGuard:
         try:
             events = json.loads(path.read_text())["rollbacks"]
         except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{path} is not a guard record written by unet_jax ({e}); delete it to start the "
+            raise InvalidInputError(f"{path} is not a guard record written by unet_jax ({e}); delete it to start the "
                              f"learning rate afresh") from None
         self.events = [e for e in events if e["back_to"] <= resume_step]
         self.lr_scale = 0.5 ** len(self.events)

@@ -1,9 +1,6 @@
-"""Training logs: a JSON-lines metrics file, TensorBoard scalar event files and a training-curve PNG.
+"""Training logs: a JSON-lines metrics file, TensorBoard scalar event files and a training-curve PNG. Host-side.
 
-All host-side (plain Python, numpy and matplotlib with the Agg backend); nothing here runs inside jit.
-The TensorBoard event files are written with tensorboardX (``SummaryWriter.add_scalar``), which needs neither
-TensorFlow nor tensorboard; it is imported only when a ``MetricWriter`` writes event files. Read them with
-TensorBoard, or in Python with tensorboard's ``tensorboard.backend.event_processing`` readers (as the tests do).
+Event files are written with tensorboardX (no TensorFlow needed), imported only when a writer writes them.
 """
 from __future__ import annotations
 
@@ -14,6 +11,8 @@ import os
 import time
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional
+
+from unet_jax.checks import InvalidInputError, integer
 
 __all__ = ["MetricWriter", "read_jsonl", "plot_training_curves"]
 
@@ -32,26 +31,13 @@ def _to_float(name: str, value) -> float:
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"scalar {name!r} must be a number, got {value!r}") from None
+        raise InvalidInputError(f"scalar {name!r} must be a number, got {value!r}") from None
 
 
 class MetricWriter:
-    """Write scalar metrics to ``workdir/metrics.jsonl`` and TensorBoard event files in ``workdir/tensorboard``.
-
-    Host-side. Each ``write_scalars(step, scalars, split)`` call appends one JSON line
-    ``{"step": step, "split": split, "time": unix_time, name: value, ...}`` (flushed at once, so a killed run
-    loses nothing already written) and one TensorBoard scalar per name, tagged ``split/name``, at ``step``.
-    Each writer opens a new event file ``events.out.tfevents.<time>.<host>.<pid>.<n>``; files of earlier runs stay.
-
-    Parameters
-    ----------
-    workdir : str or Path
-        Directory for the logs (created if missing).
-    enabled : bool
-        False makes every method a no-op (non-primary processes of a multi-host run).
-    tensorboard : bool
-        Also write TensorBoard event files.
-    """
+    """Scalar metrics into ``workdir/metrics.jsonl`` (one flushed line ``{"step", "split", "time", name: value}``
+    per ``write_scalars``) and a new TensorBoard event file in ``workdir/tensorboard`` (tags ``split/name``).
+    ``enabled=False`` makes every method a no-op (the other processes of a multi-host run)."""
 
     def __init__(self, workdir, enabled: bool = True, tensorboard: bool = True):
         self.workdir = Path(workdir)
@@ -73,13 +59,9 @@ class MetricWriter:
                                      filename_suffix=f".{os.getpid()}.{next(_writer_ids):04d}")
 
     def truncate_after(self, step: int) -> None:
-        """Drop JSONL records with ``step > step`` (a resumed run rewrites the steps after its checkpoint).
-
-        Event files are append-only: the old events stay on disk, and TensorBoard shows the rewritten values. Its
-        Rust data server drops the old values of a tag when earlier steps arrive again; for its Python loader this
-        writes a ``SessionLog.START`` event at ``step + 1`` (as tensorboardX's ``purge_step`` does), which drops
-        the events with ``step > step`` read before it.
-        """
+        """Drop the records after ``step`` (a resumed run rewrites the steps after its checkpoint). Event files
+        are append-only: a ``SessionLog.START`` event at ``step + 1`` (as tensorboardX's ``purge_step``) makes
+        TensorBoard drop the later events read before it."""
         if not self.enabled:
             return
         if self._tb is not None:
@@ -100,10 +82,9 @@ class MetricWriter:
         """Append ``scalars`` (name -> number) for ``step`` under ``split`` ('train', 'validation', ...)."""
         if not self.enabled:
             return
-        if isinstance(step, bool) or int(step) != step:
-            raise ValueError(f"step must be an integer, got {step!r}")
+        integer("step", step)
         if not isinstance(split, str) or not split:
-            raise ValueError(f"split must be a non-empty string, got {split!r}")
+            raise InvalidInputError(f"split must be a non-empty string, got {split!r}")
         values = {str(k): _to_float(k, v) for k, v in scalars.items()}
         now = time.time()
         record = {"step": int(step), "split": split, "time": now}
@@ -161,22 +142,8 @@ def _series(records: Iterable[dict], split: str, name: str):
 
 
 def plot_training_curves(jsonl_path, png_path, metrics: Optional[Dict[str, List[str]]] = None) -> Path:
-    """Plot the curves of a metrics JSONL file into a PNG (host-side, matplotlib Agg backend).
-
-    Parameters
-    ----------
-    jsonl_path : str or Path
-        A file written by ``MetricWriter``.
-    png_path : str or Path
-        Output image.
-    metrics : dict or None
-        Panel title -> list of ``'split/name'`` series. Default: a 'loss' panel (train and validation loss) and an
-        'error' panel (train and validation pixel error, validation Rand error when logged).
-
-    Returns
-    -------
-    Path of the written PNG.
-    """
+    """Plot a metrics JSONL file's curves into ``png_path`` (matplotlib Agg); ``metrics``: panel title -> list of
+    ``'split/name'`` series (default: a loss and a pixel-error panel). Returns the PNG's path."""
     import matplotlib
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -185,7 +152,7 @@ def plot_training_curves(jsonl_path, png_path, metrics: Optional[Dict[str, List[
         metrics = {"loss": ["train/loss", "validation/loss"],
                    "error": ["train/pixel_mismatch", "validation/pixel_mismatch", "validation/rand_error"]}
     if not isinstance(metrics, Mapping) or not metrics:
-        raise ValueError(f"metrics must be a non-empty mapping of panel -> series, got {metrics!r}")
+        raise InvalidInputError(f"metrics must be a non-empty mapping of panel -> series, got {metrics!r}")
     records = read_jsonl(jsonl_path)
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
     for ax, (title, series) in zip(axes[0], metrics.items()):

@@ -14,11 +14,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from unet_jax.geometry import _check_depth, _check_padding, output_size, valid_input_size
+from unet_jax import checks
+from unet_jax.checks import InvalidInputError
+from unet_jax.geometry import PADDINGS, output_size, valid_input_size
 from unet_jax.layers import Conv3x3, UpConv2x2, he_normal, max_pool_2x2
 
 NORMS = (None, "batch", "group")
 UPSAMPLES = ("transpose", "bilinear")
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}   # config.DTYPES
 
 
 def center_crop_to(x: jax.Array, h: int, w: int) -> jax.Array:
@@ -50,33 +53,15 @@ class ConvBlock(nn.Module):
 
 
 class UNet(nn.Module):
-    """U-Net of Ronneberger et al. (2015), figure 1.
+    """U-Net of Ronneberger et al. (2015), figure 1: (N, H, W, C) input to (N, H', W', num_classes) float32
+    logits, H' = ``output_size(H, depth, padding)``.
 
-    Attributes
-    ----------
-    num_classes : int
-        Output channels of the final 1x1 convolution (2: membrane/background = 0, cell = 1).
-    features : int
-        Channels of the first level (64 in the paper); level k has ``features * 2**k``.
-    depth : int
-        Number of 2x2 max-pools (4 in the paper).
-    padding : {'VALID', 'SAME'}
-        'VALID' is the paper's unpadded network (572 -> 388); 'SAME' keeps the size (a multiple of 2**depth).
-    dropout_rate : float
-        Drop-out "at the end of the contracting path": applied, when ``train=True``, to the output of the deepest
-        contracting level (before its pool; this map also feeds the deepest skip connection) and to the
-        bottleneck output, as in the authors' released Caffe model.
-    norm : {None, 'batch', 'group'}
-        Normalisation after each 3x3 convolution (the paper uses none).
-    upsample : {'transpose', 'bilinear'}
-        'transpose' is the paper's 2x2 up-convolution; 'bilinear' resizes by 2 and applies a 1x1 convolution that
-        halves the channels.
-    dtype : dtype or None
-        Compute dtype (e.g. ``jnp.bfloat16`` for mixed precision); parameters stay float32, logits are float32.
-
-    ``model.apply(variables, x, train=False)`` maps (N, H, W, C_in) float input to (N, H', W', num_classes)
-    float32 logits, H' = ``output_size(H, depth, padding)``. With ``train=True`` pass ``rngs={'dropout': key}``
-    (when ``dropout_rate > 0``) and, with ``norm='batch'``, ``mutable=['batch_stats']``.
+    ``features`` channels at the first level (doubling per level), ``depth`` 2x2 max-pools; 'VALID' padding is the
+    paper's (572 -> 388), 'SAME' keeps the size. Dropout, as in the authors' Caffe model, acts on the deepest
+    contracting level's output and the bottleneck's. ``norm`` (None, 'batch', 'group') follows each 3x3
+    convolution; ``upsample`` 'transpose' is the paper's 2x2 up-convolution, 'bilinear' a resize and a 1x1
+    convolution. ``dtype`` is the compute dtype (parameters stay float32). Training: ``rngs={'dropout': key}`` and,
+    with batch norm, ``mutable=['batch_stats']``.
     """
     num_classes: int = 2
     features: int = 64
@@ -88,16 +73,14 @@ class UNet(nn.Module):
     dtype: Any = None
 
     def _check(self, x):
-        _check_padding(self.padding)
-        _check_depth(self.depth)
-        if self.norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
-        if self.upsample not in UPSAMPLES:
-            raise ValueError(f"upsample must be one of {UPSAMPLES}, got {self.upsample!r}")
+        checks.one_of("padding", self.padding, PADDINGS)
+        checks.integer("depth", self.depth, 1)
+        checks.one_of("norm", self.norm, NORMS)
+        checks.one_of("upsample", self.upsample, UPSAMPLES)
         if not 0.0 <= self.dropout_rate < 1.0:
-            raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate!r}")
+            raise InvalidInputError(f"dropout_rate must be in [0, 1), got {self.dropout_rate!r}")
         if x.ndim != 4:
-            raise ValueError(f"x must be NHWC (4 dimensions), got shape {tuple(x.shape)}")
+            raise InvalidInputError(f"x must be NHWC (4 dimensions), got shape {tuple(x.shape)}")
         output_size(x.shape[1], self.depth, self.padding)
         output_size(x.shape[2], self.depth, self.padding)
 
@@ -133,6 +116,13 @@ class UNet(nn.Module):
         return x.astype(jnp.float32)
 
 
+def create_model(config) -> UNet:
+    """The ``UNet`` of a validated experiment config's ``model`` section ('' norm: none)."""
+    m = config.model
+    return UNet(num_classes=m.num_classes, features=m.features, depth=m.depth, padding=m.padding,
+                dropout_rate=m.dropout_rate, norm=m.norm or None, upsample=m.upsample, dtype=COMPUTE_DTYPES[m.dtype])
+
+
 def count_params(params) -> int:
     """Total number of parameters in a parameter pytree."""
     return int(sum(p.size for p in jax.tree_util.tree_leaves(params)))
@@ -160,16 +150,14 @@ def fields_of(params) -> dict:
 def check_params(model: UNet, params, what: str = "the config") -> None:
     """Check that ``params`` (e.g. restored from a checkpoint) fit ``model``: the same layers of the same shapes.
 
-    Raises
-    ------
-    ValueError
-        ``'{what} does not fit the checkpoint: model.features is 8 there, 4 in the checkpoint'``: the model fields
-        that differ, rather than a shape error from deep inside the first forward pass.
+    Raises InvalidInputError naming the model fields that differ ("model.features is 8 there, 4 in the
+    checkpoint"), rather than a shape error from deep inside the first forward pass.
     """
     try:
         have = fields_of(params)
     except (KeyError, TypeError, IndexError, AttributeError):
-        raise ValueError("the checkpoint does not hold U-Net parameters (no down_0/Conv_0 and head layers)") from None
+        raise InvalidInputError("the checkpoint does not hold U-Net parameters (no down_0/Conv_0 and head "
+                                "layers)") from None
     size = valid_input_size(1, model.depth, model.padding)      # parameters do not depend on the tile size
     x = jnp.zeros((1, size, size, have["input_channels"]), jnp.float32)
     want = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x))["params"]
@@ -180,5 +168,5 @@ def check_params(model: UNet, params, what: str = "the config") -> None:
     mine = {"features": model.features, "depth": model.depth, "num_classes": model.num_classes, "norm": model.norm,
             "upsample": model.upsample}
     differ = [f"model.{k} is {mine[k]!r} there, {have[k]!r} in the checkpoint" for k in mine if mine[k] != have[k]]
-    raise ValueError(f"{what} does not fit the checkpoint: " + ("; ".join(differ) if differ else
+    raise InvalidInputError(f"{what} does not fit the checkpoint: " + ("; ".join(differ) if differ else
                      "its layers' shapes differ"))

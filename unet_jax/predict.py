@@ -16,11 +16,12 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from tqdm.auto import tqdm
 
+from unet_jax.checks import InvalidInputError
 from unet_jax.data.io import read_image, tiff_shape, to_float_image
-from unet_jax.evaluate import load_model
 from unet_jax.inference import foreground_probability, objects_of, predict_probabilities
 from unet_jax.instances import as_label_dtype
 from unet_jax.io import check_writable_directory, overlay, read_pixel_size, write_png, write_tiff
+from unet_jax.workdir import load_model
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def list_inputs(path) -> List[Path]:
     path = Path(path)
     if path.is_file():
         if path.suffix.lower() not in SUFFIXES:
-            raise ValueError(f"input {str(path)!r} is not an image file; expected one of {', '.join(SUFFIXES)}")
+            raise InvalidInputError(f"input {str(path)!r} is not an image file; expected one of {', '.join(SUFFIXES)}")
         return [path]
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
@@ -43,7 +44,7 @@ def list_inputs(path) -> List[Path]:
                         ", *".join(OUTPUT_ENDINGS), own[0].name)
             files = [p for p in files if p not in own]
         if not files:
-            raise ValueError(f"input folder {str(path)!r} holds no image files ({', '.join(SUFFIXES)})")
+            raise InvalidInputError(f"input folder {str(path)!r} holds no image files ({', '.join(SUFFIXES)})")
         return files
     raise FileNotFoundError(f"input {str(path)!r} does not exist")
 
@@ -58,7 +59,7 @@ def read_input(path, channels: int) -> Tuple[np.ndarray, bool]:
     arr = np.asarray(read_image(path))
     is_stack = arr.ndim == 4 or (arr.ndim == 3 and arr.shape[-1] > 4)
     if arr.ndim not in (2, 3, 4):
-        raise ValueError(f"input {str(path)!r} has shape {arr.shape}; expected a 2-D image (H, W[, C]) or a "
+        raise InvalidInputError(f"input {str(path)!r} has shape {arr.shape}; expected a 2-D image (H, W[, C]) or a "
                          f"stack (Z, H, W[, C])")
     slices = list(arr) if is_stack else [arr]
     out = []
@@ -71,7 +72,7 @@ def read_input(path, channels: int) -> Tuple[np.ndarray, bool]:
                 img = img.mean(axis=-1, keepdims=True)
                 log.warning("%s: %d channels averaged to the model's 1 channel", path, s.shape[-1])
             else:
-                raise ValueError(f"input {str(path)!r} has {img.shape[-1]} channels; the model takes {channels}")
+                raise InvalidInputError(f"input {str(path)!r} has {img.shape[-1]} channels; the model takes {channels}")
         out.append(img.astype(np.float32))
     return (np.stack(out) if is_stack else out[0]), is_stack
 
@@ -139,7 +140,7 @@ def predict_paths(workdir, inputs, output_dir, tta: bool = False, step: Optional
     out = check_writable_directory(output_dir, "--output")     # before the model is loaded and anything predicted
     model, config, variables, _ = load_model(workdir, step, overrides)
     # class masks write a class map and every class's probability; two classes and contours networks P(object)
-    k = 2 if config.data.target in ("contours", "distance") else int(model.num_classes)
+    k = 2 if config.data.target in ("contours", "distance") else model.num_classes
     plan = planned_outputs(files, _stack_depth, k)
     _refuse_existing(plan, out, overwrite)
     with _output_lock(out):
@@ -166,7 +167,7 @@ def _output_lock(out: Path):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ValueError(f"--output {str(out)!r} is being written by another unet-jax predict; wait for it "
+            raise InvalidInputError(f"--output {str(out)!r} is being written by another unet-jax predict; wait for it "
                              f"to finish or choose another --output") from None
         except OSError as e:      # a file system without locks: go on unguarded
             log.info("cannot lock %s (%s); not guarded against another predict writing there", out, e)
@@ -180,7 +181,7 @@ def _output_lock(out: Path):
 def _predict_plan(plan, out: Path, model, config, variables, k: int, tta: bool) -> List[Path]:
     """Predict and write the planned outputs (``predict_paths`` under the output lock); returns files written."""
     channels = int(_in_channels(variables))
-    threshold = float(config.eval.get("threshold", 0.5))
+    threshold = config.eval.threshold
     written, failed = [], []
     for path, stem, _ in tqdm(plan, desc="predict", unit="file"):
         try:
@@ -211,7 +212,7 @@ def _predict_plan(plan, out: Path, model, config, variables, k: int, tta: bool) 
             name = f"{stem}_z{z:03d}_overlay.png" if is_stack else f"{stem}_overlay.png"
             written.append(write_png(out / name, overlay(img, p, threshold)))
     if failed:
-        raise ValueError(f"{len(failed)} of {len(plan)} input file(s) could not be read (the other "
+        raise InvalidInputError(f"{len(failed)} of {len(plan)} input file(s) could not be read (the other "
                          f"{len(plan) - len(failed)} were predicted, {len(written)} files written to {out}):\n  "
                          + "\n  ".join(failed))
     return written

@@ -9,7 +9,7 @@ import os  # noqa: F401  (tests patch os.access through this module)
 from pathlib import Path
 from typing import List, Optional
 
-from unet_jax.evaluate import load_model
+from unet_jax.checks import integer
 from unet_jax.export.bioimageio import (bioimageio_description, package_readme, preprocess, sample_image,
                                         write_bioimageio)
 from unet_jax.export.common import (FORMATS, INSTALL_HINT, check_format, check_outputs, class_names,
@@ -19,38 +19,16 @@ from unet_jax.export.onnx import OPSET, check_onnx_supported, onnx_image_model, 
 from unet_jax.export.stablehlo import PLATFORMS, export_stablehlo, write_stablehlo
 from unet_jax.io import atomic_write
 from unet_jax.model import UNet
+from unet_jax.workdir import load_model
 
 
 def export_model(workdir, fmt: str, output, step: Optional[int] = None, overwrite: bool = False,
                  tile_size: Optional[int] = None, return_info: bool = False):
-    """Export a trained workdir's network (``unet-jax export``). Host-side.
-
-    Parameters
-    ----------
-    workdir : str or Path
-        A workdir written by ``unet-jax train``.
-    fmt : {'stablehlo', 'onnx', 'bioimageio'}
-        'stablehlo': OUTPUT (``jax.export`` bytes) and OUTPUT.json (shapes, halo, pre-processing); 'onnx': one
-        .onnx file; 'bioimageio': a model package folder, or a zip file when OUTPUT ends in '.zip'.
-    output : str or Path
-        Where to write.
-    step : int, optional
-        Checkpoint step (default: the best, else the latest).
-    overwrite : bool
-        Replace existing outputs (default: refuse with FileExistsError).
-    tile_size : int, optional
-        Input tile side in pixels (default: ``config.eval.tile_size``); must be a valid U-Net input size. The
-        bioimage.io package takes images of any size and uses it for its inner tiles, as predict does.
-    return_info : bool
-        Also return ``model_info`` of the exported network (step, tile and output size, halo, ...).
-
-    Returns
-    -------
-    list of Path: the files (or the package folder) written; with ``return_info``, (that list, info dict).
-
-    Every check (format, existing outputs, output folder, optional packages, checkpoint, tile size) runs before
-    anything is created, so a refused export leaves the file system as it was.
-    """
+    """Export a workdir's network (``unet-jax export``) of checkpoint ``step`` (default: the best) as ``fmt``:
+    'stablehlo' (OUTPUT and OUTPUT.json), 'onnx' or 'bioimageio' (a package folder, or a zip for OUTPUT.zip), with
+    input tiles of ``tile_size`` (default ``eval.tile_size``). Returns the paths written (and, with
+    ``return_info``, ``model_info``). Every check runs before anything is created: a refused export changes
+    nothing."""
     check_format(fmt)
     output = Path(output)
     check_outputs(targets(fmt, output), overwrite, create=False)
@@ -61,7 +39,7 @@ def export_model(workdir, fmt: str, output, step: Optional[int] = None, overwrit
     if fmt == "bioimageio":
         import_bioimageio_spec()
     model, config, variables, step = load_model(workdir, step)
-    tile = int(tile_size if tile_size is not None else config.eval.tile_size)
+    tile = config.eval.tile_size if tile_size is None else integer("tile_size", tile_size, 1)
     info = model_info(model, variables, tile, step=step, source=Path(workdir),     # checks the tile size
                       target=config.data.target)
     paths = export_network(model, variables, fmt, output, tile, overwrite=overwrite, step=step,

@@ -11,6 +11,7 @@ from typing import List
 import jax
 import jax.numpy as jnp
 
+from unet_jax.checks import InvalidInputError
 from unet_jax.data.io import PERCENTILES
 from unet_jax.io import check_directory
 from unet_jax.geometry import border, output_size
@@ -66,7 +67,7 @@ def _version(text: str) -> tuple:
 
 def check_format(fmt: str) -> None:
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise InvalidInputError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
 def targets(fmt: str, output: Path) -> List[Path]:
@@ -121,7 +122,7 @@ def model_info(model: UNet, variables, tile_size: int, step=None, source=None, t
     try:
         out = output_size(tile_size, model.depth, model.padding)
     except ValueError as err:
-        raise ValueError(f"tile_size: {err}") from None
+        raise InvalidInputError(f"tile_size: {err}") from None
     return {
         "tile_size": int(tile_size), "output_size": out, "halo": border(model.depth, model.padding),
         "padding": model.padding, "depth": model.depth, "features": model.features, "norm": model.norm,

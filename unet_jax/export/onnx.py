@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unet_jax.checks import InvalidInputError
 from unet_jax.export.common import import_onnx, log, model_info, tiling_hint
 from unet_jax.model import NORMS, UNet
 from unet_jax.tiling import blend_window, tile_grid
@@ -44,12 +45,12 @@ class _Graph:
 def check_onnx_supported(model: UNet) -> None:
     """ValueError naming a model setting the ONNX export does not support; a warning for bfloat16 compute."""
     if model.norm not in NORMS:
-        raise ValueError(f"ONNX export does not support model.norm={model.norm!r}; supported: {NORMS}")
+        raise InvalidInputError(f"ONNX export does not support model.norm={model.norm!r}; supported: {NORMS}")
     if model.upsample not in ("transpose", "bilinear"):
-        raise ValueError(f"ONNX export does not support model.upsample={model.upsample!r}; supported: "
+        raise InvalidInputError(f"ONNX export does not support model.upsample={model.upsample!r}; supported: "
                          f"'transpose', 'bilinear'")
     if model.padding not in ("VALID", "SAME"):
-        raise ValueError(f"ONNX export does not support model.padding={model.padding!r}")
+        raise InvalidInputError(f"ONNX export does not support model.padding={model.padding!r}")
     if model.dtype not in (None, jnp.float32):
         log.warning("the model computes in %s; the ONNX model computes in float32 (results differ by that "
                     "rounding)", jnp.dtype(model.dtype).name)

@@ -91,7 +91,7 @@ class _Segmenter:
 
 class _WorkdirSegmenter(_Segmenter):
     def __init__(self, workdir: Path):
-        from unet_jax.evaluate import load_model
+        from unet_jax.workdir import load_model
         from unet_jax.export.common import in_channels
 
         self.model, self.config, self.variables, self.step = load_model(workdir)

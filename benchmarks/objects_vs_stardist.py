@@ -1,13 +1,13 @@
-"""Touching nuclei as objects, side by side: the paper's target, the distance target (the folder recipe's default
-on instance masks) and StarDist 2D, each trained from scratch on the same images for the same CPU time and scored
+"""Touching nuclei as objects, side by side: the paper's target (the folder recipe's default), the distance target
+and StarDist 2D, each trained from scratch on the same images for the same CPU time and scored
 with unet_jax's object measures on the same held-out images.
 
 For each task (``benchmarks/recipe.py``: ``bbbc039`` = its 70 train / 30 test images, ``nuclei`` =
 nuclei_bitdepth 20x/40x train, 63x test):
-  * ``paper``: ``experiments/folder.py`` with ``data.target=foreground`` (separation borders, border weights,
-    watershed of the foreground's distance transform);
-  * ``distance``: ``experiments/folder.py`` as it is (``data.target=auto`` -> 'distance', objects from the
-    predicted centres);
+  * ``paper``: ``experiments/folder.py`` with ``data.target=foreground``, its default (separation borders,
+    border weights, watershed of the foreground's distance transform);
+  * ``distance``: ``experiments/folder.py`` with ``data.target=auto`` (-> 'distance' on these masks, objects
+    from the predicted centres);
   * ``stardist``: ``benchmarks/stardist_peer.py`` in its own environment (``--stardist-python``), given the
     process CPU seconds the ``distance`` run used.
 Each is scored at half and at the whole budget (the curve) and, for unet_jax, at the checkpoint ``train`` keeps
@@ -62,8 +62,7 @@ def run_unet(task: str, variant: str, steps: int, workdir: Path, data: Path, par
     train, test = recipe.build_task(task, data / task)
     config = load_config_module(str(HERE.parent / "experiments" / "folder.py")).get_config()
     config.data.root = str(train)
-    if variant == "paper":
-        config.data.target = "foreground"
+    config.data.target = "foreground" if variant == "paper" else "auto"
     half = steps // 2
     config.train.update(num_steps=steps, eval_every=half, checkpoint_every=half, keep_checkpoints=4)
     config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, steps // 4)

@@ -203,7 +203,7 @@ def test_contours_target_train_evaluate_predict(tmp_path):
 
 
 def test_auto_target_picks_distance_for_touching_instances_and_predict_splits_them(tmp_path):
-    """The folder recipe's data.target='auto' on instance masks with touching objects trains the distance target
+    """data.target='auto' (the folder recipe with it) on instance masks with touching objects trains the distance target
     (saying so), learns the object area from the masks, and predict splits the touching pairs; on binary masks it
     keeps the paper's foreground target."""
     import json
@@ -220,6 +220,7 @@ def test_auto_target_picks_distance_for_touching_instances_and_predict_splits_th
     assert touching_objects(binary) == (0, 2)
     workdir = tmp_path / "w"
     r = _cli("train", "--config", _FOLDER, "--workdir", str(workdir), f"--config.data.root={data}",
+            "--config.data.target=auto",
             f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.data.validation_fraction=0.34",
             *_SMALL_RUN)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -239,7 +240,8 @@ def test_auto_target_picks_distance_for_touching_instances_and_predict_splits_th
     assert prob.shape == (64, 64) and prob.dtype == np.float32 and np.mean((prob > 0.5) == (truth > 0)) > 0.9
     assert labels.max() == 4            # two touching pairs: four objects
     r = _cli("train", "--config", _FOLDER, "--workdir", str(tmp_path / "wb"), f"--config.data.root={binary}",
-            f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.data.validation_fraction=0",
+            "--config.data.target=auto", f"--config.data.data_dir={tmp_path / 'tfds'}",
+            "--config.data.validation_fraction=0",
             "--config.model.features=4", "--config.model.depth=2", "--config.train.tile_size=64",
             "--config.train.num_steps=3", "--config.optimizer.warmup_steps=1", "--config.eval.tile_size=64")
     assert r.returncode == 0, r.stderr[-3000:]

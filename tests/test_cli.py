@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
@@ -380,6 +381,9 @@ def test_config_show_prints_every_field(capsys, tiny):
                      "--config.data.target", "contours", "--config.model.num_classes=3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "train.num_steps = 7" in lines and "data.target = 'contours'" in lines
+    folder = str(Path(__file__).resolve().parents[1] / "experiments" / "folder.py")
+    code, err = _main(capsys, "config", "show", "--config", folder)        # the data folder comes at train time
+    assert code == 0 and "--config.data.root=FOLDER" in err
     code, err = _main(capsys, "config", "show", "--config.train.num_steps=0")      # checked as train checks it
     assert code == 2 and err.startswith("unet-jax: error: config.train.num_steps") and "Traceback" not in err
 

@@ -145,8 +145,14 @@ def _cmd_preview(args, overrides):
 def _cmd_config_show(args, overrides):
     config = load_config_file(args.config) if args.config else base_config()
     config = apply_overrides(config, overrides)
-    validate(config)
+    needs_root = config.data.name != "synthetic_cells" and not config.data.root
+    checked = config.copy_and_resolve_references()
+    if needs_root:          # the data folder is the user's to give at train time: check everything else
+        checked.data.root = "FOLDER"
+    validate(checked)
     print("\n".join(config_lines(config)))
+    if needs_root:
+        print("unet-jax: note: train needs the data folder: --config.data.root=FOLDER", file=sys.stderr)
 
 
 def _print_metrics(title, metrics):

@@ -12,16 +12,9 @@ from scipy import ndimage as ndi
 from unet_jax import isbi as I
 from unet_jax import metrics as M
 
+from test_metrics import two_cells
+
 FOUR = ndi.generate_binary_structure(2, 1)
-
-
-def two_cells(h=12, w=15, col=7):
-    """Two cells separated by a one-pixel vertical membrane at ``col`` (and a membrane frame): bool (h, w)."""
-    m = np.ones((h, w), bool)
-    m[:, col] = False
-    m[0, :] = m[-1, :] = False
-    m[:, 0] = m[:, -1] = False
-    return m
 
 
 def as_prob(cells):
@@ -458,7 +451,6 @@ def test_pixel_error_and_sweep():
     # The challenge's pixel error is the same F-score at its best threshold.
     r = I.isbi2012(np.where(truth, 0.9, 0.3), truth, thresholds=(0.2, 0.5, 0.95))
     assert r["pixel_error"] == 0.0 and r["pixel_error_threshold"] == 0.5
-
 
 
 def test_isbi_measures_reject_bad_arguments():

@@ -53,7 +53,7 @@ while (($#)); do
 done
 
 if ((SMOKE)); then
-  BUDGET=${BUDGET:-150}; T_A=${T_A:-60}; T_B=${T_B:-40}; EVAL_MARGIN=${EVAL_MARGIN:-30}
+  BUDGET=${BUDGET:-240}; T_A=${T_A:-60}; T_B=${T_B:-40}; EVAL_MARGIN=${EVAL_MARGIN:-30}
   A_ARGS=(--features 4 --depth 2 --tile 188 --batches 1 --repeats 2 --warmup 1 --no-torch-compile --no-plain
           --min-case-s 1)
   B_ARGS=(--features 4 --depth 2 --tile 380 --size 512 --batch-size 4 --dtypes float32 --repeats 1)

@@ -15,8 +15,12 @@ WORKDIR/metrics.jsonl and the labels, and writes into --out (small files only; n
 """
 import argparse
 import csv
+import importlib.metadata
 import json
+import os
+import platform
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -47,9 +51,15 @@ def write_table(result: dict, config: dict, out: Path, name: str, command: str) 
         if key in mean:
             paper = f"{PAPER[key]:.6g}" if key in PAPER else ""
             lines.append(f"| {label} | {mean[key]:.6g} | {paper} |")
-    lines += ["", f"Reproduce: `{command}`", ""]
+    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+               "python": platform.python_version(), "jax": importlib.metadata.version("jax")}
+    lines += ["", f"Reproduce: `{command}`. Written by `scripts/isbi2012_report.py` on {time.strftime('%Y-%m-%d')}; "
+                  f"machine: {machine}; the run's config: `{name}.json`.", ""]
     text = "\n".join(lines)
     (out / f"{name}.md").write_text(text)
+    (out / f"{name}.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": machine,
+                                                  "command": command, "config": config, "stack": mean}, indent=1,
+                                                 default=str))
     with open(out / f"{name}.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["image"] + [k for k, _ in ROWS])

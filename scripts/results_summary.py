@@ -12,7 +12,6 @@ import argparse
 import csv
 import json
 import platform
-import re
 import sys
 import time
 from importlib import metadata
@@ -32,27 +31,15 @@ def _fmt(v) -> str:
 
 
 def isbi_rows(results: Path) -> list:
-    """The stack row of results/isbi2012_cpu.csv (scripts/isbi2012_report.py), else the table of
-    results/isbi2012_cpu.md as an earlier run wrote it (marked with its date)."""
-    labels = {"pixel_error": "pixel error", "rand_error": "Rand error", "warping_error": "warping error"}
-    csv_path, md_path = results / "isbi2012_cpu.csv", results / "isbi2012_cpu.md"
-    if csv_path.exists():
-        stack = next(r for r in csv.DictReader(open(csv_path)) if r["image"] == "stack")
-        values, title, src = {k: f"{float(stack[k]):.4g}" for k in labels}, "ISBI 2012 EM, slices 25-29 held out", csv_path
-    elif md_path.exists():
-        text = md_path.read_text()
-        values = {}
-        for key, label in labels.items():
-            row = next((line for line in text.splitlines() if line.lower().startswith(f"| {label.lower()}")), None)
-            if row:
-                values[key] = row.split("|")[2].strip().split()[0]
-        date = re.search(r"\d{4}-\d{2}-\d{2}", text)
-        title = f"ISBI 2012 EM, slices 25-29 held out ({date.group(0) if date else 'an earlier run'}, older normalisation)"
-        src = md_path
-    else:
+    """The stack row of results/isbi2012_cpu.csv (``scripts/isbi2012_report.py``)."""
+    path = results / "isbi2012_cpu.csv"
+    if not path.exists():
         return []
-    link = f"[{src.relative_to(ROOT)}]({src.relative_to(ROOT)})"
-    return [(title, labels[k], values[k], "", _fmt(PAPER[k]), "", link) for k in labels if k in values]
+    stack = next(r for r in csv.DictReader(open(path)) if r["image"] == "stack")
+    link = f"[{path.relative_to(ROOT)}]({path.relative_to(ROOT)})"
+    labels = {"pixel_error": "pixel error", "rand_error": "Rand error", "warping_error": "warping error"}
+    return [("ISBI 2012 EM, slices 25-29 held out", label, f"{float(stack[k]):.4g}", "", _fmt(PAPER[k]), "", link)
+            for k, label in labels.items()]
 
 
 def object_rows(results: Path) -> list:
